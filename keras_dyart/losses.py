@@ -1,0 +1,24 @@
+"""The DyART objective: CE(f(x), y) + λ·(1/N)·Σ_i w_i·(−φ(x̂_i; θ))."""
+
+from keras import ops
+
+from keras_dyart.margins import soft_margin
+
+
+def robust_term(logits_hat, y, weights, beta=5.0):
+    """(1/N)·Σ_i w_i·(−φ(x̂_i; θ)), N the batch size; x̂ and w are constants."""
+    weights = ops.stop_gradient(ops.cast(weights, logits_hat.dtype))
+    return ops.mean(weights * -soft_margin(logits_hat, y, beta))
+
+
+def dyart_loss(logits, logits_hat, y, weights, beta=5.0, lam=1000.0):
+    """The full DyART loss on one batch: mean cross-entropy plus ``lam`` times the robust term.
+
+    Args:
+        logits: ``f(x)`` in training mode, ``(N, K)``.
+        logits_hat: ``f(x̂)`` in training mode, ``(N, K)``.
+        y: labels ``(N,)``.
+        weights: ``(N,)`` per-point weights (zero for points without a usable boundary point).
+    """
+    ce = ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+    return ce + lam * robust_term(logits_hat, y, weights, beta)

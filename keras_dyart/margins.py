@@ -1,0 +1,59 @@
+"""The soft margin function and the norms used to measure margins.
+
+φ(x; θ) = f_y(x) − (1/β)·log Σ_{j≠y} exp(β·f_j(x)).  The smooth maximum is at least the
+hard maximum, so φ > 0 implies a correct prediction; its zero level set is the *soft
+decision boundary* of the point.
+"""
+
+from keras import ops
+
+# Added to the true-class logit before the smooth maximum so that it drops out of the sum.
+_EXCLUDE = 1e9
+
+
+def soft_margin(logits, y, beta=5.0):
+    """Soft margin φ of each row of ``logits`` for labels ``y``.
+
+    Args:
+        logits: tensor of shape ``(N, K)``.
+        y: integer labels of shape ``(N,)``.
+        beta: temperature of the smooth maximum over the other classes.
+
+    Returns:
+        Tensor of shape ``(N,)``: ``f_y − logsumexp(β·f_{j≠y}) / β``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> phi = soft_margin(np.array([[3.0, 1.0]], "float32"), np.array([0]))
+    >>> float(ops.convert_to_numpy(phi)[0])  # two classes: f_y - f_other
+    2.0
+    """
+    logits = ops.convert_to_tensor(logits)
+    onehot = ops.one_hot(ops.cast(y, "int32"), ops.shape(logits)[-1], dtype=logits.dtype)
+    f_y = ops.sum(logits * onehot, axis=-1)
+    others = beta * (logits - _EXCLUDE * onehot)
+    return f_y - ops.logsumexp(others, axis=-1) / beta
+
+
+def flat(x):
+    """Reshape a batch ``(N, ...)`` to ``(N, d)``."""
+    return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def lp_norm(x, p):
+    """Per-row norm of a batch: ``p`` is ``"linf"``, ``"l1"`` or ``"l2"``."""
+    v = flat(x)
+    if p == "linf":
+        return ops.max(ops.abs(v), axis=-1)
+    if p == "l1":
+        return ops.sum(ops.abs(v), axis=-1)
+    if p == "l2":
+        return ops.sqrt(ops.sum(v * v, axis=-1))
+    raise ValueError(f"`p` must be 'linf', 'l1' or 'l2'; got {p!r}.")
+
+
+def dual_norm_name(norm):
+    """The dual norm q of p: L∞ → L1, L2 → L2."""
+    return {"linf": "l1", "l2": "l2"}[norm]

@@ -1,0 +1,176 @@
+"""`DyARTModel`: a `keras.Model` that trains any logits classifier with DyART."""
+
+import keras
+from keras import ops
+
+from keras_dyart import _checks
+from keras_dyart import backend as dyart_backend
+from keras_dyart.boundary import find_boundary_points, quality_filter
+from keras_dyart.losses import robust_term
+from keras_dyart.margins import soft_margin
+from keras_dyart.weights import dyart_weights
+
+
+@keras.saving.register_keras_serializable(package="keras_dyart")
+class DyARTModel(keras.Model):
+    """Dynamics-Aware Robust Training (Xu et al., ICLR 2023) around a logits classifier.
+
+    Each training step finds, for every correctly classified point of the batch, the closest
+    point x̂ on its soft decision boundary φ = 0 (scalar FAB, in inference mode), keeps the
+    points that pass the quality filter, weights them by w = h'(R)/‖∇_x φ(x̂)‖_q and minimises
+
+        CE(f(x), y) + lam · (1/N) · Σ_i w_i · (−φ(x̂_i))
+
+    in training mode.  `compile()`, `fit()`, `evaluate()`, `predict()`, callbacks and
+    `.keras` saving work as for any Keras model; `evaluate()` reports plain cross-entropy.
+
+    Args:
+        classifier: any Keras model or layer mapping inputs in [0, 1] to logits ``(N, K)``.
+        norm: threat model of the margins, ``"linf"`` (default) or ``"l2"``.
+        beta: temperature of the soft margin (default 5).
+        lam: weight λ of the robust term (default 1000, the BatchNorm recipe; 400 for
+            GroupNorm).
+        alpha: decay α of h'(r) = exp(−α·r) (default 3).
+        r0: margins at or beyond ``r0`` get no robust term (default 16/255).
+        n_iter: FAB iterations per step (default 20).
+        eps_fab: radius scale of FAB's random start (default 8/255); unused without one.
+        random_start: start FAB at a random point (as the reference code does) instead of at
+            x (default False, which finds margins more accurately; see the docs).
+        restarts: FAB runs per step (default 1).
+        refine: move x̂ onto φ = 0 by a few forward-only secant steps (default True).
+        refine_steps: number of those steps (default 4).
+        use_filter: apply the L∞ quality ("KKT") filter (default True).
+        overshoot, alpha_max, step_back: FAB's η (1.05), α_max (0.1) and β (0.9).
+        seed: seed of the random starts.
+
+    Each step logs ``loss``, ``ce_loss``, ``robust_loss`` (the λ-weighted term, so
+    ``loss = ce_loss + robust_loss`` plus any regularisation), ``boundary_fraction`` (share
+    of the batch with a usable boundary point) and ``mean_margin`` (their mean margin).
+    """
+
+    def __init__(self, classifier, norm="linf", beta=5.0, lam=1000.0, alpha=3.0,
+                 r0=16 / 255, n_iter=20, eps_fab=8 / 255, random_start=False, restarts=1,
+                 refine=True, refine_steps=4, use_filter=True, overshoot=1.05,
+                 alpha_max=0.1, step_back=0.9, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(classifier, keras.layers.Layer):
+            raise TypeError(
+                "`classifier` must be a Keras model or layer that outputs logits; "
+                f"got {type(classifier).__name__}.")
+        self.classifier = classifier
+        self.norm = _checks.norm_name(norm)
+        self.beta = _checks.positive(beta, "beta")
+        self.lam = _checks.positive(lam, "lam", allow_zero=True)
+        self.alpha = _checks.positive(alpha, "alpha", allow_zero=True)
+        self.r0 = _checks.positive(r0, "r0")
+        self.n_iter = _checks.positive(n_iter, "n_iter", integer=True)
+        self.eps_fab = _checks.parse_eps(eps_fab, "eps_fab")
+        self.random_start = bool(random_start)
+        self.restarts = _checks.positive(restarts, "restarts", integer=True)
+        self.refine = bool(refine)
+        self.refine_steps = _checks.positive(refine_steps, "refine_steps", integer=True,
+                                             allow_zero=True)
+        self.use_filter = bool(use_filter)
+        self.overshoot = _checks.positive(overshoot, "overshoot")
+        self.alpha_max = _checks.in_range(alpha_max, "alpha_max", 0.0, 1.0)
+        self.step_back = _checks.in_range(step_back, "step_back", 0.0, 1.0)
+        self.seed = int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
+        self.robust_tracker = keras.metrics.Mean(name="robust_loss")
+        self.fraction_tracker = keras.metrics.Mean(name="boundary_fraction")
+        self.margin_tracker = keras.metrics.Mean(name="mean_margin")
+        self._robust_batch = None
+        if getattr(classifier, "built", False):
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.classifier(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """As `keras.Model.compile`; ``loss`` defaults to cross-entropy on logits."""
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    # -- the boundary search --------------------------------------------------------------
+
+    def search(self, logits_fn, x, y):
+        """Closest boundary points, quality filter and DyART weights for one batch.
+
+        ``logits_fn`` evaluates the classifier in inference mode.  Returns a dict with
+        ``x_hat``, ``usable`` (bool), ``margin``, ``weights``, ``phi_hat`` and ``grad_hat``.
+        """
+        y = ops.cast(y, "int32")
+
+        def phi(z):
+            return soft_margin(logits_fn(z), y, self.beta)
+
+        def phi_and_grad(z):
+            return dyart_backend.value_and_grad(phi, z)
+
+        out = find_boundary_points(
+            phi_and_grad, phi, x, norm=self.norm, n_iter=self.n_iter,
+            overshoot=self.overshoot, alpha_max=self.alpha_max, step_back=self.step_back,
+            random_start=self.random_start, eps_fab=self.eps_fab, restarts=self.restarts,
+            refine=self.refine, refine_steps=self.refine_steps, seed=self.seed_generator)
+        x_hat = ops.stop_gradient(out["x_hat"])
+        phi_hat, grad_hat = phi_and_grad(x_hat)
+        usable = out["found"]
+        if self.use_filter:
+            usable = usable & quality_filter(x, x_hat, phi_hat, grad_hat, self.norm)
+        weights = dyart_weights(out["margin"], grad_hat, usable, self.norm, self.alpha,
+                                self.r0)
+        return {"x_hat": x_hat, "usable": usable, "margin": out["margin"],
+                "weights": ops.stop_gradient(weights), "phi_hat": phi_hat,
+                "grad_hat": grad_hat}
+
+    def _prepare_robust_batch(self, logits_fn, x, y):
+        self._robust_batch = self.search(logits_fn, x, y)
+
+    def train_step(self, *args):
+        # Search with the step's own state, then let Keras's backend trainer differentiate
+        # `compute_loss`, which adds the robust term for the stored batch.
+        return dyart_backend.current().robust_train_step(self, super().train_step, *args)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                    training=training)
+        batch, self._robust_batch = self._robust_batch, None
+        if batch is None or not training:
+            return loss
+        weights = batch["weights"]
+        if sample_weight is not None:
+            weights = weights * ops.cast(ops.reshape(sample_weight, (-1,)), weights.dtype)
+        logits_hat = self(batch["x_hat"], training=True)
+        robust = self.lam * robust_term(logits_hat, y, weights, self.beta)
+        usable = ops.cast(batch["usable"], "float32")
+        n_usable = ops.sum(usable)
+        self.ce_tracker.update_state(loss)
+        self.robust_tracker.update_state(robust)
+        self.fraction_tracker.update_state(ops.mean(usable))
+        self.margin_tracker.update_state(
+            ops.sum(batch["margin"] * usable) / ops.maximum(n_usable, 1.0),
+            sample_weight=n_usable)
+        return loss + robust
+
+    # -- serialisation --------------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "classifier": keras.saving.serialize_keras_object(self.classifier),
+            "norm": self.norm, "beta": self.beta, "lam": self.lam, "alpha": self.alpha,
+            "r0": self.r0, "n_iter": self.n_iter, "eps_fab": self.eps_fab,
+            "random_start": self.random_start, "restarts": self.restarts,
+            "refine": self.refine, "refine_steps": self.refine_steps,
+            "use_filter": self.use_filter, "overshoot": self.overshoot,
+            "alpha_max": self.alpha_max, "step_back": self.step_back, "seed": self.seed,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+        return cls(**config)
