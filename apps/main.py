@@ -1,0 +1,32 @@
+"""The `keras-dyart` command line (Typer). Each sub-command lives in its own module of this
+package and registers itself with `register(app)`."""
+
+import importlib
+import importlib.util
+
+import typer
+
+app = typer.Typer(
+    name="keras-dyart",
+    help="Robust training by margins for Keras 3: DyART, baselines, boundary dynamics and "
+         "attack-based evaluation. The backend is chosen with KERAS_BACKEND "
+         "(tensorflow, jax or torch).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Sub-command modules, in the order `--help` lists them.
+COMMANDS = ("train", "evaluate", "dynamics", "presets")
+
+for _name in COMMANDS:
+    if importlib.util.find_spec(f"keras_dyart_apps.{_name}") is not None:
+        importlib.import_module(f"keras_dyart_apps.{_name}").register(app)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()
