@@ -1,0 +1,83 @@
+"""Presets: the recipe's settings, that they fit our API, and the `keras-dyart presets`
+command."""
+
+import inspect
+import json
+
+import keras
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from keras_dyart import architectures, datasets, presets
+from keras_dyart.models import DyARTModel
+from keras_dyart_apps.main import app
+
+
+def test_cifar10_preset_is_the_published_recipe():
+    p = presets.get("cifar10-wrn28-10")
+    assert (p["dataset"], p["model"]) == ("cifar10", "wrn-28-10")
+    assert p["model_kwargs"]["activation"] == "swish" and p["model_kwargs"]["norm"] == "batch"
+    d = p["dyart"]
+    assert (d["lam"], d["alpha"], d["beta"], d["n_iter"]) == (1000.0, 3.0, 5.0, 20)
+    assert d["r0"] == pytest.approx(16 / 255) and d["eps_fab"] == pytest.approx(8 / 255)
+    assert (p["burn_in_epochs"], p["epochs"], p["batch_size"]) == (10, 200, 256)
+    o = p["optimizer"]
+    assert (o["name"], o["learning_rate"], o["momentum"], o["nesterov"],
+            o["weight_decay"]) == ("sgd", 0.1, 0.9, True, 5e-4)
+    assert p["clipnorm"] == 0.1 and p["ema"]["tau"] == 0.995
+    assert p["augment"] == {"random_crop_pad": 4, "horizontal_flip": True}
+    gn = presets.get("cifar10-wrn28-10-gn")
+    assert gn["model_kwargs"]["norm"] == "group"
+    assert (gn["dyart"]["lam"], gn["dyart"]["alpha"]) == (400.0, 8.0)
+    tiny = presets.get("tinyimagenet-preact-resnet18")
+    assert tiny["model"] == "preact-resnet18" and tiny["burn_in_epochs"] == 20
+    assert tiny["model_kwargs"]["num_classes"] == 200
+    extra = presets.get("cifar10-wrn28-10-extra")["extra_data"]
+    assert extra["fraction"] == 0.7
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_every_preset_fits_the_api(name):
+    p = presets.get(name)
+    assert p["dataset"] in datasets.DATASETS
+    builder = architectures.BUILDERS[p["model"]]
+    inspect.signature(builder).bind(**p["model_kwargs"])          # valid builder arguments
+    inspect.signature(datasets.load).bind(p["dataset"], **p["dataset_kwargs"])
+    # The DyART settings are valid `DyARTModel` arguments.
+    classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model = DyARTModel(classifier, **p["dyart"])
+    assert model.lam == p["dyart"]["lam"] and model.r0 == pytest.approx(p["dyart"]["r0"])
+    assert json.loads(json.dumps(p)) == p                          # plain, JSON-able data
+
+
+def test_get_returns_a_copy_and_rejects_unknown_names():
+    p = presets.get("cifar10-wrn28-10")
+    p["dyart"]["lam"] = 1.0
+    assert presets.get("cifar10-wrn28-10")["dyart"]["lam"] == 1000.0
+    with pytest.raises(ValueError, match="`preset` must be one of"):
+        presets.get("imagenet-vit")
+    flat = presets.flatten(presets.get("cifar10-wrn28-10"))
+    assert flat["dyart.lam"] == 1000.0 and flat["optimizer.nesterov"] is True
+
+
+def test_presets_command_lists_and_shows():
+    runner = CliRunner()
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0, result.output
+    for name in presets.names():
+        assert name in result.output
+    assert "λ 1000" in result.output and "r0 16/255" in result.output
+
+    result = runner.invoke(app, ["presets", "cifar10-wrn28-10-gn"])
+    assert result.exit_code == 0, result.output
+    assert "dyart.lam" in result.output and "400.0" in result.output
+
+    result = runner.invoke(app, ["presets", "tinyimagenet-preact-resnet18", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown == presets.get("tinyimagenet-preact-resnet18")
+    assert np.isclose(shown["dyart"]["r0"], 32 / 255)
+
+    result = runner.invoke(app, ["presets", "nope"])
+    assert result.exit_code != 0 and "must be one of" in result.output
