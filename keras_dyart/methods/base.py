@@ -1,0 +1,208 @@
+"""`RobustModel`: the one pattern every training method here follows.
+
+A robust model wraps a logits classifier.  Its ``train_step`` first prepares the method's
+*inner examples* (a PGD attack, a boundary search, ...) with the step's own state and the
+classifier in inference mode, through the backend hook ``robust_train_step`` that
+`keras_dyart.DyARTModel` uses too; then Keras's own backend ``train_step`` differentiates
+``compute_loss``, which each method extends with its loss terms (the inner examples are
+constants).  So one ``train_step`` serves TensorFlow, JAX and PyTorch, and ``fit``,
+``evaluate``, callbacks and ``.keras`` saving work as for any Keras model.
+
+A method subclass sets
+
+- ``hyper_parameters``: the names of its constructor arguments (saved by ``get_config``);
+- ``loss_terms``: the names of the terms it logs besides ``loss``;
+- ``inner(logits_fn, x, y)``: a dict of inner examples (or ``None`` for none);
+- ``objective(x, y, y_pred, sample_weight, inner)``: a dict of loss terms whose sum is the
+  loss; ``y_pred`` are the training-mode logits Keras computed on the step's inputs;
+- optionally ``adversarial_inputs = "x_adv"``: Keras's own forward pass (and the compiled
+  loss and metrics) then runs on that inner example instead of the clean input.
+"""
+
+import keras
+from keras import ops
+from keras.utils import pack_x_y_sample_weight, unpack_x_y_sample_weight
+
+from keras_dyart import _checks
+from keras_dyart import backend as dyart_backend
+from keras_dyart.attacks.pgd import _ascent_direction, project_ball
+from keras_dyart.margins import flat
+
+_TINY = 1e-12
+
+
+def weighted_mean(values, sample_weight=None):
+    """Batch mean of per-sample ``values``: ``Σ w_i·v_i / N`` (Keras's sum-over-batch)."""
+    if sample_weight is not None:
+        values = values * ops.cast(ops.reshape(sample_weight, (-1,)), values.dtype)
+    return ops.mean(values)
+
+
+def random_start(x, eps, norm, seed, kind="uniform"):
+    """A random start around ``x`` (not yet projected).
+
+    ``kind="uniform"``: uniform in the L∞ ball, or a uniform point of the L2 ball;
+    ``kind="gaussian"``: ``0.001·N(0, 1)`` (the TRADES and MART reference start).
+    """
+    shape = ops.shape(x)
+    if kind == "gaussian":
+        return x + 0.001 * keras.random.normal(shape, seed=seed)
+    if norm == "linf":
+        return x + keras.random.uniform(shape, -eps, eps, seed=seed)
+    g = keras.random.normal(shape, seed=seed)
+    n = ops.sqrt(ops.sum(flat(g) ** 2, axis=-1))
+    d = 1
+    for s in shape[1:]:
+        d *= int(s)
+    r = eps * keras.random.uniform((shape[0],), seed=seed) ** (1.0 / d)
+    scale = r / ops.maximum(n, _TINY)
+    return x + g * ops.reshape(scale, (-1,) + (1,) * (len(shape) - 1))
+
+
+def pgd_ascent(value, x, start, eps, step_size, steps, norm):
+    """Projected gradient ascent of a per-sample ``value(z)`` inside the ball and the box.
+
+    ``value`` maps a batch to ``(N,)``; its gradient is taken through the backend's
+    input-gradient helper.  Returns the last iterate (a constant).
+    """
+
+    def body(_, z):
+        _, g = dyart_backend.value_and_grad(value, z)
+        return project_ball(z + step_size * _ascent_direction(g, norm), x, eps, norm)
+
+    z = ops.fori_loop(0, steps, body, project_ball(start, x, eps, norm))
+    return ops.stop_gradient(z)
+
+
+def kl_divergence(logits_p, logits_q):
+    """Per-row KL(p ‖ q) of the softmax distributions of two logit batches."""
+    log_p = ops.log_softmax(logits_p, axis=-1)
+    log_q = ops.log_softmax(logits_q, axis=-1)
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def cross_entropy(logits, y):
+    """Per-row cross-entropy of logits."""
+    return ops.sparse_categorical_crossentropy(ops.cast(y, "int32"), logits, from_logits=True)
+
+
+@keras.saving.register_keras_serializable(package="keras_dyart")
+class RobustModel(keras.Model):
+    """Base class of the training methods: a classifier plus a robust ``train_step``.
+
+    Args:
+        classifier: any Keras model or layer mapping inputs in [0, 1] to logits ``(N, K)``.
+        seed: seed of the random starts of the inner attack.
+
+    ``compile()`` defaults ``loss`` to cross-entropy on logits; ``evaluate()`` and
+    ``predict()`` use the classifier on clean inputs.
+    """
+
+    hyper_parameters = ()
+    loss_terms = ()
+    adversarial_inputs = None
+
+    def __init__(self, classifier, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(classifier, keras.layers.Layer):
+            raise TypeError(
+                "`classifier` must be a Keras model or layer that outputs logits; "
+                f"got {type(classifier).__name__}.")
+        self.classifier = classifier
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"`seed` must be an integer; got {seed!r}.")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.term_trackers = [keras.metrics.Mean(name=name) for name in self.loss_terms]
+        self._inner = None
+        if getattr(classifier, "built", False):
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.classifier(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """As `keras.Model.compile`; ``loss`` defaults to cross-entropy on logits."""
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips compiling a loaded model whose `compile` is overridden; ours only adds
+        # a default loss, so compile it (and build the optimizer so that its saved state,
+        # weight averages included, is restored).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # -- what a method defines -------------------------------------------------------------
+
+    def inner(self, logits_fn, x, y):
+        """Inner examples for one batch (``logits_fn``: the classifier in inference mode)."""
+        return None
+
+    def objective(self, x, y, y_pred, sample_weight, inner):
+        """The loss terms of one batch; their sum is minimised."""
+        return {"loss": self.keras_loss(x, y, y_pred, sample_weight)}
+
+    # -- the train step ---------------------------------------------------------------------
+
+    def keras_loss(self, x, y, y_pred, sample_weight):
+        """The compiled loss (cross-entropy by default) on ``y_pred`` plus regularisation.
+
+        Call it at most once per step: it adds the layers' regularisation losses.
+        """
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                    training=True)
+
+    def _prepare_robust_batch(self, logits_fn, x, y):
+        inner = self.inner(logits_fn, ops.convert_to_tensor(x), ops.cast(y, "int32"))
+        if inner is not None:
+            inner = {k: ops.stop_gradient(v) for k, v in inner.items()}
+        self._inner = inner
+
+    def _keras_train_step(self, *args):
+        if self.adversarial_inputs is not None:
+            *state, data = args
+            _, y, sample_weight = unpack_x_y_sample_weight(data)
+            data = pack_x_y_sample_weight(self._inner[self.adversarial_inputs], y,
+                                          sample_weight)
+            args = (*state, data)
+        return super().train_step(*args)
+
+    def train_step(self, *args):
+        # Prepare the inner examples with the step's own state, then let Keras's backend
+        # trainer differentiate `compute_loss`, which adds the method's terms.
+        return dyart_backend.current().robust_train_step(self, self._keras_train_step, *args)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        inner, self._inner = self._inner, None
+        if not training or inner is None:
+            return super().compute_loss(x=x, y=y, y_pred=y_pred,
+                                        sample_weight=sample_weight, training=training)
+        terms = self.objective(x, ops.cast(y, "int32"), y_pred, sample_weight, inner)
+        loss = terms.pop("loss")
+        for tracker in self.term_trackers:
+            tracker.update_state(terms[tracker.name])
+        return loss
+
+    # -- serialisation ----------------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config["classifier"] = keras.saving.serialize_keras_object(self.classifier)
+        config["seed"] = self.seed
+        config.update({name: getattr(self, name) for name in self.hyper_parameters})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+        return cls(**config)
+
+
+def check_attack(eps, step_size, steps, norm):
+    """Validate the inner attack's hyper-parameters; returns them normalised."""
+    return (_checks.parse_eps(eps, "eps"), _checks.parse_eps(step_size, "step_size"),
+            _checks.positive(steps, "steps", integer=True), _checks.norm_name(norm))

@@ -1,0 +1,21 @@
+"""Clean (standard) training: cross-entropy on the clean inputs."""
+
+import keras
+
+from keras_dyart.methods.base import RobustModel
+
+
+@keras.saving.register_keras_serializable(package="keras_dyart")
+class CleanModel(RobustModel):
+    """Standard training, in the same wrapper as the robust methods.
+
+    Minimises the compiled loss (cross-entropy by default) on the clean inputs; useful as
+    the burn-in stage and as the baseline of a comparison.
+
+    Args:
+        classifier: a Keras model that outputs logits.
+        seed: unused (kept so that every method takes it).
+    """
+
+    def train_step(self, *args):
+        return keras.Model.train_step(self, *args)

@@ -1,0 +1,54 @@
+"""PGD adversarial training (Madry et al., ICLR 2018)."""
+
+import keras
+from keras import ops
+
+from keras_dyart.attacks.pgd import attack_loss
+from keras_dyart.methods.base import RobustModel, check_attack, pgd_ascent, random_start
+
+
+@keras.saving.register_keras_serializable(package="keras_dyart")
+class PGDATModel(RobustModel):
+    """PGD adversarial training: minimise the cross-entropy at a PGD example.
+
+        min_θ  E  max_{‖δ‖ ≤ eps, x+δ ∈ [0,1]^d}  CE(f(x + δ), y)
+
+    The inner maximisation is PGD with cross-entropy, ``steps`` steps of ``step_size``
+    (sign of the gradient for L∞, normalised gradient for L2) from a uniform random start,
+    with the classifier in inference mode.  Keras's own forward pass, loss and metrics then
+    run on the adversarial batch only (so the logged ``accuracy`` is the training accuracy
+    under attack, and BatchNorm sees only adversarial inputs, as in the reference).
+
+    Args:
+        classifier: a Keras model that outputs logits.
+        eps: radius of the threat model (a number or text such as ``"8/255"``).
+        step_size: PGD step (default 2/255).
+        steps: PGD steps (default 10).
+        norm: ``"linf"`` (default) or ``"l2"``.
+        random_start: start from a uniform point of the ball (default True).
+        seed: seed of the random starts.
+
+    Logs ``loss`` (the adversarial cross-entropy) and the compiled metrics on the
+    adversarial batch.
+    """
+
+    hyper_parameters = ("eps", "step_size", "steps", "norm", "random_start")
+    adversarial_inputs = "x_adv"
+
+    def __init__(self, classifier, eps=8 / 255, step_size=2 / 255, steps=10, norm="linf",
+                 random_start=True, seed=0, **kwargs):
+        super().__init__(classifier, seed=seed, **kwargs)
+        self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
+                                                                       norm)
+        self.random_start = bool(random_start)
+
+    def inner(self, logits_fn, x, y):
+        start = (random_start(x, self.eps, self.norm, self.seed_generator)
+                 if self.random_start else x)
+        x_adv = pgd_ascent(lambda z: attack_loss(logits_fn(z), y, "ce"), x, start, self.eps,
+                           self.step_size, self.steps, self.norm)
+        return {"x_adv": x_adv}
+
+    def objective(self, x, y, y_pred, sample_weight, inner):
+        # Keras ran the forward pass on the adversarial batch already (`adversarial_inputs`).
+        return {"loss": self.keras_loss(x, y, y_pred, sample_weight)}
