@@ -80,7 +80,7 @@ def test_tiny_forward_backward(name):
     before = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     model.compile(optimizer=keras.optimizers.SGD(0.1),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  run_eagerly=True)
+                  jit_compile=True)
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)
     after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
@@ -92,7 +92,7 @@ def test_dyart_step_on_a_tiny_wide_resnet():
     model = DyARTModel(architectures.wide_resnet(depth=10, width=1, num_classes=3,
                                                  input_shape=(8, 8, 3), activation="swish"),
                        n_iter=2, refine_steps=1)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)   # compiling costs more
     x = np.random.default_rng(1).random((4, 8, 8, 3)).astype("float32")
     logs = model.train_on_batch(x, np.array([0, 1, 2, 0]), return_dict=True)
     assert np.isfinite(logs["loss"])
