@@ -1,0 +1,209 @@
+"""Keras callbacks of keras-dyart.
+
+`BoundaryDynamics` records, during ``fit()``, how fast the decision boundary moves at a fixed
+probe set under the optimiser's own steps (see `keras_dyart.dynamics`).
+"""
+
+import csv
+import math
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_dyart import _checks
+from keras_dyart import dynamics as _dyn
+
+_SCALARS = ("n_usable", "n_vulnerable", "conflict_share", "mean_speed",
+            "mean_speed_vulnerable", "speed_margin_corr")
+
+
+def _write_csv(path, rows):
+    columns = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class BoundaryDynamics(keras.callbacks.Callback):
+    """Record the boundary speed of a probe set under the training steps of ``fit()``.
+
+    Every ``every`` training steps the callback finds the closest soft-boundary point and
+    margin of each probe point at the current weights θ (before the step), lets the step run,
+    takes the change it made, Δθ = θ_after − θ_before (whatever the model's ``train_step``
+    and optimiser did: DyART, PGD-AT, plain cross-entropy, momentum included), and computes
+    each probe point's boundary speed s_i under Δθ (per step), then `summarize`s them.
+
+    Works with any Keras model that outputs logits, on every backend.  The weights are put
+    back exactly after each measurement, so training is not affected.
+
+    Args:
+        x_probe, y_probe: fixed probe inputs in [0, 1] and labels (a few hundred points).
+        every: record every ``every`` training steps (the first step is always recorded).
+        method: ``"exact"`` (weight JVP, default) or ``"finite_difference"``
+            (one extra forward pass: [φ(x̂; θ_after) − φ(x̂; θ_before)] / ‖∇_x φ‖_q).
+        r0: vulnerability radius of the summaries (default: the model's ``r0``, else 16/255).
+        bins: margin bins (see `keras_dyart.dynamics.summarize`).
+        norm, beta, n_iter, use_filter, batch_size, jit: settings of the boundary search
+            (defaults: the model's ``norm``/``beta`` if it has them, else L∞ and 5).
+        log_dir: folder for ``dynamics.csv`` (one row per record), ``dynamics_points.csv``
+            (one row per probe point and record), ``speed_vs_margin.png`` and
+            ``conflict_share.png``; rewritten at every epoch end. None: write nothing.
+        prefix: prefix of the keys added to the epoch logs (and so to ``History``).
+
+    Epoch logs gain ``{prefix}conflict_share``, ``{prefix}mean_speed``,
+    ``{prefix}mean_speed_vulnerable``, ``{prefix}speed_margin_corr``,
+    ``{prefix}n_vulnerable`` and ``{prefix}n_usable``: the mean over the epoch's records
+    (NaN in an epoch with no record).  ``records`` holds every record's summary and
+    ``point_records`` the per-point arrays (``step``, ``margin``, ``speed``, ``usable``,
+    ``vulnerable``).
+
+    Example:
+
+    ```python
+    cb = kd.callbacks.BoundaryDynamics(x_test[:256], y_test[:256], every=20,
+                                       log_dir="runs/dyn")
+    model.fit(x_train, y_train, epochs=2, callbacks=[cb])
+    model.history.history["dynamics_conflict_share"]
+    ```
+    """
+
+    def __init__(self, x_probe, y_probe, every=50, *, method="exact", r0=None, bins=8,
+                 norm=None, beta=None, n_iter=20, use_filter=True, batch_size=256,
+                 log_dir=None, prefix="dynamics_", jit=None):
+        super().__init__()
+        self.x_probe = _checks.images(x_probe, "x_probe")
+        self.y_probe = _checks.labels(y_probe, len(self.x_probe), arg="y_probe")
+        self.every = _checks.positive(every, "every", integer=True)
+        if method not in _dyn.METHODS:
+            raise ValueError(
+                f"`method` must be 'exact' or 'finite_difference'; got {method!r}.")
+        self.method = method
+        self.r0 = None if r0 is None else _checks.parse_eps(r0, "r0")
+        self.bins = bins
+        _dyn.summarize(np.zeros(1), np.zeros(1), np.zeros(1, bool), 1.0,
+                       bins if not np.isscalar(bins) else int(bins))  # validates `bins`
+        self.norm = None if norm is None else _checks.norm_name(norm)
+        self.beta = beta
+        self.n_iter = _checks.positive(n_iter, "n_iter", integer=True)
+        self.use_filter = bool(use_filter)
+        self.batch_size = _checks.positive(batch_size, "batch_size", integer=True)
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.prefix = str(prefix)
+        self.jit = jit
+        self.records = []
+        self.point_records = []
+        self._analyzer = None
+        self._pending = None
+        self._step = 0
+        self._epoch = 0
+        self._epoch_start = 0
+
+    def get_config(self):
+        return {"every": self.every, "method": self.method, "r0": self.r0,
+                "bins": self.bins, "norm": self.norm, "beta": self.beta,
+                "n_iter": self.n_iter, "use_filter": self.use_filter,
+                "batch_size": self.batch_size, "log_dir": self.log_dir,
+                "prefix": self.prefix}
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_start = len(self.records)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._step % self.every:
+            return
+        model = self.model                  # on JAX this syncs the state into the variables
+        if self._analyzer is None:
+            self._analyzer = _dyn._Analyzer(model, self.norm, self.beta, self.n_iter,
+                                            use_filter=self.use_filter,
+                                            batch_size=self.batch_size, jit=self.jit)
+            self._r0 = self.r0 if self.r0 is not None else _checks.parse_eps(
+                getattr(model, "r0", 16 / 255), "r0")
+        points = self._analyzer.points(self.x_probe, self.y_probe)
+        theta = [ops.convert_to_numpy(v).astype("float32") for v in model.trainable_variables]
+        self._pending = (points, theta)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, self._step = self._step, self._step + 1
+        if self._pending is None:
+            return
+        points, theta = self._pending
+        self._pending = None
+        model = self.model
+        after = [ops.convert_to_numpy(v).astype("float32") for v in model.trainable_variables]
+        delta = [a - t for a, t in zip(after, theta)]
+        with _dyn.assigned_weights(model, theta):
+            speed = self._analyzer.speed(points, delta, self.method)
+        summary = _dyn.summarize(points.margin, speed, points.usable, self._r0, self.bins)
+        self.records.append({"step": step, "epoch": self._epoch, **summary})
+        self.point_records.append({
+            "step": step, "margin": points.margin, "speed": speed, "usable": points.usable,
+            "correct": points.correct,
+            "vulnerable": points.usable & (points.margin < self._r0)})
+
+    def on_epoch_end(self, epoch, logs=None):
+        recent = self.records[self._epoch_start:]
+        if logs is not None:
+            for key in _SCALARS:
+                values = [r[key] for r in recent if not math.isnan(r[key])]
+                logs[self.prefix + key] = float(np.mean(values)) if values else math.nan
+        if self.log_dir:
+            self.write(self.log_dir)
+
+    def on_train_end(self, logs=None):
+        self._pending = None
+        if self.log_dir:
+            self.write(self.log_dir)
+
+    # -- files -----------------------------------------------------------------------------
+
+    def write(self, log_dir):
+        """Write the CSV files and the two plots into ``log_dir``."""
+        os.makedirs(log_dir, exist_ok=True)
+        rows = []
+        for rec in self.records:
+            row = {k: rec[k] for k in ("step", "epoch", "n_points") + _SCALARS}
+            for i, v in enumerate(rec["bin_mean_speed"]):
+                lo, hi = rec["bin_edges"][i], rec["bin_edges"][i + 1]
+                row[f"bin_mean_speed[{lo:.4g},{hi:.4g})"] = v
+            rows.append(row)
+        _write_csv(os.path.join(log_dir, "dynamics.csv"), rows)
+        point_rows = []
+        for rec in self.point_records:
+            for i in range(len(rec["margin"])):
+                point_rows.append({
+                    "step": rec["step"], "index": i, "label": int(self.y_probe[i]),
+                    "correct": bool(rec["correct"][i]), "usable": bool(rec["usable"][i]),
+                    "vulnerable": bool(rec["vulnerable"][i]),
+                    "margin": float(rec["margin"][i]), "speed": float(rec["speed"][i])})
+        _write_csv(os.path.join(log_dir, "dynamics_points.csv"), point_rows)
+        if not self.records:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        first, last = self.point_records[0], self.point_records[-1]
+        pairs = [(first["margin"], first["speed"])]
+        labels = [f"step {first['step']}"]
+        if len(self.point_records) > 1:
+            pairs.append((last["margin"], last["speed"]))
+            labels.append(f"step {last['step']}")
+        fig = _dyn.plot_speed_vs_margin(pairs, os.path.join(log_dir, "speed_vs_margin.png"),
+                                        labels=labels, r0=self._r0)
+        plt.close(fig)
+        steps = [r["step"] for r in self.records]
+        shares = [r["conflict_share"] for r in self.records]
+        fig = _dyn.plot_conflict_share({"conflict share": (steps, shares)},
+                                       os.path.join(log_dir, "conflict_share.png"))
+        plt.close(fig)
