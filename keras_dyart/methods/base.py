@@ -188,6 +188,20 @@ class RobustModel(keras.Model):
 
     # -- serialisation ----------------------------------------------------------------------
 
+    # Keras does not save a SeedGenerator's state; keep it with the weights so that a run
+    # restored by `BackupAndRestore` draws the same random starts as an uninterrupted one.
+    _SEED_KEY = "seed_generator_state"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._SEED_KEY] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if self._SEED_KEY in keys:
+            self.seed_generator.state.assign(store[self._SEED_KEY])
+        super().load_own_variables({k: store[k] for k in keys if k != self._SEED_KEY})
+
     def get_config(self):
         config = super().get_config()
         config["classifier"] = keras.saving.serialize_keras_object(self.classifier)

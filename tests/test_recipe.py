@@ -1,0 +1,183 @@
+"""The training recipe: schedule, optimizer with weight averaging, checkpoints, resume."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_dyart import methods, recipe
+from tests.conftest import linear_classifier
+
+
+def np_decay(t, tau, warmup):
+    if t < warmup:
+        return 0.0
+    d = t - warmup
+    return min(tau, (1 + d) / (10 + d))
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_alpha():
+    schedule = recipe.cosine_schedule(0.2, 100, warmup=0.1, alpha=0.05)
+    lr = [float(ops.convert_to_numpy(schedule(s))) for s in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(lr, [0.0, 0.1, 0.2, 0.2 * (0.05 + 0.95 * 0.5), 0.01],
+                               rtol=1e-5, atol=1e-7)
+    flat = recipe.cosine_schedule(0.2, 100, warmup=0.0)
+    assert float(ops.convert_to_numpy(flat(0))) == pytest.approx(0.2)
+
+
+def test_ema_decay_schedule():
+    got = ops.convert_to_numpy(recipe.ema_decay(np.arange(30), 0.8, warmup_steps=5))
+    np.testing.assert_allclose(got, [np_decay(t, 0.8, 5) for t in range(30)], rtol=1e-6)
+
+
+def test_averaging_sgd_keeps_the_closed_form_average():
+    # Plain SGD steps with known gradients: w_{t+1} = w_t − lr·g_t, and the average moves
+    # as avg ← d_t·avg + (1 − d_t)·w_{t+1}, starting at w_0.
+    rng = np.random.RandomState(0)
+    w0 = rng.normal(size=(3, 2)).astype("float32")
+    var = keras.Variable(w0, name="kernel")
+    opt = recipe.AveragingSGD(0.1, momentum=0.0, nesterov=False, weight_decay=None,
+                              global_clipnorm=None, ema_tau=0.9, ema_warmup_steps=3)
+    opt.build([var])
+    w, avg = w0.astype("float64"), w0.astype("float64")
+    for t in range(25):
+        g = rng.normal(size=w0.shape).astype("float32")
+        opt.apply([ops.convert_to_tensor(g)], [var])
+        w = w - 0.1 * g
+        d = np_decay(t, 0.9, 3)
+        avg = d * avg + (1 - d) * w
+    np.testing.assert_allclose(ops.convert_to_numpy(var), w, rtol=1e-5, atol=1e-6)
+    got = ops.convert_to_numpy(opt.averages()[id(var)])
+    np.testing.assert_allclose(got, avg, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, w, atol=1e-3)
+
+
+def test_weight_decay_skips_biases_and_clipnorm_clips():
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+    opt = recipe.AveragingSGD(0.5, momentum=0.0, weight_decay=0.1, global_clipnorm=1.0)
+    opt.build([kernel, bias])
+    opt.apply([ops.zeros((2, 2)), ops.zeros((2,))], [kernel, bias])
+    np.testing.assert_allclose(ops.convert_to_numpy(kernel), 1 - 0.5 * 0.1, rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(bias), 1.0)
+    opt.apply([ops.full((2, 2), 100.0), ops.zeros((2,))], [kernel, bias])
+    step = 0.95 - ops.convert_to_numpy(kernel) - 0.95 * 0.05   # minus the decay part
+    np.testing.assert_allclose(np.sqrt((step ** 2).sum()), 0.5 * 1.0, rtol=1e-4)
+
+
+def bn_classifier(d=6, k=3):
+    inputs = keras.Input((d,))
+    h = keras.layers.Dense(8)(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    return keras.Model(inputs, keras.layers.Dense(k)(keras.layers.ReLU()(h)))
+
+
+def data(n=64, d=6, k=3, seed=0):
+    rng = np.random.RandomState(seed)
+    return (rng.uniform(0, 1, (n, d)).astype("float32"), rng.randint(0, k, n).astype("int32"))
+
+
+def test_averaged_model_has_averages_and_raw_batchnorm_stats(tmp_path):
+    x, y = data()
+    model = methods.CleanModel(bn_classifier())
+    model.compile(optimizer=recipe.AveragingSGD(0.1, ema_tau=0.5))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    avg = recipe.averaged_model(model)
+    raw = model.classifier
+    averages = model.optimizer.averages()
+    for v_avg, v_raw in zip(avg.weights, raw.weights):
+        expected = averages[id(v_raw)] if v_raw.trainable else v_raw
+        np.testing.assert_allclose(ops.convert_to_numpy(v_avg), ops.convert_to_numpy(expected),
+                                   rtol=1e-6)
+    bn_raw = [layer for layer in raw.layers if "batch" in layer.name][0]
+    bn_avg = [layer for layer in avg.layers if "batch" in layer.name][0]
+    assert not np.allclose(ops.convert_to_numpy(bn_raw.moving_mean), 0.0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(bn_avg.moving_mean),
+                                  ops.convert_to_numpy(bn_raw.moving_mean))
+    assert not np.allclose(avg.get_weights()[0], raw.get_weights()[0])
+    # The averages are optimizer variables: saved and restored with the model.
+    path = str(tmp_path / "run.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(recipe.averaged_weights(loaded), recipe.averaged_weights(model)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_averaged_checkpoint_logs_and_keeps_the_best(tmp_path):
+    x, y = data(n=48, d=6, k=2)
+    model = methods.CleanModel(linear_classifier(np.zeros((6, 2), "float32")))
+    model.compile(optimizer=recipe.build_optimizer(9, learning_rate=0.5), metrics=["accuracy"])
+    path = str(tmp_path / "best.keras")
+    checkpoint = recipe.AveragedCheckpoint(x[:20], y[:20], path, eps=0.05, steps=3, every=2)
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[checkpoint])
+    assert "avg_robust_acc" not in {k for k, v in history.history.items() if len(v) == 3}
+    assert len(history.history["avg_robust_acc"]) == 2         # epochs 2 and 3 (the last)
+    with open(path + ".json") as f:
+        state = json.load(f)
+    assert state["best"] == pytest.approx(max(history.history["avg_robust_acc"]))
+    best = keras.models.load_model(path)
+    assert best.output_shape == (None, 2)
+    with pytest.raises(ValueError, match="`filepath`"):
+        recipe.AveragedCheckpoint(x, y, str(tmp_path / "best.h5"), eps=0.1)
+
+
+def run(tmp_path, epochs, stop_after=None, seed=0):
+    """PGD-AT with the recipe optimizer on shuffled batches; optionally killed at an epoch."""
+    keras.utils.set_random_seed(seed)
+    x, y = data(n=48)
+    model = methods.PGDATModel(bn_classifier(), eps=0.1, step_size=0.05, steps=2, seed=seed)
+    model.compile(optimizer=recipe.build_optimizer(epochs * 3, learning_rate=0.2,
+                                                   ema_tau=0.7, ema_warmup=0.1))
+    batches = recipe.ArrayBatches(x, y, batch_size=16, seed=seed)
+    callbacks = [recipe.SyncEpoch(batches),
+                 keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))]
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == stop_after:
+                raise KeyboardInterrupt
+
+    if stop_after is not None:
+        callbacks.append(Kill())
+    try:
+        model.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, verbose=0,
+                  callbacks=callbacks)
+    except KeyboardInterrupt:
+        return None
+    return model
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+    reference = run(tmp_path / "a", epochs=4)
+    assert run(tmp_path / "b", epochs=4, stop_after=2) is None
+    assert os.path.exists(tmp_path / "b" / "backup")
+    # A fresh process would rebuild everything: a different seed shows that what matters
+    # comes from the backup, not from the seed.
+    resumed = run(tmp_path / "b", epochs=4, seed=0)
+    assert int(ops.convert_to_numpy(resumed.optimizer.iterations)) == 12
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(recipe.averaged_weights(resumed), recipe.averaged_weights(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # A run that resumes from another state does differ: the comparison can fail.
+    other = run(tmp_path / "c", epochs=4, seed=1)
+    assert not np.allclose(other.get_weights()[0], reference.get_weights()[0], atol=1e-4)
+
+
+def test_sync_epoch_checks_its_data():
+    with pytest.raises(TypeError, match="`data`"):
+        recipe.SyncEpoch([1, 2, 3])
+    batches = recipe.ArrayBatches(np.arange(10)[:, None], np.arange(10), batch_size=4)
+    first = [batches[i][1] for i in range(6)]
+    assert sorted(np.concatenate(first[:3])) == list(range(10))      # one epoch
+    assert not all(np.array_equal(a, b) for a, b in zip(first[:3], first[3:]))
+    batches.start_at_epoch(1)
+    for a, b in zip(first[3:], [batches[i][1] for i in range(3)]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="`total_steps`"):
+        recipe.build_optimizer(0)
+    with pytest.raises(ValueError, match="`ema_tau`"):
+        recipe.AveragingSGD(ema_tau=1.5)
