@@ -4,7 +4,6 @@
 probe set under the optimiser's own steps (see `keras_dyart.dynamics`).
 """
 
-import csv
 import math
 import os
 
@@ -15,20 +14,7 @@ from keras import ops
 from keras_dyart import _checks
 from keras_dyart import dynamics as _dyn
 
-_SCALARS = ("n_usable", "n_vulnerable", "conflict_share", "mean_speed",
-            "mean_speed_vulnerable", "speed_margin_corr")
-
-
-def _write_csv(path, rows):
-    columns = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+_SCALARS = _dyn._SCALARS
 
 
 class BoundaryDynamics(keras.callbacks.Callback):
@@ -147,7 +133,7 @@ class BoundaryDynamics(keras.callbacks.Callback):
         self.records.append({"step": step, "epoch": self._epoch, **summary})
         self.point_records.append({
             "step": step, "margin": points.margin, "speed": speed, "usable": points.usable,
-            "correct": points.correct,
+            "correct": points.correct, "label": points.y,
             "vulnerable": points.usable & (points.margin < self._r0)})
 
     def on_epoch_end(self, epoch, logs=None):
@@ -167,43 +153,7 @@ class BoundaryDynamics(keras.callbacks.Callback):
     # -- files -----------------------------------------------------------------------------
 
     def write(self, log_dir):
-        """Write the CSV files and the two plots into ``log_dir``."""
-        os.makedirs(log_dir, exist_ok=True)
-        rows = []
-        for rec in self.records:
-            row = {k: rec[k] for k in ("step", "epoch", "n_points") + _SCALARS}
-            for i, v in enumerate(rec["bin_mean_speed"]):
-                lo, hi = rec["bin_edges"][i], rec["bin_edges"][i + 1]
-                row[f"bin_mean_speed[{lo:.4g},{hi:.4g})"] = v
-            rows.append(row)
-        _write_csv(os.path.join(log_dir, "dynamics.csv"), rows)
-        point_rows = []
-        for rec in self.point_records:
-            for i in range(len(rec["margin"])):
-                point_rows.append({
-                    "step": rec["step"], "index": i, "label": int(self.y_probe[i]),
-                    "correct": bool(rec["correct"][i]), "usable": bool(rec["usable"][i]),
-                    "vulnerable": bool(rec["vulnerable"][i]),
-                    "margin": float(rec["margin"][i]), "speed": float(rec["speed"][i])})
-        _write_csv(os.path.join(log_dir, "dynamics_points.csv"), point_rows)
-        if not self.records:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        first, last = self.point_records[0], self.point_records[-1]
-        pairs = [(first["margin"], first["speed"])]
-        labels = [f"step {first['step']}"]
-        if len(self.point_records) > 1:
-            pairs.append((last["margin"], last["speed"]))
-            labels.append(f"step {last['step']}")
-        fig = _dyn.plot_speed_vs_margin(pairs, os.path.join(log_dir, "speed_vs_margin.png"),
-                                        labels=labels, r0=self._r0)
-        plt.close(fig)
-        steps = [r["step"] for r in self.records]
-        shares = [r["conflict_share"] for r in self.records]
-        fig = _dyn.plot_conflict_share({"conflict share": (steps, shares)},
-                                       os.path.join(log_dir, "conflict_share.png"))
-        plt.close(fig)
+        """Write ``dynamics.csv``, ``dynamics_points.csv`` and the two plots into
+        ``log_dir`` (see `keras_dyart.dynamics.write_records`)."""
+        _dyn.write_records(log_dir, self.records, self.point_records,
+                           r0=getattr(self, "_r0", None))

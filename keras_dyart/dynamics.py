@@ -37,6 +37,7 @@ Example:
 """
 
 import contextlib
+import csv
 import dataclasses
 import math
 import os
@@ -240,9 +241,16 @@ def _phi_fn(logits_fn, x, y, beta):
 
 
 def _setting(value, model, attr, default):
+    """An explicit value, else the `DyARTModel`'s own setting (its ``norm``, soft-margin
+    ``beta`` and ``r0``; the threat model ``norm`` of any model that has one), else
+    ``default``.  Other methods' ``beta`` (TRADES, MART) is a different quantity."""
     if value is not None:
         return value
-    return getattr(model, attr, default)
+    from keras_dyart.models import DyARTModel
+
+    if isinstance(model, DyARTModel) or (attr == "norm" and hasattr(model, "norm")):
+        return getattr(model, attr, default)
+    return default
 
 
 def _check_model(model, arg="model"):
@@ -669,3 +677,73 @@ def plot_conflict_share(curves, path=None, ax=None, title=None):
         fig.tight_layout()
         fig.savefig(path, dpi=110)
     return fig
+
+
+_SCALARS = ("n_usable", "n_vulnerable", "conflict_share", "mean_speed",
+            "mean_speed_vulnerable", "speed_margin_corr")
+
+
+def _write_csv(path, rows):
+    columns = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_records(log_dir, records, point_records, r0=None, title=None):
+    """Write a series of dynamics records as CSV files and plots into ``log_dir``.
+
+    Args:
+        records: list of dicts with ``step`` (and optionally ``epoch``) plus a `summarize`
+            output each.
+        point_records: list of dicts with ``step``, ``margin``, ``speed``, ``usable``,
+            ``correct``, ``vulnerable`` (arrays over the probe set) and ``label``.
+        r0: the vulnerability radius, drawn on the speed plot.
+
+    Files: ``dynamics.csv`` (one row per record: the summary, with one column per margin
+    bin), ``dynamics_points.csv`` (one row per probe point and record),
+    ``speed_vs_margin.png`` (first and last record) and ``conflict_share.png``.
+    """
+    os.makedirs(log_dir, exist_ok=True)
+    rows = []
+    for rec in records:
+        row = {k: rec[k] for k in ("step", "epoch", "n_points") + _SCALARS if k in rec}
+        for i, v in enumerate(rec["bin_mean_speed"]):
+            lo, hi = rec["bin_edges"][i], rec["bin_edges"][i + 1]
+            row[f"bin_mean_speed[{lo:.4g},{hi:.4g})"] = v
+        rows.append(row)
+    _write_csv(os.path.join(log_dir, "dynamics.csv"), rows)
+    point_rows = []
+    for rec in point_records:
+        for i in range(len(rec["margin"])):
+            point_rows.append({
+                "step": rec["step"], "index": i, "label": int(rec["label"][i]),
+                "correct": bool(rec["correct"][i]), "usable": bool(rec["usable"][i]),
+                "vulnerable": bool(rec["vulnerable"][i]),
+                "margin": float(rec["margin"][i]), "speed": float(rec["speed"][i])})
+    _write_csv(os.path.join(log_dir, "dynamics_points.csv"), point_rows)
+    if not records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    first, last = point_records[0], point_records[-1]
+    pairs, labels = [(first["margin"], first["speed"])], [f"step {first['step']}"]
+    if len(point_records) > 1:
+        pairs.append((last["margin"], last["speed"]))
+        labels.append(f"step {last['step']}")
+    fig = plot_speed_vs_margin(pairs, os.path.join(log_dir, "speed_vs_margin.png"),
+                               labels=labels, r0=r0, title=title)
+    plt.close(fig)
+    steps = [r["step"] for r in records]
+    shares = [r["conflict_share"] for r in records]
+    fig = plot_conflict_share({title or "conflict share": (steps, shares)},
+                              os.path.join(log_dir, "conflict_share.png"))
+    plt.close(fig)

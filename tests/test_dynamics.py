@@ -256,3 +256,14 @@ def test_bad_input_names_the_argument(tmp_path):
         dy.summarize(np.zeros(2), np.zeros(2), np.ones(2, bool), 0.3, bins=[0.3, 0.1])
     with pytest.raises(ValueError, match="`step`"):
         dy.boundary_speed(model, dy.boundary_points(model, x, y), [dw, db], step=0)
+
+
+def test_settings_come_from_a_dyart_model_only():
+    from keras_dyart import DyARTModel, methods
+
+    w, b, x, y, dw, db = _two_class_setup()
+    trades = methods.get("trades", linear_classifier(w, b), beta=6.0, eps=0.1, norm="l2")
+    points = dy.boundary_points(trades, x, y)
+    assert points.beta == 5.0 and points.norm == "l2"   # TRADES' β is not a temperature
+    dyart = DyARTModel(linear_classifier(w, b), beta=2.0, norm="l2")
+    assert dy.boundary_points(dyart, x, y).beta == 2.0
