@@ -26,7 +26,8 @@ Example:
 steps = epochs * math.ceil(len(x_train) / 128)
 model.compile(optimizer=kd.recipe.build_optimizer(steps), metrics=["accuracy"])
 batches = kd.recipe.ArrayBatches(x_train, y_train, batch_size=128, seed=0)
-model.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, callbacks=[
+model.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, shuffle=False,
+          callbacks=[
     kd.recipe.SyncEpoch(batches),
     keras.callbacks.BackupAndRestore("run/backup"),
     kd.recipe.AveragedCheckpoint(x_test[:500], y_test[:500], "run/best.keras", eps=0.3),
@@ -334,9 +335,9 @@ class ArrayBatches(keras.utils.PyDataset):
     The batches form one stream indexed by the global batch number g: batch g is batch
     ``g mod n`` of epoch ``g // n`` (n = ``steps_per_epoch``), so what a batch holds depends
     on its index only, never on when Keras prefetches it.  The stream is endless: pass
-    ``steps_per_epoch=data.steps_per_epoch`` to ``fit``, and `SyncEpoch(data)` so that a
-    run resumed by `keras.callbacks.BackupAndRestore` at epoch k continues with epoch k's
-    batches, as an uninterrupted run does.
+    ``steps_per_epoch=data.steps_per_epoch`` and ``shuffle=False`` to ``fit``, and
+    `SyncEpoch(data)` so that a run resumed by `keras.callbacks.BackupAndRestore` at
+    epoch k continues with epoch k's batches, as an uninterrupted run does.
 
     Args:
         x, y: arrays with the same first dimension.

@@ -143,8 +143,8 @@ def run(tmp_path, epochs, stop_after=None, seed=0):
     if stop_after is not None:
         callbacks.append(Kill())
     try:
-        model.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, verbose=0,
-                  callbacks=callbacks)
+        model.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, shuffle=False,
+                  verbose=0, callbacks=callbacks)
     except KeyboardInterrupt:
         return None
     return model

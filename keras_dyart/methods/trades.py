@@ -25,7 +25,7 @@ def trades_loss(logits, logits_adv, y, beta=6.0):
 class TRADESModel(RobustModel):
     """TRADES: trade robustness against accuracy with a KL term.
 
-        CE(f(x), y) + β · KL(p(x) ‖ p(x'))),   x' = argmax_{‖x'−x‖ ≤ eps} KL(p(x) ‖ p(x'))
+        CE(f(x), y) + β · KL(p(x) ‖ p(x')),   x' = argmax_{‖x'−x‖ ≤ eps} KL(p(x) ‖ p(x'))
 
     The inner maximisation starts at ``x + 0.001·N(0, 1)`` and takes ``steps`` gradient
     steps on the KL to the (fixed) clean prediction, in inference mode, as the reference
