@@ -1,0 +1,246 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): APGD-CE, APGD-DLR and targeted APGD-T, L∞ and L2.
+
+APGD is PGD with momentum (0.75) and a step size that starts at 2·eps and is halved at
+checkpoints w_j = ⌈p_j·N_iter⌉, p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} −
+0.03, 0.06), when either
+
+1. the loss increased in at most ρ = 0.75 of the steps since the last checkpoint, or
+2. the step size was not halved at the last checkpoint and the best loss has not improved
+   since then.
+
+After halving, the iterate restarts from the best point found so far.  The rules follow the
+reference implementation (the AutoAttack package) step for step, including its counting of
+the first window (the loss before the first step is taken as 0).
+
+The iteration is one `ops.fori_loop` over a batch with static shapes, compiled per backend
+through `keras_dyart.backend.compile_model_fn`.  Each iteration costs one forward and one
+backward pass: the logits needed for the success check ride along with the loss as a
+gradient-free column.
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_dyart import _checks
+from keras_dyart import backend as dyart_backend
+from keras_dyart.attacks import _common as C
+from keras_dyart.attacks import losses as L
+
+RHO = 0.75
+
+
+def apgd_checkpoints(n_iter):
+    """The iterations (1-based counts) after which APGD checks its step size.
+
+    Follows the reference counter: the first window has ``max(⌊0.22·n_iter⌋, 1)`` steps, each
+    next one ``max(⌊0.03·n_iter⌋, 1)`` fewer, down to ``max(⌊0.06·n_iter⌋, 1)``.  Returns a
+    list of ``(iteration, window_length)``.
+
+    Example:
+
+    >>> [w for w, _ in apgd_checkpoints(100)]
+    [22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    n_iter = _checks.positive(n_iter, "n_iter", integer=True)
+    k = max(int(0.22 * n_iter), 1)
+    k_min = max(int(0.06 * n_iter), 1)
+    decrease = max(int(0.03 * n_iter), 1)
+    out, counter = [], 0
+    for i in range(n_iter):
+        counter += 1
+        if counter == k:
+            out.append((i + 1, k))
+            k = max(k - decrease, k_min)
+            counter = 0
+    return out
+
+
+def _schedule(n_iter):
+    is_check = np.zeros(n_iter, "float32")
+    window = np.ones(n_iter, "float32")
+    for it, k in apgd_checkpoints(n_iter):
+        is_check[it - 1] = 1.0
+        window[it - 1] = k
+    return is_check, window
+
+
+def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="linf",
+               loss="ce", rho=RHO):
+    """APGD on one batch.
+
+    Args:
+        logits_fn: ``z -> logits`` (inference mode).
+        x, y: inputs ``(B, ...)`` and labels ``(B,)``.
+        start: unit-norm random directions shaped like ``x``; the start is
+            ``clip(x + eps·start, 0, 1)`` (zeros: start at ``x``).
+        eps: radius per row ``(B,)``.
+        target_rank: per row, which class to target for ``loss="dlr-t"``: 2 is the
+            second-highest logit of the clean input, 3 the third, … (ignored otherwise).
+        n_iter: iterations; ``norm``: ``"linf"`` or ``"l2"``; ``loss``: ``"ce"``, ``"cw"``,
+            ``"dlr"`` or ``"dlr-t"``; ``rho``: the checkpoint threshold of condition 1.
+
+    Returns:
+        dict with ``x_adv`` (the last misclassified iterate per row, else the start),
+        ``success`` (bool ``(B,)``), ``loss_best`` and the final ``step_size``.
+    """
+    x, start, eps = (ops.convert_to_tensor(v, "float32") for v in (x, start, eps))
+    y = ops.cast(ops.convert_to_tensor(y), "int32")
+    nd = len(x.shape)
+    e = C.rows(eps, nd)
+    is_check, window = _schedule(n_iter)
+    is_check, window = ops.convert_to_tensor(is_check), ops.convert_to_tensor(window)
+    loss_fn = L.get(loss)
+    if loss == "dlr-t":
+        order = ops.argsort(logits_fn(x), axis=-1)
+        k = ops.shape(order)[-1]
+        col = ops.clip(k - ops.cast(target_rank, "int32"), 0, k - 1)
+        target = ops.take_along_axis(order, col[:, None], axis=-1)[:, 0]
+
+        def per_row(logits):
+            return loss_fn(logits, y, target)
+    else:
+        def per_row(logits):
+            return loss_fn(logits, y)
+
+    def f(z):
+        logits = logits_fn(z)
+        return ops.concatenate([per_row(logits)[:, None], ops.stop_gradient(logits)], axis=1)
+
+    def vg(z):
+        v, g = dyart_backend.value_and_grad(f, z)
+        return v[:, 0], ops.argmax(v[:, 1:], axis=-1) != y, g
+
+    if norm == "linf":
+        def project(z):
+            return C.project_linf_ball(z, x, e)
+
+        def step(z, g, s):
+            return z + C.rows(s, nd) * ops.sign(g)
+    else:
+        def project(z):
+            return C.project_l2_ball(z, x, e)
+
+        def step(z, g, s):
+            return z + C.rows(s, nd) * g / (C.rows(C.norm_rows(g, "l2"), nd) + 1e-12)
+
+    x0 = ops.clip(x + e * start, 0.0, 1.0)
+    loss0, wrong0, g0 = vg(x0)
+    n = ops.shape(x)[0]
+    zeros = ops.zeros((n,))
+    carry = (x0, x0, g0, x0, g0, loss0, x0, wrong0, 2.0 * eps, zeros, zeros, loss0,
+             ops.ones((n,), dtype="bool"))
+
+    def body(i, carry):
+        (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
+         n_up, loss_prev, loss_best_last, reduced_last) = carry
+        a = ops.where(i > 0, 0.75, 1.0)
+        momentum = x_adv - x_old
+        x_old = x_adv
+        z = project(step(x_adv, g, step_size))
+        x_adv = project(x_adv + (z - x_adv) * a + momentum * (1.0 - a))
+
+        loss, wrong, g = vg(x_adv)
+        x_best_adv = ops.where(C.rows(wrong, nd), x_adv, x_best_adv)
+        success = success | wrong
+        n_up = n_up + ops.cast(loss > loss_prev, "float32")
+        loss_prev = loss
+        better = loss > loss_best
+        x_best = ops.where(C.rows(better, nd), x_adv, x_best)
+        g_best = ops.where(C.rows(better, nd), g, g_best)
+        loss_best = ops.where(better, loss, loss_best)
+
+        check = ops.take(is_check, i) > 0
+        k = ops.take(window, i)
+        oscillating = n_up <= k * rho
+        stalled = ~reduced_last & (loss_best_last >= loss_best)
+        reduce = check & (oscillating | stalled)
+        reduced_last = ops.where(check, oscillating | stalled, reduced_last)
+        loss_best_last = ops.where(check, loss_best, loss_best_last)
+        step_size = ops.where(reduce, 0.5 * step_size, step_size)
+        x_adv = ops.where(C.rows(reduce, nd), x_best, x_adv)
+        g = ops.where(C.rows(reduce, nd), g_best, g)
+        n_up = ops.where(check, 0.0, n_up)
+        return (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
+                n_up, loss_prev, loss_best_last, reduced_last)
+
+    carry = ops.fori_loop(0, n_iter, body, carry)
+    return {"x_adv": carry[6], "success": carry[7], "loss_best": carry[5],
+            "step_size": carry[8]}
+
+
+def apgd(model, x, y, eps, *, norm="linf", loss="ce", n_iter=100, restarts=1,
+         n_target_classes=9, batch_size=500, seed=0, jit=True, progress=None):
+    """APGD adversarial examples (APGD-CE, APGD-DLR or targeted APGD-T).
+
+    Args:
+        model: a Keras model that outputs logits ``(N, K)``.
+        x, y: inputs in [0, 1] and integer labels.
+        eps: radius (a number or text such as ``"8/255"``).
+        norm: ``"linf"`` or ``"l2"``.
+        loss: ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR), ``"cw"`` or ``"dlr-t"`` (APGD-T: one
+            run per target class, the ``n_target_classes`` highest other logits of the clean
+            input in turn).
+        n_iter: iterations per run (100 in AutoAttack); ``restarts``: random restarts per
+            target (the first starts at a random point of the sphere of radius ``eps``).
+        batch_size: points per compiled call.  ``seed``: NumPy seed of the random starts.
+        progress: optional callable ``progress(n_done, n_total)`` after each batch.
+
+    Only points still correctly classified are attacked by each run.
+
+    Returns:
+        ``(x_adv, success)`` as NumPy arrays: ``x_adv`` lies in the eps ball and in [0, 1]
+        (it is ``x`` where no adversarial was found); ``success`` is True where ``x_adv`` is
+        misclassified (including clean errors).
+    """
+    norm = _checks.norm_name(norm)
+    eps = _checks.parse_eps(eps)
+    x = _checks.images(x)
+    y = _checks.labels(y, len(x))
+    L.get(loss)
+    n_iter = _checks.positive(n_iter, "n_iter", integer=True)
+    restarts = _checks.positive(restarts, "restarts", integer=True)
+    batch_size = _checks.positive(batch_size, "batch_size", integer=True)
+    k = C.num_classes(model, x)
+    if loss in ("dlr", "dlr-t") and k < 3:
+        raise ValueError(
+            f"`loss` {loss!r} needs a model with at least 3 classes (with two, the DLR loss "
+            f"is constant); the model has {k}. Use loss='ce' or 'cw'.")
+    if loss == "dlr-t":
+        n_target_classes = _checks.positive(n_target_classes, "n_target_classes",
+                                            integer=True)
+        targets = list(range(2, min(n_target_classes, k - 1) + 2))
+    else:
+        targets = [0]
+    rng = np.random.RandomState(seed)
+    run = _compiled(model, norm, loss, n_iter, jit)
+
+    x_adv = x.copy()
+    success = C.predict_labels(model, x, batch_size) != y
+    total = len(targets) * restarts
+    done_runs = 0
+    for rank in targets:
+        for _ in range(restarts):
+            todo = np.flatnonzero(~success)
+            for idx in C.chunks(todo, batch_size):
+                size = C.bucket(len(idx), batch_size)
+                start = C.unit_noise(rng, (len(idx),) + x.shape[1:], norm)
+                xb, yb, sb = C.pad([x[idx], y[idx], start], size)
+                out = run(xb, yb, sb, np.full(size, eps, "float32"),
+                          np.full(size, rank, "int32"))
+                ok = ops.convert_to_numpy(out["success"]).astype(bool)[:len(idx)]
+                adv = ops.convert_to_numpy(out["x_adv"])[:len(idx)]
+                x_adv[idx[ok]] = adv[ok]
+                success[idx[ok]] = True
+            done_runs += 1
+            if progress is not None:
+                progress(done_runs, total)
+    x_adv = C.guard(x_adv, x, eps, norm)
+    return x_adv, C.predict_labels(model, x_adv, batch_size) != y
+
+
+def _compiled(model, norm, loss, n_iter, jit):
+    def fn(logits_fn, xb, yb, start, eps, rank):
+        return apgd_batch(logits_fn, xb, yb, start, eps, rank, n_iter=n_iter, norm=norm,
+                          loss=loss)
+
+    return C.compiled(model, ("apgd", norm, loss, n_iter), fn, jit)

@@ -1,0 +1,161 @@
+"""AutoAttack (Croce & Hein, ICML 2020) and any sequence of attacks run worst-case.
+
+"standard" runs APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and Square (5000 queries), each
+with 100 iterations and one restart, in that order; each attack runs only on the points that
+are still robust, and a point counts as robust only if no attack found an adversarial.
+
+`run_sequence` is the engine: it takes a *list* of epsilons and shares work across them.
+FAB-T does not depend on eps (it starts at x and minimises the distance), so it runs once per
+point, on the points still robust at some eps, and a point is broken at eps when its FAB-T
+distance is at most eps; it stops early on a point once that distance is below the largest
+eps at which the point was still robust.
+"""
+
+import time
+
+import numpy as np
+
+from keras_dyart import _checks
+from keras_dyart.attacks import _common as C
+from keras_dyart.attacks.apgd import apgd
+from keras_dyart.attacks.fab import fab_t
+from keras_dyart.attacks.pgd import pgd
+from keras_dyart.attacks.square import square
+
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+ATTACKS = ("pgd", "pgd-cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+NAMES = {"pgd": "PGD-40 (CE)", "pgd-cw": "PGD-40 (CW)", "apgd-ce": "APGD-CE",
+         "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square",
+         "autoattack": "AutoAttack"}
+
+
+def resolve(attack):
+    """The list of attack names behind ``attack``: a name from `ATTACKS`, ``"autoattack"``
+    (the standard sequence) or a list / comma-separated text of names."""
+    if isinstance(attack, str):
+        key = attack.strip().lower()
+        if key in ("autoattack", "aa", "standard"):
+            return list(STANDARD)
+        names = [a.strip().lower() for a in key.split(",") if a.strip()]
+    else:
+        try:
+            names = [str(a).strip().lower() for a in attack]
+        except TypeError:
+            names = [attack]
+    bad = [a for a in names if a not in ATTACKS]
+    if not names or bad:
+        raise ValueError(
+            f"`attack` must be 'autoattack' or one or more of {ATTACKS}; got {attack!r}.")
+    return names
+
+
+def _single(name, model, x, y, eps, norm, seed, batch_size, jit, options, progress):
+    kw = dict(options.get(name, {}))
+    common = dict(norm=norm, seed=seed, batch_size=batch_size, jit=jit, progress=progress)
+    if name in ("pgd", "pgd-cw"):
+        kw.setdefault("steps", 40)
+        # PGD reports progress per batch with one argument.
+        p = None if progress is None else (lambda done: progress(done, len(x)))
+        return pgd(model, x, y, eps, loss="cw" if name == "pgd-cw" else "ce", norm=norm,
+                   seed=seed, batch_size=batch_size, jit=jit, progress=p, **kw)
+    if name in ("apgd-ce", "apgd-dlr", "apgd-t"):
+        loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-t"}[name]
+        return apgd(model, x, y, eps, loss=loss, **common, **kw)
+    if name == "square":
+        return square(model, x, y, eps, **common, **kw)
+    raise AssertionError(name)
+
+
+def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_size=500,
+                 seed=0, jit=True, options=None, progress=None):
+    """Run ``attacks`` in order at every eps, each on the points still robust.
+
+    Args:
+        epsilons: list of radii.  ``options``: per-attack keyword arguments, e.g.
+            ``{"square": {"n_queries": 1000}, "apgd-t": {"n_iter": 50}}``.
+        progress: optional ``progress(attack, eps, done, total)`` (``eps`` is None for FAB-T,
+            which serves every eps at once).
+
+    Returns:
+        dict with ``clean_pred`` (N,), ``robust`` {eps: bool (N,)}, ``x_adv`` {eps: array},
+        ``broken_by`` {eps: list of str}, ``after`` {attack: {eps: robust accuracy}},
+        ``seconds`` {attack: float} and ``distance`` (N,) FAB-T distances (NaN where FAB-T
+        did not run).
+    """
+    norm = _checks.norm_name(norm)
+    x = _checks.images(x)
+    y = _checks.labels(y, len(x))
+    attacks = resolve(attacks)
+    epsilons = [_checks.parse_eps(e, "epsilons") for e in epsilons]
+    options = dict(options or {})
+    unknown = [k for k in options if k not in ATTACKS]
+    if unknown:
+        raise ValueError(f"`options` keys must be attack names in {ATTACKS}; got {unknown}.")
+    clean_pred = C.predict_labels(model, x, batch_size)
+    correct = clean_pred == y
+    robust = {e: correct.copy() for e in epsilons}
+    x_adv = {e: x.copy() for e in epsilons}
+    broken = {e: np.where(correct, "", "clean").astype(object) for e in epsilons}
+    after, seconds = {}, {}
+    distance = np.full(len(x), np.nan)
+
+    for name in attacks:
+        t0 = time.perf_counter()
+        if name == "fab-t":
+            need = np.zeros(len(x), bool)
+            stop = np.full(len(x), -1.0)
+            for e in epsilons:
+                need |= robust[e]
+                stop = np.where(robust[e], np.maximum(stop, e), stop)
+            idx = np.flatnonzero(need)
+            if len(idx):
+                kw = dict(options.get(name, {}))
+                p = None if progress is None else (
+                    lambda d, t: progress(name, None, d, t))
+                adv, dist = fab_t(model, x[idx], y[idx], norm=norm, stop_at=stop[idx],
+                                  batch_size=batch_size, seed=seed, jit=jit, progress=p, **kw)
+                distance[idx] = dist
+                for e in epsilons:
+                    hit = robust[e][idx] & (dist <= e)
+                    sel = idx[hit]
+                    x_adv[e][sel] = C.guard(adv[hit], x[sel], e, norm)
+                    robust[e][sel] = False
+                    broken[e][sel] = name
+        else:
+            for e in epsilons:
+                idx = np.flatnonzero(robust[e])
+                if not len(idx):
+                    continue
+                p = None if progress is None else (
+                    lambda d, t, e=e: progress(name, e, d, t))
+                adv, ok = _single(name, model, x[idx], y[idx], e, norm, seed, batch_size,
+                                  jit, options, p)
+                sel = idx[ok]
+                x_adv[e][sel] = adv[ok]
+                robust[e][sel] = False
+                broken[e][sel] = name
+        seconds[name] = time.perf_counter() - t0
+        after[name] = {e: float(np.mean(robust[e])) for e in epsilons}
+
+    # Worst case, checked on the returned points themselves.
+    for e in epsilons:
+        x_adv[e] = C.guard(x_adv[e], x, e, norm)
+        wrong = C.predict_labels(model, x_adv[e], batch_size) != y
+        robust[e] &= ~wrong
+    return {"clean_pred": clean_pred, "robust": robust, "x_adv": x_adv,
+            "broken_by": {e: list(broken[e]) for e in epsilons}, "after": after,
+            "seconds": seconds, "distance": distance}
+
+
+def autoattack(model, x, y, eps, *, norm="linf", attacks=STANDARD, batch_size=500, seed=0,
+               jit=True, options=None, progress=None):
+    """AutoAttack "standard" (or any list of ``attacks``) at one radius.
+
+    Returns ``(x_adv, success)`` as NumPy arrays: ``x_adv`` in the eps ball and [0, 1];
+    ``success`` True where it is misclassified (including clean errors).
+    """
+    eps = _checks.parse_eps(eps)
+    out = run_sequence(model, x, y, [eps], norm=norm, attacks=attacks,
+                       batch_size=batch_size, seed=seed, jit=jit, options=options,
+                       progress=progress)
+    return out["x_adv"][eps], ~out["robust"][eps]

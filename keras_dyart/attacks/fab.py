@@ -1,0 +1,228 @@
+"""FAB-T: the targeted, multi-class, minimal-norm Fast Adaptive Boundary attack
+(Croce & Hein, ICML 2020), L∞ and L2.
+
+For a target class t, each iteration linearises ``f_t − f_y`` at the iterate x1, projects both
+x1 and the original x onto that hyperplane inside the box [0, 1]^d (the core's
+`keras_dyart.projection.project_to_hyperplane`), and mixes the two steps with an overshoot
+η = 1.05 and a bias towards x of at most α_max = 0.1.  Whenever the iterate is misclassified
+it is remembered if it is the closest so far, and pulled back towards x by β = 0.9.  FAB-T
+runs once per target, the ``n_target_classes`` classes with the highest clean logits after the
+label, and keeps the closest misclassified point over all targets.
+
+Our addition (on by default, ``refine=True``): a few forward-only secant steps on the
+segment from x to the closest point put it just past the decision boundary (at
+``f_y − max_{j≠y} f_j = −1e-4·(f_y − max_{j≠y} f_j)(x)``), so distances are exact to about
+1e-4 relative instead of the overshoot's ~0.5 %.  The returned point is always misclassified.
+With refinement on, the iterates are ranked by the distance at which the segment from x is
+estimated (by linear interpolation of each f_y − f_j, exact for a linear model) to cross the boundary rather than by their
+own distance, since that is the distance the refinement returns.
+"""
+
+
+import numpy as np
+from keras import ops
+
+from keras_dyart import _checks
+from keras_dyart import backend as dyart_backend
+from keras_dyart.attacks import _common as C
+from keras_dyart.projection import project_to_hyperplane
+
+_BIG = 1e10
+REFINE_TOL = 1e-4
+
+
+def _refine(margin_fn, x0, far, found, steps):
+    """Illinois steps on m(x0 + t·(far − x0)) + τ, τ = REFINE_TOL·m(x0); returns the end of
+    the bracket where m < −τ/2 (misclassified)."""
+    m0 = margin_fn(x0)
+    m1 = margin_fn(far)
+    tau = REFINE_TOL * ops.abs(m0)
+    valid = found & (m0 + tau > 0) & (m1 + tau < 0)
+    n = ops.shape(x0)[0]
+    lo, hi = ops.zeros((n,)), ops.ones((n,))
+    f_lo = ops.where(valid, m0 + tau, 1.0)
+    f_hi = ops.where(valid, m1 + tau, -1.0)
+    last = ops.zeros((n,))
+    direction = far - x0
+    for _ in range(steps):
+        denom = f_hi - f_lo
+        t = (lo * f_hi - hi * f_lo) / ops.where(ops.abs(denom) > C.TINY, denom, -1.0)
+        t = ops.where((t > lo) & (t < hi), t, 0.5 * (lo + hi))
+        m_t = margin_fn(x0 + t[:, None] * direction)
+        f_t = m_t + tau
+        # The secant aims at m = −τ; accept anything past −τ/2 so that rounding at the
+        # aimed point cannot stall the bracket on the wrong side.
+        pos = m_t + 0.5 * tau >= 0
+        f_hi = ops.where(pos & (last > 0), 0.5 * f_hi, f_hi)
+        f_lo = ops.where(~pos & (last < 0), 0.5 * f_lo, f_lo)
+        lo = ops.where(pos, t, lo)
+        f_lo = ops.where(pos, f_t, f_lo)
+        hi = ops.where(pos, hi, t)
+        f_hi = ops.where(pos, f_hi, f_t)
+        last = ops.where(pos, 1.0, -1.0)
+    return ops.where(valid[:, None], x0 + hi[:, None] * direction, far)
+
+
+def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", eta=1.05,
+              beta=0.9, alpha_max=0.1, refine=True, refine_steps=6):
+    """FAB-T on one batch for one target rank per row.
+
+    Args:
+        logits_fn: ``z -> logits`` (inference mode).
+        x, y: inputs ``(B, ...)`` and labels.
+        start: offsets added to ``x`` for the first iterate (zeros: start at ``x``).
+        target_rank: per row, 2 targets the class with the second-highest clean logit, etc.
+
+    Returns:
+        dict with ``x_adv`` (the closest misclassified point found, else ``x``), ``found``
+        (bool) and ``distance`` (its L∞ / L2 distance; ``1e10`` where none was found).
+    """
+    x, start = (ops.convert_to_tensor(v, "float32") for v in (x, start))
+    y = ops.cast(ops.convert_to_tensor(y), "int32")
+    shape = ops.shape(x)
+    x0 = C.flat(x)
+    n = ops.shape(x0)[0]
+    clean = logits_fn(x)
+    k = ops.shape(clean)[-1]
+    order = ops.argsort(clean, axis=-1)
+    col = ops.clip(k - ops.cast(target_rank, "int32"), 0, k - 1)
+    target = ops.take_along_axis(order, col[:, None], axis=-1)[:, 0]
+    sel = ops.one_hot(target, k, dtype="float32") - ops.one_hot(y, k, dtype="float32")
+    onehot_y = ops.one_hot(y, k, dtype="float32")
+
+    def f_y(logits):
+        return ops.sum(logits * onehot_y, axis=-1)
+
+    d0 = f_y(clean)[:, None] - clean
+
+    def diff(z):
+        return ops.sum(logits_fn(ops.reshape(z, shape)) * sel, axis=-1)
+
+    def margin(z):
+        return C.cw_margin(logits_fn(ops.reshape(z, shape)), y)
+
+    def body(_, carry):
+        x1, best, best_r = carry
+        df, g = dyart_backend.value_and_grad(diff, x1)
+        g = C.flat(g)
+        c = ops.sum(g * x1, axis=-1) - df
+        d1 = project_to_hyperplane(x1, g, c, norm)
+        d2 = project_to_hyperplane(x0, g, c, norm)
+        a1 = ops.maximum(C.norm_rows(d1, norm), 1e-8)
+        a2 = ops.maximum(C.norm_rows(d2, norm), 1e-8)
+        alpha = ops.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
+        x1 = ops.clip((x1 + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
+        logits1 = logits_fn(ops.reshape(x1, shape))
+        adv = ops.argmax(logits1, axis=-1) != y
+        r = C.norm_rows(x1 - x0, norm)
+        if refine:
+            # Rank by where the segment x0 -> x1 is estimated to cross the boundary
+            # (linear interpolation of the margin), which is what the refinement returns.
+            d1 = f_y(logits1)[:, None] - logits1
+            ratio = ops.where(d1 < 0, d0 / ops.maximum(d0 - d1, C.TINY), 1.0)
+            r = r * ops.clip(ops.min(ratio, axis=-1), 0.0, 1.0)
+        better = adv & (r < best_r)
+        best = ops.where(better[:, None], x1, best)
+        best_r = ops.where(better, r, best_r)
+        x1 = ops.where(adv[:, None], x0 + (x1 - x0) * beta, x1)
+        return x1, best, best_r
+
+    x1 = ops.clip(x0 + C.flat(start), 0.0, 1.0)
+    _, best, best_r = ops.fori_loop(0, n_iter, body, (x1, x0, ops.full((n,), _BIG)))
+    found = best_r < _BIG
+    if refine:
+        best = _refine(margin, x0, best, found, refine_steps)
+    dist = ops.where(found, C.norm_rows(best - x0, norm), _BIG)
+    return {"x_adv": ops.reshape(best, shape), "found": found, "distance": dist}
+
+
+def fab_t(model, x, y, *, norm="linf", n_iter=100, n_target_classes=9, restarts=1,
+          eps=None, stop_at=None, refine=True, batch_size=500, seed=0, jit=True,
+          progress=None):
+    """Minimal adversarial perturbations by FAB-T.
+
+    Args:
+        model: a Keras model that outputs logits.
+        x, y: inputs in [0, 1] and integer labels.
+        norm: ``"linf"`` or ``"l2"``.
+        n_iter: iterations per target (100 in AutoAttack).
+        n_target_classes: targets per point (9 in AutoAttack; at most K − 1).
+        restarts: runs per target; the first starts at x, later ones at a random point of
+            norm ½·min(eps, best distance so far) (needs ``eps``).
+        eps: only sets that random-start radius.
+        stop_at: optional per-point (or scalar) distance: a point whose best distance is
+            already ``<= stop_at`` is not attacked by the remaining targets (AutoAttack uses
+            its eps).  ``None`` runs every target on every point.
+        refine: put each point just past the decision boundary (see the module docstring).
+        batch_size, seed, jit: as for the other attacks.  ``progress(done, total)``.
+
+    Returns:
+        ``(x_adv, distance)`` as NumPy arrays: ``x_adv`` is misclassified wherever
+        ``distance`` is finite (``x`` itself for clean errors, distance 0); ``distance`` is
+        ``inf`` where no adversarial was found.
+    """
+    norm = _checks.norm_name(norm)
+    x = _checks.images(x)
+    y = _checks.labels(y, len(x))
+    n_iter = _checks.positive(n_iter, "n_iter", integer=True)
+    restarts = _checks.positive(restarts, "restarts", integer=True)
+    batch_size = _checks.positive(batch_size, "batch_size", integer=True)
+    n_target_classes = _checks.positive(n_target_classes, "n_target_classes", integer=True)
+    if restarts > 1 and eps is None:
+        raise ValueError("`eps` must be given when `restarts` > 1 (it sets the random-start "
+                         "radius); got eps=None.")
+    eps = None if eps is None else _checks.parse_eps(eps)
+    stop = (np.full(len(x), -1.0) if stop_at is None
+            else np.broadcast_to(np.asarray(stop_at, "float64"), (len(x),)))
+    k = C.num_classes(model, x)
+    targets = list(range(2, min(n_target_classes, k - 1) + 2))
+    rng = np.random.RandomState(seed)
+    run = _compiled(model, norm, n_iter, refine, jit)
+
+    x_adv = x.copy()
+    dist = np.full(len(x), np.inf)
+    dist[C.predict_labels(model, x, batch_size) != y] = 0.0
+    total, done_runs = len(targets) * restarts, 0
+    for rank in targets:
+        for r in range(restarts):
+            todo = np.flatnonzero((dist > 0) & ~(dist <= stop))
+            for idx in C.chunks(todo, batch_size):
+                size = C.bucket(len(idx), batch_size)
+                if r == 0:
+                    start = np.zeros((len(idx),) + x.shape[1:], "float32")
+                else:
+                    radius = 0.5 * np.minimum(dist[idx], eps)
+                    start = C.unit_noise(rng, (len(idx),) + x.shape[1:], norm) * radius.reshape(
+                        (-1,) + (1,) * (x.ndim - 1)).astype("float32")
+                xb, yb, sb = C.pad([x[idx], y[idx], start], size)
+                out = run(xb, yb, sb, np.full(size, rank, "int32"))
+                found = ops.convert_to_numpy(out["found"]).astype(bool)[:len(idx)]
+                adv = ops.convert_to_numpy(out["x_adv"])[:len(idx)]
+                d = _distance(adv, x[idx], norm)
+                better = found & (d < dist[idx])
+                x_adv[idx[better]] = adv[better]
+                dist[idx[better]] = d[better]
+            done_runs += 1
+            if progress is not None:
+                progress(done_runs, total)
+    # Honest bookkeeping: a point counts only if the model misclassifies it as returned.
+    wrong = C.predict_labels(model, x_adv, batch_size) != y
+    dist[~wrong] = np.inf
+    x_adv[~wrong] = x[~wrong]
+    return x_adv, dist
+
+
+def _distance(a, b, norm):
+    d = (np.asarray(a, "float64") - np.asarray(b, "float64")).reshape(len(a), -1)
+    return np.abs(d).max(axis=1) if norm == "linf" else np.sqrt((d * d).sum(axis=1))
+
+
+def _compiled(model, norm, n_iter, refine, jit):
+    def fn(logits_fn, xb, yb, start, rank):
+        return fab_batch(logits_fn, xb, yb, start, rank, n_iter=n_iter, norm=norm,
+                         refine=refine)
+
+    return C.compiled(model, ("fab-t", norm, n_iter, refine), fn, jit)
+
+
+__all__ = ["fab_t", "fab_batch"]
