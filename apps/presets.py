@@ -50,13 +50,13 @@ def presets(
     table.add_column("settings")
     for n in kp.names():
         p = kp.get(n)
-        d, extra = p["dyart"], p["extra_data"]
+        d, extra, clip = p["dyart"], p["extra_data"], p["global_clipnorm"]
         settings = [
             f"{p['dataset']} · {p['model']} ({p['model_kwargs'].get('norm', 'batch')}norm, "
             f"{p['model_kwargs'].get('activation', 'relu')})",
             f"{p['burn_in_epochs']} clean + {p['epochs']} DyART epochs, batch "
             f"{p['batch_size']}, {p['schedule']['name']} schedule, clip "
-            f"{'none' if p['clipnorm'] is None else format(p['clipnorm'], 'g')}",
+            f"{'none' if clip is None else format(clip, 'g')}",
             f"λ {d['lam']:g} · α {d['alpha']:g} · r0 {_per255(d['r0'])} · β {d['beta']:g}"
             f" · {d['n_iter']} FAB steps",
         ]

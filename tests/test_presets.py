@@ -25,7 +25,7 @@ def test_cifar10_preset_is_the_published_recipe():
     o = p["optimizer"]
     assert (o["name"], o["learning_rate"], o["momentum"], o["nesterov"],
             o["weight_decay"]) == ("sgd", 0.1, 0.9, True, 5e-4)
-    assert p["clipnorm"] == 0.1 and p["ema"]["tau"] == 0.995
+    assert p["global_clipnorm"] == 0.1 and p["ema"]["tau"] == 0.995
     assert p["augment"] == {"random_crop_pad": 4, "horizontal_flip": True}
     gn = presets.get("cifar10-wrn28-10-gn")
     assert gn["model_kwargs"]["norm"] == "group"
@@ -81,3 +81,56 @@ def test_presets_command_lists_and_shows():
 
     result = runner.invoke(app, ["presets", "nope"])
     assert result.exit_code != 0 and "must be one of" in result.output
+
+
+def test_build_optimizer_schedule_clip_ema_and_weight_decay():
+    p = presets.get("cifar10-wrn28-10")
+    schedule = presets.learning_rate_schedule(p, steps_per_epoch=10)    # 2000 steps
+    lr = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 50, 1025, 2000)]
+    assert lr[0] == pytest.approx(0.1 / 25, rel=1e-4)
+    assert lr[1] == pytest.approx(0.1, rel=1e-4)                       # end of warm-up
+    assert lr[2] == pytest.approx(0.05, rel=1e-2)                      # half way down
+    assert lr[3] == pytest.approx(0.0, abs=1e-6)
+    step = presets.learning_rate_schedule("cifar10-wrn28-10-gn", steps_per_epoch=2)
+    assert [round(float(keras.ops.convert_to_numpy(step(s))), 6)
+            for s in (0, 101, 151)] == [0.1, 0.01, 0.001]
+    with pytest.raises(ValueError, match="`steps_per_epoch`"):
+        presets.learning_rate_schedule(p, steps_per_epoch=0)
+
+    optimizer = presets.build_optimizer(p, steps_per_epoch=10)
+    assert optimizer.global_clipnorm == 0.1 and optimizer.nesterov
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.995
+    # Weight decay shrinks kernels but not the normalisation's gamma / beta.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
+                              keras.layers.BatchNormalization()])
+    variables = model.trainable_variables
+    before = [keras.ops.convert_to_numpy(v) for v in variables]
+    optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in variables])
+    after = {v.path: keras.ops.convert_to_numpy(v) for v in variables}
+    for v, b in zip(variables, before):
+        if v.path.endswith(("gamma", "beta")) or not np.any(b):
+            np.testing.assert_array_equal(after[v.path], b)
+        else:
+            assert np.all(np.abs(after[v.path]) < np.abs(b)), v.path
+
+
+def test_a_preset_runs_on_a_small_slice():
+    p = presets.get("cifar10-wrn28-10")
+    model = presets.build_model(
+        p, model="wide-resnet",
+        model_kwargs={"depth": 10, "width": 1, "input_shape": (8, 8, 3)},
+        dyart={"n_iter": 2, "refine_steps": 1})
+    assert model.lam == 1000.0 and model.alpha == 3.0
+    assert any(isinstance(l, keras.layers.Activation) and
+               l.activation is keras.activations.get("swish")
+               for l in model.classifier.layers)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 8, 8, 3), dtype="uint8")
+    kwargs = dict(presets.pipeline_kwargs(p), batch_size=4)
+    assert kwargs["pad"] == 4 and kwargs["augment"]
+    train = datasets.pipeline(x, rng.integers(0, 10, 8), **kwargs)
+    model.compile(optimizer=presets.build_optimizer(p, steps_per_epoch=len(train), epochs=1),
+                  run_eagerly=True)
+    history = model.fit(train, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert presets.pipeline_kwargs("cifar10-wrn28-10-extra")["extra_fraction"] == 0.7
