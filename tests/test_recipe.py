@@ -181,3 +181,24 @@ def test_sync_epoch_checks_its_data():
         recipe.build_optimizer(0)
     with pytest.raises(ValueError, match="`ema_tau`"):
         recipe.AveragingSGD(ema_tau=1.5)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_robust_accuracy_matches_closed_form_on_a_linear_model(loss):
+    # Two linear classes, inputs in the middle of the box: a point is robust at L∞ eps iff
+    # it is correct and its margin |v·x| / ‖v‖_1 exceeds eps.
+    rng = np.random.RandomState(2)
+    d = 10
+    w = rng.normal(size=(d, 2)).astype("float32")
+    x = rng.uniform(0.4, 0.6, size=(200, d)).astype("float32")
+    v = w[:, 0] - w[:, 1]
+    y = rng.randint(0, 2, 200).astype("int32")
+    margin = np.where(y == 0, x @ v, -(x @ v)) / np.abs(v).sum()
+    eps = float(np.median(np.abs(margin)))              # about half the points robust
+    assert eps < 0.4                                    # so the box cannot bind
+    keep = np.abs(np.abs(margin) - eps) > 1e-3          # away from the tie
+    correct, robust = recipe.robust_accuracy(linear_classifier(w), x[keep], y[keep], eps,
+                                             steps=20, loss=loss)
+    np.testing.assert_array_equal(correct, margin[keep] > 0)
+    np.testing.assert_array_equal(robust, margin[keep] > eps)
+    assert 0 < robust.sum() < correct.sum()
