@@ -45,7 +45,8 @@ def pgd_batch(logits_fn, x, y, noise, eps, step_size, steps, norm="linf", loss="
 
     Returns ``(x_adv, success)`` for the last iterate; ``success`` is a bool per row.
     """
-    y = ops.cast(y, "int32")
+    x, noise = (ops.convert_to_tensor(v, "float32") for v in (x, noise))
+    y = ops.cast(ops.convert_to_tensor(y), "int32")
 
     def value(z):
         return attack_loss(logits_fn(z), y, loss)
