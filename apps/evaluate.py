@@ -1,0 +1,180 @@
+"""`keras-dyart evaluate`: attack a trained model (a run directory or a .keras file).
+
+    keras-dyart evaluate runs/dyart-jax-... --attack autoattack --eps 0.1 --eps 0.2 --eps 0.3
+    keras-dyart evaluate model.keras --dataset cifar10 --eps 8/255 --n 1000
+
+Writes ``eval_<attack>.json`` (summary and per-point outcome) and ``eval_<attack>.csv``
+(per point) to the run directory (or next to the .keras file, or ``--out``), and prints the
+table.  ``--margins`` also writes the FAB-T margins report (``margins.csv``, ``margins.png``).
+`run_evaluation` is the same code for other commands (e.g. the end of ``keras-dyart train``).
+"""
+
+import json
+import os
+from typing import List, Optional
+
+import typer
+
+
+def _progress_callback(bar):
+    """A ``progress(attack, eps, done, total)`` callback drawing one bar per attack and eps."""
+    from keras_dyart.attacks.autoattack import NAMES
+
+    tasks = {}
+
+    def update(attack, eps, done, total):
+        key = (attack, eps)
+        if key not in tasks:
+            label = NAMES.get(attack, attack) + ("" if eps is None else f" eps={eps:.4g}")
+            tasks[key] = bar.add_task(label, total=total)
+        bar.update(tasks[key], completed=done, total=total)
+
+    return update
+
+
+def print_report(report):
+    """Print a `RobustnessReport` as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from keras_dyart.attacks.autoattack import NAMES
+
+    table = Table(title=f"{NAMES.get(report.attack, report.attack)} ({report.norm}), "
+                        f"{report.n} points, {report.backend}: accuracy (%)")
+    table.add_column("")
+    for e in report.epsilons:
+        table.add_column(f"eps={e:.4g}", justify="right")
+    for name, acc in report.rows():
+        table.add_row(name, *[f"{100 * acc[e]:.1f}" for e in report.epsilons])
+    console = Console()
+    console.print(table)
+    if len(report.attacks) > 1:
+        console.print("Rows after the first: accuracy after that attack, each attack running "
+                      "only on the points still robust; the last row is the worst case.")
+    console.print("time: " + ", ".join(f"{NAMES.get(a, a)} {s:.1f} s"
+                                       for a, s in report.seconds.items()))
+
+
+def run_evaluation(model, x, y, out_dir, *, attack="autoattack", epsilons=(0.1, 0.2, 0.3),
+                   norm="linf", batch_size=500, seed=0, options=None, margins=False,
+                   show=True):
+    """Evaluate, write ``eval_<attack>.json`` / ``.csv`` (and the margins report) to
+    ``out_dir``, print the table.  Returns the `RobustnessReport`."""
+    from rich.progress import Progress
+
+    from keras_dyart.evaluation import evaluate, margins_report
+
+    with Progress(transient=True, disable=not show) as bar:
+        report = evaluate(model, x, y, attack, list(epsilons), norm=norm,
+                          batch_size=batch_size, seed=seed, options=options,
+                          progress=_progress_callback(bar))
+    tag = report.attack.replace(",", "+")
+    report.to_json(os.path.join(out_dir, f"eval_{tag}.json"))
+    report.to_csv(os.path.join(out_dir, f"eval_{tag}.csv"))
+    if show:
+        print_report(report)
+    if margins:
+        with Progress(transient=True, disable=not show) as bar:
+            task = bar.add_task("FAB-T margins", total=1)
+            rep = margins_report(model, x, y, norm=norm, epsilons=report.epsilons,
+                                 batch_size=batch_size, seed=seed,
+                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
+        rep.to_csv(os.path.join(out_dir, "margins.csv"))
+        rep.to_json(os.path.join(out_dir, "margins.json"))
+        rep.plot(os.path.join(out_dir, "margins.png"))
+        if show:
+            typer.echo(rep.table())
+    return report
+
+
+def _resolve_target(target):
+    """``(model_path, config, out_dir)`` for a run directory or a .keras file."""
+    if os.path.isdir(target):
+        path = os.path.join(target, "model.keras")
+        if not os.path.isfile(path):
+            raise typer.BadParameter(
+                f"TARGET must be a run directory holding model.keras or a .keras file; "
+                f"{target!r} has no model.keras.")
+        config = {}
+        cfg = os.path.join(target, "config.json")
+        if os.path.isfile(cfg):
+            with open(cfg) as f:
+                config = json.load(f)
+        return path, config, target
+    if os.path.isfile(target) and target.endswith(".keras"):
+        return target, {}, os.path.dirname(os.path.abspath(target))
+    raise typer.BadParameter(
+        f"TARGET must be a run directory holding model.keras or a .keras file; got "
+        f"{target!r}.")
+
+
+def evaluate(
+    target: str = typer.Argument(..., help="Run directory (model.keras, config.json) or a "
+                                           ".keras file."),
+    attack: str = typer.Option(
+        "autoattack", help="autoattack, pgd, pgd-cw, apgd-ce, apgd-dlr, apgd-t, fab-t, square, "
+                           "or several joined by commas (run in order, worst case)."),
+    eps: Optional[List[str]] = typer.Option(
+        None, help="Radius; repeat for several (8/255 accepted). Default: the run's "
+                   "evaluation radii, else 0.1, 0.2, 0.3."),
+    n: int = typer.Option(1000, "--n", help="Test points to evaluate (the first N)."),
+    dataset: Optional[str] = typer.Option(
+        None, help="Data set of the test points (default: the run's, else mnist5k)."),
+    data_path: Optional[str] = typer.Option(
+        None, "--data-path", help="Path for svhn, tinyimagenet or npz data sets."),
+    norm: Optional[str] = typer.Option(None, help="linf or l2 (default: the run's, else "
+                                                  "linf)."),
+    batch_size: int = typer.Option(500, "--batch-size", help="Points per compiled call."),
+    seed: int = typer.Option(0, help="Seed of the attacks' random draws."),
+    n_iter: Optional[int] = typer.Option(
+        None, "--n-iter", help="Iterations of APGD and FAB-T (AutoAttack: 100)."),
+    n_queries: Optional[int] = typer.Option(
+        None, "--n-queries", help="Queries of Square (AutoAttack: 5000)."),
+    margins: bool = typer.Option(False, "--margins/--no-margins",
+                                 help="Also write the FAB-T margins report (CSV, PNG)."),
+    out: Optional[str] = typer.Option(None, help="Directory for the outputs (default: the "
+                                                 "run directory or the .keras file's)."),
+):
+    """Evaluate robustness: clean accuracy and robust accuracy per attack and eps."""
+    from keras_dyart import _checks
+
+    model_path, config, out_dir = _resolve_target(target)
+    try:
+        epsilons = [_checks.parse_eps(e, "--eps") for e in (
+            eps or config.get("eval", {}).get("eps") or ["0.1", "0.2", "0.3"])]
+        norm = _checks.norm_name(norm or config.get("norm", "linf"), "--norm")
+        for value, name in ((n, "--n"), (batch_size, "--batch-size")):
+            _checks.positive(value, name, integer=True)
+        options = {}
+        if n_iter is not None:
+            _checks.positive(n_iter, "--n-iter", integer=True)
+            for a in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t"):
+                options[a] = {"n_iter": n_iter}
+        if n_queries is not None:
+            _checks.positive(n_queries, "--n-queries", integer=True)
+            options["square"] = {"n_queries": n_queries}
+        from keras_dyart.attacks.autoattack import resolve
+
+        resolve(attack)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+    import keras
+
+    import keras_dyart  # noqa: F401  (registers DyARTModel for loading)
+    from keras_dyart import datasets
+
+    name = dataset or config.get("dataset") or "mnist5k"
+    kwargs = {"path": data_path} if data_path else {}
+    _, _, x_test, y_test = datasets.load(name, **kwargs)
+    x_test, y_test = x_test[:n], y_test[:n]
+    model = keras.saving.load_model(model_path, compile=False)
+    typer.echo(f"{model_path}: {len(x_test)} {name} test points, {keras.backend.backend()} "
+               f"backend")
+    run_evaluation(model, x_test, y_test, out or out_dir, attack=attack, epsilons=epsilons,
+                   norm=norm, batch_size=batch_size, seed=seed, options=options,
+                   margins=margins)
+
+
+def register(app):
+    app.command("evaluate")(evaluate)
