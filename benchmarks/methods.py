@@ -2,6 +2,7 @@
 
     KERAS_BACKEND=tensorflow python benchmarks/methods.py [--epochs 10] [--burn-in 2]
         [--limit 4000] [--eval-limit 1000] [--methods clean,pgd-at,trades,mart,mma,dyart]
+        [--attack autoattack]
 
 Every method starts from the same clean burn-in checkpoint of `small_cnn` (``--burn-in``
 epochs of plain SGD), then trains ``--epochs`` epochs on the first ``--limit`` training
@@ -10,10 +11,12 @@ with warm-up, weight decay off biases, global gradient-norm clipping, EMA of the
 The *averaged* model is evaluated on the first ``--eval-limit`` test digits: clean
 accuracy and robust accuracy at L∞ eps 0.1, 0.2 and 0.3.
 
-Attack: ``--attack pgd`` (default): a point counts as robust only if it survives both PGD
-with cross-entropy and PGD with the CW margin loss (``--attack-steps`` steps of eps/10
-from a random start each).  ``--attack autoattack`` uses `keras_dyart.evaluation` when that
-module is installed (standard AutoAttack).
+Attack: ``--attack autoattack`` (default): standard AutoAttack through
+`keras_dyart.evaluation.evaluate` (APGD-CE, APGD-T, FAB-T, Square; slow on a CPU); any
+comma-separated list of its attacks (e.g. ``apgd-ce,apgd-t``) runs that sequence
+worst-case; ``pgd-ce-cw``: a point counts as robust only if it survives both PGD with
+cross-entropy and PGD with the CW margin loss (``--attack-steps`` steps of eps/10 from a
+random start each, `keras_dyart.recipe.robust_accuracy`).
 
 Seconds per epoch are the method epochs' wall time (compilation included) divided by the
 epoch count, on this machine and backend.  Writes ``benchmarks/results/methods.md``.
@@ -54,12 +57,12 @@ def method_kwargs(name, eps, steps):
 
 def robust_table(model, x, y, attack, steps, seed):
     """Clean accuracy and robust accuracy at each of `EPSILONS`."""
-    if attack == "autoattack":
-        from keras_dyart import evaluation                         # noqa: F401 - optional
+    if attack != "pgd-ce-cw":
+        from keras_dyart import evaluation
 
-        report = evaluation.evaluate(model, x, y, attack="autoattack",
-                                     epsilons=list(EPSILONS))
-        return report.clean_accuracy, [report.robust_accuracy[e] for e in EPSILONS]
+        report = evaluation.evaluate(model, x, y, attack, list(EPSILONS), seed=seed)
+        robust = {float(e): a for e, a in report.robust_accuracy.items()}
+        return float(report.clean_accuracy), [float(robust[e]) for e in EPSILONS]
     clean = None
     robust = []
     for eps in EPSILONS:
@@ -71,6 +74,17 @@ def robust_table(model, x, y, attack, steps, seed):
             ok = survived if ok is None else ok & survived
         robust.append(float(ok.mean()))
     return float(clean.mean()), robust
+
+
+def attack_name(attack, steps):
+    if attack == "pgd-ce-cw":
+        return f"PGD-{steps} with CE and with CW loss (robust = survives both)"
+    from keras_dyart.attacks.autoattack import NAMES, resolve
+
+    names = resolve(attack)
+    if attack.strip().lower() in ("autoattack", "aa", "standard"):
+        return "AutoAttack (standard: " + ", ".join(NAMES[n] for n in names) + ")"
+    return "the worst case of " + ", ".join(NAMES[n] for n in names)
 
 
 def main(argv=None):
@@ -85,8 +99,12 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=10, help="inner attack steps")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--clipnorm", type=float, default=0.1)
-    parser.add_argument("--attack", choices=("pgd", "autoattack"), default="pgd")
-    parser.add_argument("--attack-steps", type=int, default=40)
+    parser.add_argument("--attack", default="autoattack",
+                        help="'autoattack' (standard), a comma-separated list of attacks of "
+                             "keras_dyart.evaluation.evaluate (e.g. apgd-ce,apgd-t), or "
+                             "'pgd-ce-cw' (the recipe's own PGD, CE and CW)")
+    parser.add_argument("--attack-steps", type=int, default=40,
+                        help="PGD steps of --attack pgd-ce-cw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "methods.md"))
@@ -135,8 +153,7 @@ def main(argv=None):
         print(f"{name:7s} clean {clean:.3f}  robust " + " ".join(f"{r:.3f}" for r in robust)
               + f"  {per_epoch:.1f} s/epoch", flush=True)
 
-    attack = ("AutoAttack (standard)" if args.attack == "autoattack" else
-              f"PGD-{args.attack_steps}, CE and CW losses (robust = survives both)")
+    attack = attack_name(args.attack, args.attack_steps)
     command = ("KERAS_BACKEND=" + backend + " python benchmarks/methods.py "
                + " ".join(a for a in (argv if argv is not None else sys.argv[1:])))
     lines = [
