@@ -130,8 +130,8 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
         return lambda z: logits_fn(ops.reshape(z, (-1,) + shape[1:]))
 
     def init_fn(logits_fn, xb, yb, stripes, e):
-        xb = ops.convert_to_tensor(xb, "float32")
-        x0 = ops.clip(xb + C.rows(ops.convert_to_tensor(e, "float32"), 4) * stripes, 0.0, 1.0)
+        xb, stripes, e = (ops.convert_to_tensor(v, "float32") for v in (xb, stripes, e))
+        x0 = ops.clip(xb + C.rows(e, 4) * stripes, 0.0, 1.0)
         return x0, _margin_fn(logits_img(logits_fn), x0, yb)
 
     def chunk_fn(logits_fn, *args):
