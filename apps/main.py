@@ -3,6 +3,9 @@ package and registers itself with `register(app)`."""
 
 import importlib
 import importlib.util
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up logs quiet
 
 import typer
 
@@ -15,6 +18,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _root():
+    """Robust training by margins for Keras 3 (backend from KERAS_BACKEND)."""
+
 
 # Sub-command modules, in the order `--help` lists them.
 COMMANDS = ("train", "evaluate", "dynamics", "presets")

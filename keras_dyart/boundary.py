@@ -198,6 +198,8 @@ def quality_filter(x, x_hat, phi_hat, grad_hat, norm="linf", phi_min=-0.3, max_f
 
     For L2 only the first condition applies.  Returns a bool tensor of shape ``(N,)``.
     """
+    x, x_hat, phi_hat, grad_hat = (ops.convert_to_tensor(v) for v in (x, x_hat, phi_hat,
+                                                                        grad_hat))
     delta = flat(x_hat) - flat(x)
     g = flat(grad_hat)
     ok = (phi_hat > phi_min) & (ops.max(ops.abs(g), axis=-1) > 0)

@@ -23,6 +23,6 @@ def h_prime(r, alpha=3.0, r0=16 / 255):
 
 def dyart_weights(margin, grad_hat, usable, norm="linf", alpha=3.0, r0=16 / 255):
     """Weights ``usable · h'(R) / ‖∇_x φ(x̂)‖_q`` (zero where unusable or the norm is 0)."""
-    gq = lp_norm(grad_hat, dual_norm_name(norm))
-    keep = usable & (gq > 0)
+    gq = lp_norm(ops.convert_to_tensor(grad_hat), dual_norm_name(norm))
+    keep = ops.logical_and(ops.convert_to_tensor(usable), gq > 0)
     return ops.where(keep, h_prime(margin, alpha, r0) / ops.where(keep, gq, 1.0), 0.0)

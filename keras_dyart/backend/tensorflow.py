@@ -25,4 +25,4 @@ def compile_model_fn(model, fn, jit=False):
     def run(*args):
         return fn(lambda z: model(z, training=False), *args)
 
-    return tf.function(run, jit_compile=bool(jit), reduce_retracing=True)
+    return tf.function(run, jit_compile=bool(jit), reduce_retracing=True, autograph=False)

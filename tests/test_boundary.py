@@ -1,0 +1,121 @@
+"""Closest boundary points of linear models, whose margins are known in closed form."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_dyart import backend as dyart_backend
+from keras_dyart.boundary import find_boundary_points, quality_filter
+from keras_dyart.margins import soft_margin
+from keras_dyart.models import DyARTModel
+
+
+def two_class_problem(seed=0, n=48, d=20, scale=1.0):
+    rng = np.random.RandomState(seed)
+    weights = (rng.randn(d, 2) * scale).astype("float32")
+    x = rng.uniform(0.3, 0.7, (n, d)).astype("float32")
+    logits = x @ weights
+    y = logits.argmax(1).astype("int32")
+    v = weights[:, 0] - weights[:, 1]
+    v = np.where(y[:, None] == 0, v, -v)                 # ∇x φ for each point
+    phi = np.abs(logits[:, 0] - logits[:, 1])
+    return weights, x, y, v, phi
+
+
+def closed_form(v, phi, norm):
+    q = 1 if norm == "linf" else 2
+    margin = phi / np.linalg.norm(v, ord=q, axis=1)
+    # the closest point moves each coordinate by at most `reach`; the box must not bind
+    if norm == "linf":
+        reach = margin
+    else:
+        reach = margin * np.abs(v).max(1) / np.linalg.norm(v, axis=1)
+    return margin, reach < 0.29
+
+
+def search(classifier, x, y, norm, **kwargs):
+    def phi(z):
+        return soft_margin(classifier(z, training=False), y, 5.0)
+
+    return find_boundary_points(lambda z: dyart_backend.value_and_grad(phi, z), phi, x,
+                                norm=norm, **kwargs)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_finds_closed_form_margin(norm, make_linear):
+    weights, x, y, v, phi = two_class_problem()
+    clf = make_linear(weights)
+    margin, inside = closed_form(v, phi, norm)
+    assert inside.sum() >= 10
+    out = search(clf, x, y, norm)
+    found = ops.convert_to_numpy(out["found"])
+    got = ops.convert_to_numpy(out["margin"])
+    assert found.all()
+    np.testing.assert_allclose(got[inside], margin[inside], rtol=1e-3)
+    x_hat = ops.convert_to_numpy(out["x_hat"])
+    assert np.all(x_hat >= 0) and np.all(x_hat <= 1)
+    # the returned points lie on the boundary
+    phi_hat = ops.convert_to_numpy(soft_margin(clf(x_hat), y))
+    np.testing.assert_allclose(phi_hat[inside], 0.0, atol=1e-3 * np.abs(phi).max())
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_model_search_and_filter_keep_closed_form_points(norm, make_linear):
+    weights, x, y, v, phi = two_class_problem(seed=1)
+    clf = make_linear(weights)
+    margin, inside = closed_form(v, phi, norm)
+    model = DyARTModel(clf, norm=norm, r0=10.0)
+    out = model.search(lambda z: clf(z, training=False), x, y)
+    usable = ops.convert_to_numpy(out["usable"])
+    assert usable[inside].all()
+    np.testing.assert_allclose(ops.convert_to_numpy(out["margin"])[inside], margin[inside],
+                               rtol=1e-3)
+    q = 1 if norm == "linf" else 2
+    expected_w = np.exp(-3.0 * margin) / np.linalg.norm(v, ord=q, axis=1)
+    np.testing.assert_allclose(ops.convert_to_numpy(out["weights"])[inside],
+                               expected_w[inside], rtol=2e-3)
+
+
+def test_without_refinement_the_overshoot_lands_past_the_boundary(make_linear):
+    weights, x, y, v, phi = two_class_problem(seed=2)
+    margin, inside = closed_form(v, phi, "linf")
+    out = search(make_linear(weights), x, y, "linf", refine=False)
+    ratio = ops.convert_to_numpy(out["margin"])[inside] / margin[inside]
+    assert np.all(ratio >= 1 - 1e-5)          # the FAB point is past the boundary ...
+    assert np.median(ratio) < 1.02            # ... but close to it
+
+
+def test_random_start_finds_boundary_points_no_closer_than_the_margin(make_linear):
+    # From a random start 20 iterations do not fully converge (the spec's reason for
+    # starting at x by default): radii come out slightly too large, never too small.
+    weights, x, y, v, phi = two_class_problem(seed=3)
+    margin, inside = closed_form(v, phi, "linf")
+    out = search(make_linear(weights), x, y, "linf", random_start=True, restarts=2,
+                 eps_fab=0.3, seed=1)
+    ratio = ops.convert_to_numpy(out["margin"])[inside] / margin[inside]
+    assert ops.convert_to_numpy(out["found"]).all()
+    assert np.all(ratio >= 1 - 1e-4)
+    assert np.max(ratio) < 1.05
+
+
+def test_misclassified_points_are_not_searched(make_linear):
+    weights, x, y, v, phi = two_class_problem(seed=4)
+    wrong = 1 - y
+    out = search(make_linear(weights), x, wrong, "linf")
+    assert not ops.convert_to_numpy(out["found"]).any()
+    np.testing.assert_array_equal(ops.convert_to_numpy(out["x_hat"]), x)
+    np.testing.assert_array_equal(ops.convert_to_numpy(out["margin"]), 0.0)
+
+
+def test_quality_filter_rejects_bad_points():
+    x = np.full((4, 6), 0.5, "float32")
+    delta = np.array([0.1, -0.1, 0.1, 0.0, 0.0, 0.02], "float32")
+    x_hat = x + delta
+    good_grad = np.array([-1.0, 1.0, -1.0, 0.0, 0.0, 0.0], "float32")
+    grads = np.stack([good_grad,
+                      -good_grad,                                   # gradient along the step
+                      good_grad + np.array([0, 0, 0, 5, 5, 5], "float32"),  # no small rest
+                      good_grad])
+    phi = np.array([0.0, 0.0, 0.0, -0.5], "float32")               # last: too far inside
+    keep = ops.convert_to_numpy(quality_filter(x, x_hat, phi, grads, "linf"))
+    np.testing.assert_array_equal(keep, [True, False, False, False])

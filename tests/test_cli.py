@@ -1,0 +1,55 @@
+"""`keras-dyart train` on a tiny budget writes every file of a run directory."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from keras_dyart_apps.main import app
+
+runner = CliRunner()
+
+
+def test_train_writes_run_directory(tmp_path):
+    out = os.path.join(tmp_path, "run")
+    result = runner.invoke(app, [
+        "train", "--limit", "256", "--burn-in", "1", "--epochs", "1", "--batch-size", "64",
+        "--n-iter", "3", "--eval-n", "40", "--pgd-steps", "2", "--eps", "0.1",
+        "--eps", "8/255", "--out", out, "--verbose", "0"])
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "model.keras", "history.csv", "metrics.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["backend"] == keras.backend.backend()
+    assert config["seed"] == 0 and config["n_iter"] == 3
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert 0.0 <= metrics["clean_accuracy"] <= 1.0
+    robust = metrics["robust_accuracy"]["pgd2"]
+    assert set(robust) == {"0.1", f"{8 / 255:g}"}
+    assert all(0.0 <= v <= metrics["clean_accuracy"] for v in robust.values())
+    lines = open(os.path.join(out, "history.csv")).read().strip().splitlines()
+    assert lines[0].startswith("epoch,phase") and len(lines) == 3
+    assert "clean" in result.output and "pgd2" in result.output
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert model.predict(np.zeros((1, 28, 28, 1), "float32"), verbose=0).shape == (1, 10)
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--eps", "abc"], "--eps"), (["--eps", "-0.1"], "--eps"), (["--norm", "l7"], "--norm"),
+    (["--batch-size", "0"], "--batch-size"), (["--epochs", "0", "--burn-in", "0"], "--epochs"),
+])
+def test_train_rejects_bad_options(args, word):
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code != 0
+    assert word in result.output
+
+
+def test_help_lists_every_option():
+    result = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for option in ("--epochs", "--burn-in", "--eps", "--batch-size", "--seed", "--out",
+                   "--lam", "--r0", "--n-iter", "--random-start"):
+        assert option in result.output
