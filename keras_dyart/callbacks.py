@@ -32,6 +32,8 @@ class BoundaryDynamics(keras.callbacks.Callback):
     Args:
         x_probe, y_probe: fixed probe inputs in [0, 1] and labels (a few hundred points).
         every: record every ``every`` training steps (the first step is always recorded).
+            With ``steps_per_execution > 1`` a record covers one execution and Δθ is its
+            change divided by the number of steps in it (the mean step).
         method: ``"exact"`` (weight JVP, default) or ``"finite_difference"``
             (one extra forward pass: [φ(x̂; θ_after) − φ(x̂; θ_before)] / ‖∇_x φ‖_q).
         r0: vulnerability radius of the summaries (default: the model's ``r0``, else 16/255).
@@ -88,6 +90,8 @@ class BoundaryDynamics(keras.callbacks.Callback):
         self._analyzer = None
         self._pending = None
         self._step = 0
+        self._next_record = 0
+        self._begin_batch = 0
         self._epoch = 0
         self._epoch_start = 0
 
@@ -105,7 +109,8 @@ class BoundaryDynamics(keras.callbacks.Callback):
         self._epoch_start = len(self.records)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._step % self.every:
+        self._begin_batch = batch
+        if self._step < self._next_record:
             return
         model = self.model                  # on JAX this syncs the state into the variables
         if self._analyzer is None:
@@ -113,20 +118,23 @@ class BoundaryDynamics(keras.callbacks.Callback):
                                             use_filter=self.use_filter,
                                             batch_size=self.batch_size, jit=self.jit)
             self._r0 = self.r0 if self.r0 is not None else _checks.parse_eps(
-                getattr(model, "r0", 16 / 255), "r0")
+                _dyn._setting(None, model, "r0", 16 / 255), "r0")
         points = self._analyzer.points(self.x_probe, self.y_probe)
         theta = [ops.convert_to_numpy(v).astype("float32") for v in model.trainable_variables]
         self._pending = (points, theta)
 
     def on_train_batch_end(self, batch, logs=None):
-        step, self._step = self._step, self._step + 1
+        # With steps_per_execution > 1 one call covers batches begin..batch.
+        n_steps = max(1, batch - self._begin_batch + 1)
+        step, self._step = self._step, self._step + n_steps
         if self._pending is None:
             return
         points, theta = self._pending
         self._pending = None
+        self._next_record = step + self.every
         model = self.model
         after = [ops.convert_to_numpy(v).astype("float32") for v in model.trainable_variables]
-        delta = [a - t for a, t in zip(after, theta)]
+        delta = [(a - t) / n_steps for a, t in zip(after, theta)]
         with _dyn.assigned_weights(model, theta):
             speed = self._analyzer.speed(points, delta, self.method)
         summary = _dyn.summarize(points.margin, speed, points.usable, self._r0, self.bins)

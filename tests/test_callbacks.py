@@ -100,6 +100,29 @@ def test_records_the_speed_of_the_actual_step_and_leaves_training_alone():
     assert len(cb.records) == 3
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="Keras allows steps_per_execution > 1 only on JAX and TensorFlow")
+def test_steps_per_execution_records_the_mean_step():
+    x, y = _data()
+    probe_x, probe_y = x[:24], y[:24]
+    model = _mlp()
+    start = model.get_weights()
+    model.compile(optimizer=keras.optimizers.SGD(0.2), steps_per_execution=2,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = BoundaryDynamics(probe_x, probe_y, every=1, r0=0.3)
+    model.fit(x[:32], y[:32], batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[cb])
+    assert [r["step"] for r in cb.records] == [0, 2]
+    ref_model = _mlp()
+    ref_model.compile(optimizer=keras.optimizers.SGD(0.2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ref_model.fit(x[:16], y[:16], batch_size=8, epochs=1, shuffle=False, verbose=0)
+    delta = [(b - a) / 2 for a, b in zip(start, ref_model.get_weights())]
+    ref = dy.boundary_dynamics(_mlp(), probe_x, probe_y, delta, r0=0.3)
+    np.testing.assert_allclose(cb.point_records[0]["speed"], ref.speed, rtol=1e-4,
+                               atol=1e-6)
+
+
 def test_finite_difference_callback_with_a_dyart_model():
     from keras_dyart import DyARTModel
 
