@@ -2,6 +2,7 @@
 short training segment, as a table, CSV files and plots."""
 
 import glob
+import inspect
 import json
 import os
 import re
@@ -195,5 +196,10 @@ def dynamics(
     return records
 
 
+def _help(doc):
+    """The docstring with each paragraph on one line (rich keeps single line breaks)."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
 def register(app):
-    app.command("dynamics")(dynamics)
+    app.command("dynamics", help=_help(dynamics.__doc__))(dynamics)
