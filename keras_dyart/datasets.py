@@ -145,7 +145,10 @@ _SVHN_EXPECTED = ("the official SVHN format-2 files train_32x32.mat and test_32x
 
 
 def _svhn_file(filename, dtype):
-    from scipy.io import loadmat
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise ImportError("Reading SVHN's .mat files needs SciPy: pip install scipy.") from None
 
     data = loadmat(filename)
     if "X" not in data or "y" not in data:

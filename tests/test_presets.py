@@ -125,10 +125,10 @@ def test_a_preset_runs_on_a_small_slice():
                l.activation is keras.activations.get("swish")
                for l in model.classifier.layers)
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (8, 8, 8, 3), dtype="uint8")
+    x = rng.integers(0, 256, (4, 8, 8, 3), dtype="uint8")
     kwargs = dict(presets.pipeline_kwargs(p), batch_size=4)
     assert kwargs["pad"] == 4 and kwargs["augment"]
-    train = datasets.pipeline(x, rng.integers(0, 10, 8), **kwargs)
+    train = datasets.pipeline(x, rng.integers(0, 10, 4), **kwargs)
     model.compile(optimizer=presets.build_optimizer(p, steps_per_epoch=len(train), epochs=1),
                   run_eagerly=True)
     history = model.fit(train, epochs=1, verbose=0)
