@@ -378,6 +378,10 @@ class Batches(keras.utils.PyDataset):
                 f"{self.batch_size}.")
         self.shuffle = bool(shuffle)
         self.drop_remainder = bool(drop_remainder)
+        if self.drop_remainder and len(self.x) < self.n_base:
+            raise ValueError(
+                f"`x` has {len(self.x)} images, fewer than the {self.n_base} a batch takes "
+                "from it; with `drop_remainder=True` no batch would be full.")
         self.seed = int(seed)
         self.epoch = 0
         self._extra_offset = 0
@@ -393,7 +397,7 @@ class Batches(keras.utils.PyDataset):
 
     def __len__(self):
         n = len(self.x) / self.n_base
-        return max(1, int(n)) if self.drop_remainder else int(math.ceil(n))
+        return int(n) if self.drop_remainder else int(math.ceil(n))
 
     def __getitem__(self, index):
         if not 0 <= index < len(self):

@@ -305,6 +305,7 @@ def test_pipeline_feeds_fit_on_this_backend():
     ({"extra": (np.zeros((2, 5, 5, 1)), [0, 1]), "extra_fraction": 0.5}, "`extra` images"),
     ({"extra": np.zeros(3), "extra_fraction": 0.5}, "`extra` must be a pair"),
     ({"pad": -2}, "`pad`"),
+    ({"batch_size": 8, "drop_remainder": True}, "fewer than the 8"),
 ])
 def test_pipeline_argument_errors(kwargs, match):
     x = np.zeros((4, 4, 4, 1), "float32")
