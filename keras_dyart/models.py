@@ -10,6 +10,15 @@ from keras_dyart.losses import robust_term
 from keras_dyart.margins import soft_margin
 from keras_dyart.weights import dyart_weights
 
+try:  # per-replica loss scaling under tf.distribute (a no-op elsewhere)
+    from keras.src.losses.loss import scale_loss_for_distribution as _scale_for_replicas
+    from keras.src.losses.loss import unscale_loss_for_distribution as _unscale_for_replicas
+except ImportError:  # pragma: no cover - older or newer Keras layouts
+    def _scale_for_replicas(value):
+        return value
+
+    _unscale_for_replicas = _scale_for_replicas
+
 
 @keras.saving.register_keras_serializable(package="keras_dyart")
 class DyARTModel(keras.Model):
@@ -146,13 +155,15 @@ class DyARTModel(keras.Model):
         robust = self.lam * robust_term(logits_hat, y, weights, self.beta)
         usable = ops.cast(batch["usable"], "float32")
         n_usable = ops.sum(usable)
-        self.ce_tracker.update_state(loss)
+        # Keras's loss is already divided by the number of replicas under tf.distribute;
+        # the robust term must be too, and the trackers log per-batch (unscaled) values.
+        self.ce_tracker.update_state(_unscale_for_replicas(loss))
         self.robust_tracker.update_state(robust)
         self.fraction_tracker.update_state(ops.mean(usable))
         self.margin_tracker.update_state(
             ops.sum(batch["margin"] * usable) / ops.maximum(n_usable, 1.0),
             sample_weight=n_usable)
-        return loss + robust
+        return loss + _scale_for_replicas(robust)
 
     # -- serialisation --------------------------------------------------------------------
 

@@ -81,12 +81,6 @@ print("RESULT " + json.dumps({
 }))
 '''
 
-TF_SCALING = (
-    "DyARTModel adds the robust term to Keras's loss without "
-    "keras.src.losses.loss.scale_loss_for_distribution, so under MirroredStrategy the summed "
-    "replica gradients count the robust term num_replicas times (verified: with that scaling "
-    "the step matches to 1e-6). Fix belongs in keras_dyart/models.py.")
-
 
 def run_check(tmp_path):
     script = tmp_path / "check_two_devices.py"
@@ -103,7 +97,6 @@ def run_check(tmp_path):
 @pytest.mark.skipif(BACKEND == "torch",
                     reason="Keras 3 has no multi-device fit on the torch backend "
                            "(no keras.distribution support, no strategy)")
-@pytest.mark.xfail(BACKEND == "tensorflow", reason=TF_SCALING, strict=True)
 def test_two_device_step_equals_single_device_step(tmp_path):
     result = run_check(tmp_path)
     assert result["replicas"] == 2
