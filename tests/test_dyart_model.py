@@ -58,13 +58,19 @@ def test_loss_and_weights_match_numpy(make_linear):
     assert total == pytest.approx(ce + LAM * expected_robust, rel=1e-4)
 
 
-def test_train_step_gradient_is_minus_weighted_margin_gradient(make_linear):
-    """One SGD(lr=1) step moves θ by −(∇CE − λ/N·Σ h'(R_i)·∇θR_i), ∇θR from the closed form."""
+@pytest.mark.parametrize("jit_compile", [
+    "auto", pytest.param(True, marks=pytest.mark.skipif(
+        keras.backend.backend() == "torch", reason="jit_compile=True means torch.compile"))])
+def test_train_step_gradient_is_minus_weighted_margin_gradient(make_linear, jit_compile):
+    """One SGD(lr=1) step moves θ by −(∇CE − λ/N·Σ h'(R_i)·∇θR_i), ∇θR from the closed form.
+
+    Also with `jit_compile=True` (XLA on TensorFlow, which Keras's "auto" leaves off on CPU).
+    """
     weights, bias, x, y, v, phi, margin = linear_batch(seed=1)
     n = len(y)
     clf = make_linear(weights, bias)
     model = DyARTModel(clf, lam=LAM, alpha=ALPHA, r0=10.0)
-    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=jit_compile)
     logs = model.train_on_batch(x, y, return_dict=True)
     new_w, new_b = clf.layers[-1].get_weights()
 
