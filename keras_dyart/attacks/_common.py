@@ -89,8 +89,9 @@ def num_classes(model, x):
 
 
 def bucket(n, batch_size):
-    """Padded size of a chunk of ``n`` rows: a power of two (>= 8) capped at ``batch_size``."""
-    size = 8
+    """Padded size of a chunk of ``n`` rows: a power of two (>= 32) capped at ``batch_size``,
+    so each compiled function sees a handful of shapes at most."""
+    size = 32
     while size < n:
         size *= 2
     return min(size, batch_size) if n <= batch_size else batch_size

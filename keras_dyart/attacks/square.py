@@ -1,4 +1,4 @@
-"""Square Attack (Andriushchenko et al., ECCV 2020): score-based random search, L∞.
+"""Square Attack (Andriushchenko et al., ECCV 2020): score-based random search, L∞ and L2.
 
 No gradients: only logits.  The start is a set of vertical stripes of ±eps; each query adds
 a square window of side s with one random sign per channel (±2·eps, then projected back to
@@ -15,6 +15,13 @@ every backend sees the same queries.  The queries run in compiled chunks of fixe
 (``chunk``); between chunks the points already fooled are dropped, as the reference does.
 Inputs are channels-last images ``(N, H, W, C)``; ``(N, H, W)`` and flat ``(N, D)`` inputs
 are treated as ``(N, H, W, 1)`` and ``(N, D, 1, 1)``.
+
+L2 follows the reference's L2 variant: the start is a grid of "meta pseudo-Gaussian" blocks
+scaled to norm eps; each query picks two windows of odd side s >= 3, moves the perturbation
+mass of the second into the first, adds a centred pyramid pattern with a random sign per point
+and channel to the first, rescales it so the total norm stays eps, and keeps the change if
+the margin decreases.  The window masks and patterns are built on the host (NumPy) and passed
+in, so the compiled step has static shapes.
 """
 
 import math
@@ -88,6 +95,115 @@ def square_chunk(logits_fn, x, y, x_best, margin_best, eps, side, top, left, sig
     return ops.fori_loop(0, ops.shape(side)[0], body, (x_best, margin_best))
 
 
+def _eta_rectangles(a, b):
+    """The reference's centred pyramid pattern of shape (a, b), unit L2 norm."""
+    delta = np.zeros((a, b))
+    xc, yc = a // 2 + 1, b // 2 + 1
+    c0, c1 = xc - 1, yc - 1
+    for counter in range(max(xc, yc)):
+        delta[max(c0, 0):min(c0 + 2 * counter + 1, a),
+              max(0, c1):min(c1 + 2 * counter + 1, b)] += 1.0 / (counter + 1) ** 2
+        c0 -= 1
+        c1 -= 1
+    n = np.sqrt((delta ** 2).sum())
+    return delta / n if n > 0 else delta
+
+
+def _meta_pseudo_gaussian(s, rng):
+    delta = np.zeros((s, s))
+    delta[:s // 2] = _eta_rectangles(s // 2, s)
+    delta[s // 2:] = -_eta_rectangles(s - s // 2, s)
+    delta /= max(np.sqrt((delta ** 2).sum()), 1e-12)
+    if rng.uniform() > 0.5:
+        delta = delta.T
+    return delta
+
+
+def _l2_init(rng, n, h, w, c):
+    """The reference's L2 start: blocks of side h // 5 with pseudo-Gaussian patterns and a
+    random sign per point and channel (one pattern draw per block, shared by the batch)."""
+    s = max(h // 5, 1)
+    sp = (h - s * 5) // 2 if h >= 5 else 0
+    delta = np.zeros((n, h, w, c))
+    vh = sp
+    for _ in range(h // s):
+        vw = sp
+        for _ in range(w // s):
+            pert = _meta_pseudo_gaussian(s, rng)
+            sign = rng.choice([-1.0, 1.0], size=(n, 1, 1, c))
+            hh, ww = delta[:, vh:vh + s, vw:vw + s].shape[1:3]
+            delta[:, vh:vh + s, vw:vw + s] += pert[None, :hh, :ww, None] * sign
+            vw += s
+        vh += s
+    return delta.astype("float32")
+
+
+def square_l2_chunk(logits_fn, x, y, x_best, margin_best, eps, window, window2, pattern,
+                    signs):
+    """Run L2 Square queries on a batch of images ``(B, H, W, C)``.
+
+    ``window``, ``window2`` and ``pattern`` are ``(Q, H, W)`` maps of each query (the two
+    windows as 0/1 masks and the pyramid pattern placed in the first); ``signs`` is
+    ``(B, Q, C)``.  Returns ``(x_best, margin_best)``.
+    """
+    x, x_best, eps, window, window2, pattern, signs = (
+        ops.convert_to_tensor(v, "float32")
+        for v in (x, x_best, eps, window, window2, pattern, signs))
+    margin_best = ops.convert_to_tensor(margin_best, "float32")
+    y = ops.cast(ops.convert_to_tensor(y), "int32")
+    c = ops.shape(x)[-1]
+
+    def norm_all(v):
+        return ops.sqrt(ops.sum(ops.square(C.flat(v)), axis=-1))
+
+    def body(q, carry):
+        x_best, margin_best = carry
+        m1 = ops.take(window, q, axis=0)[None, :, :, None]
+        m2 = ops.take(window2, q, axis=0)[None, :, :, None]
+        eta = ops.take(pattern, q, axis=0)[None, :, :, None]
+        sign = ops.take(signs, q, axis=1)[:, None, None, :]
+        delta = x_best - x
+        norm_w1 = ops.sqrt(ops.sum(m1 * ops.square(delta), axis=(1, 2), keepdims=True))
+        norm_image = norm_all(delta)
+        norm_windows = norm_all(delta * ops.maximum(m1, m2))
+        new = eta * sign + m1 * delta / (norm_w1 + 1e-12)
+        norm_new = ops.sqrt(ops.sum(m1 * ops.square(new), axis=(1, 2), keepdims=True))
+        room = ops.maximum(ops.square(eps) - ops.square(norm_image), 0.0) / c
+        scale = ops.sqrt(room + ops.square(norm_windows))
+        new = m1 * new / (norm_new + 1e-12) * C.rows(scale, 4)
+        delta = delta * (1.0 - m2)
+        delta = delta * (1.0 - m1) + new
+        delta = delta / (C.rows(norm_all(delta), 4) + 1e-12) * C.rows(eps, 4)
+        x_new = ops.clip(x + delta, 0.0, 1.0)
+        margin = C.cw_margin(logits_fn(x_new), y)
+        active = (margin_best > 0) & (ops.sum(m1) > 0)     # padding queries change nothing
+        take = active & ((margin < margin_best) | (margin <= 0))
+        x_best = ops.where(C.rows(take, 4), x_new, x_best)
+        margin_best = ops.where(take, margin, margin_best)
+        return x_best, margin_best
+
+    return ops.fori_loop(0, ops.shape(window)[0], body, (x_best, margin_best))
+
+
+def _l2_queries(rng, start, q, chunk, h, w, p_init):
+    """Host-side draws of ``q`` L2 queries, padded to ``chunk`` with empty windows."""
+    window = np.zeros((chunk, h, w), "float32")
+    window2 = np.zeros((chunk, h, w), "float32")
+    pattern = np.zeros((chunk, h, w), "float32")
+    for j in range(q):
+        p = p_selection(start + j, p_init)
+        s = max(int(round(math.sqrt(p * h * w))), 3)
+        if s % 2 == 0:
+            s += 1
+        s = min(s, h, w)
+        a, b = int(rng.uniform() * (h - s + 1)), int(rng.uniform() * (w - s + 1))
+        a2, b2 = int(rng.uniform() * (h - s + 1)), int(rng.uniform() * (w - s + 1))
+        window[j, a:a + s, b:b + s] = 1.0
+        window2[j, a2:a2 + s, b2:b2 + s] = 1.0
+        pattern[j, a:a + s, b:b + s] = _eta_rectangles(s, s)
+    return window, window2, pattern
+
+
 def _margin_fn(logits_fn, z, y):
     return C.cw_margin(logits_fn(ops.convert_to_tensor(z, "float32")),
                        ops.cast(ops.convert_to_tensor(y), "int32"))
@@ -100,7 +216,7 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
     Args:
         model: a Keras model that outputs logits.
         x, y: inputs in [0, 1] and integer labels; eps: radius.
-        norm: ``"linf"`` (the L2 variant is not implemented yet).
+        norm: ``"linf"`` or ``"l2"``.
         n_queries: model queries per point (5000 in AutoAttack standard).
         p_init: initial fraction of pixels per square.
         chunk: queries per compiled call; fooled points are dropped between chunks.
@@ -111,9 +227,6 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
         ``(x_adv, success)`` as NumPy arrays, ``x_adv`` in the ball and the box.
     """
     norm = _checks.norm_name(norm)
-    if norm != "linf":
-        raise NotImplementedError(
-            f"`norm` must be 'linf' for the Square attack in this version; got {norm!r}.")
     eps = _checks.parse_eps(eps)
     x = _checks.images(x)
     y = _checks.labels(y, len(x))
@@ -135,13 +248,20 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
         return x0, _margin_fn(logits_img(logits_fn), x0, yb)
 
     def chunk_fn(logits_fn, *args):
-        return square_chunk(logits_img(logits_fn), *args)
+        step = square_chunk if norm == "linf" else square_l2_chunk
+        return step(logits_img(logits_fn), *args)
 
     run_init = C.compiled(model, ("square-init",), init_fn, jit)
     run = C.compiled(model, ("square", norm), chunk_fn, jit)
 
-    # The initial stripes: one sign per column and channel, per point.
-    stripes = rng.choice([-1.0, 1.0], size=(len(x), 1, w, c)).astype("float32")
+    if norm == "linf":
+        # The initial stripes: one sign per column and channel, per point.
+        stripes = rng.choice([-1.0, 1.0], size=(len(x), 1, w, c)).astype("float32")
+    else:
+        # A start of L2 norm exactly 1 per point, scaled by eps in `init_fn`.
+        d0 = _l2_init(rng, len(x), h, w, c)
+        n0 = np.sqrt((d0.reshape(len(x), -1).astype("float64") ** 2).sum(1))
+        stripes = (d0 / (n0.reshape(-1, 1, 1, 1) + 1e-12)).astype("float32")
     x_best = xi.copy()
     margin = np.zeros(len(x), "float32")
     for idx in C.chunks(np.arange(len(x)), batch_size):
@@ -154,6 +274,20 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
     done = 0
     while done < n_queries and (margin > 0).any():
         q = min(chunk, n_queries - done)
+        if norm == "l2":
+            maps = _l2_queries(rng, done, q, chunk, h, w, p_init)
+            signs_all = rng.choice([-1.0, 1.0], size=(len(x), chunk, c)).astype("float32")
+            for idx in C.chunks(np.flatnonzero(margin > 0), batch_size):
+                size = C.bucket(len(idx), batch_size)
+                xb, yb, bb, mb, sb = C.pad(
+                    [xi[idx], y[idx], x_best[idx], margin[idx], signs_all[idx]], size)
+                xn, mn = run(xb, yb, bb, mb, np.full(size, eps, "float32"), *maps, sb)
+                x_best[idx] = ops.convert_to_numpy(xn)[:len(idx)]
+                margin[idx] = ops.convert_to_numpy(mn)[:len(idx)]
+            done += q
+            if progress is not None:
+                progress(done, n_queries)
+            continue
         # Always `chunk` queries per call (one trace); padding queries have an empty window.
         side, top, left = (np.zeros(chunk, "int32") for _ in range(3))
         for j in range(q):
