@@ -1,135 +1,303 @@
-"""`keras-dyart train`: clean burn-in, then DyART, then PGD-40 evaluation, into a run dir."""
+"""`keras-dyart train`: clean burn-in, then a training method with the recipe, then PGD-40
+evaluation, into a run directory that can be resumed."""
 
+import csv
+import json
 import os
 import time
 from typing import List, Optional
 
 import typer
 
+METHODS = ("clean", "pgd-at", "trades", "mart", "mma", "dyart")
+
 
 def _fmt(eps):
     return f"{eps:g}"
 
 
+def _method_kwargs(method, *, norm, seed, train_eps, train_step, train_steps, kl_beta,
+                   d_max, clean_weight, n_iter, beta, lam, alpha, r0, eps_fab,
+                   random_start):
+    """The keyword arguments of `keras_dyart.methods.get` for ``method``."""
+    attack = {"eps": train_eps, "step_size": train_step, "steps": train_steps, "norm": norm}
+    return {
+        "clean": {},
+        "pgd-at": attack,
+        "trades": {"beta": kl_beta, **attack},
+        "mart": {"beta": kl_beta, **attack},
+        "mma": {"d_max": d_max, "clean_weight": clean_weight, "norm": norm,
+                "margin_beta": beta, "n_iter": n_iter},
+        "dyart": {"norm": norm, "beta": beta, "lam": lam, "alpha": alpha, "r0": r0,
+                  "n_iter": n_iter, "eps_fab": eps_fab, "random_start": random_start},
+    }[method] | ({} if method == "clean" else {"seed": seed})
+
+
+def _load_init(path):
+    """The classifier inside a ``.keras`` file (a method model or a plain classifier)."""
+    import keras
+
+    model = keras.saving.load_model(path, compile=False)
+    return getattr(model, "classifier", model)
+
+
+def _read_rows(path, phase, first_epoch):
+    """History rows of a CSV written by this command (burn-in) or by `CSVLogger` (the
+    method, ``epoch`` 0-based, a resumed run may repeat an epoch: the last row wins)."""
+    if not os.path.exists(path):
+        return []
+    by_epoch = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if phase == "burn-in":
+                by_epoch[int(row["epoch"])] = row
+            else:
+                epoch = first_epoch + int(row.pop("epoch")) + 1
+                by_epoch[epoch] = {"epoch": epoch, "phase": phase, **row}
+    out = []
+    for epoch in sorted(by_epoch):
+        row = by_epoch[epoch]
+        out.append({k: (v if k == "phase" else int(v) if k == "epoch" else float(v))
+                    for k, v in row.items() if v not in ("", "NA")})
+    return out
+
+
+# Settings a resumed run must share with the run it continues.
+_RESUME_KEYS = ("method", "backend", "seed", "dataset", "model", "epochs", "burn_in",
+                "batch_size", "limit", "init")
+
+
 def train(
-    epochs: int = typer.Option(8, help="DyART epochs after the burn-in."),
+    method: str = typer.Option(
+        "dyart", help="Training method after the burn-in: " + ", ".join(METHODS) + "."),
+    epochs: int = typer.Option(8, help="Epochs of the method after the burn-in."),
     burn_in: int = typer.Option(3, "--burn-in", help="Clean (cross-entropy) epochs first."),
+    init: Optional[str] = typer.Option(
+        None, "--init", help="Start from this .keras checkpoint (a classifier or a run's "
+                             "model.keras) instead of a burn-in; --burn-in is ignored."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the interrupted run in --out (same options): "
+                                "restores weights, optimizer, averages, seeds and epoch."),
     eps: Optional[List[str]] = typer.Option(
         None, help="PGD-40 evaluation radius; repeat for several (text such as 8/255 is "
                    "accepted). Default: 0.1, 0.2, 0.3."),
     batch_size: int = typer.Option(128, "--batch-size", help="Training batch size."),
     seed: int = typer.Option(0, help="Seed of weights, shuffling and attacks."),
     out: Optional[str] = typer.Option(
-        None, help="Run directory to write. Default: runs/dyart-<backend>-<time>."),
+        None, help="Run directory to write. Default: runs/<method>-<backend>-<time>."),
     dataset: str = typer.Option("mnist5k", help="Data set (mnist5k is embedded)."),
     model: str = typer.Option("small-cnn", help="Architecture."),
-    lr: float = typer.Option(0.05, help="SGD learning rate (Nesterov momentum)."),
+    lr: float = typer.Option(0.05, help="Peak SGD learning rate (Nesterov momentum)."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
-    clipnorm: float = typer.Option(0.1, help="Global gradient-norm clip."),
+    weight_decay: float = typer.Option(
+        5e-4, "--weight-decay", help="Weight decay (decoupled; none on biases and "
+                                     "normalisation parameters)."),
+    clipnorm: float = typer.Option(0.1, help="Global gradient-norm clip (0: none)."),
+    lr_warmup: float = typer.Option(
+        0.025, "--lr-warmup", help="Share of the method's steps with a linear learning-rate "
+                                   "warm-up before the cosine decay."),
+    ema_tau: float = typer.Option(
+        0.995, "--ema-tau", help="τ of the weight average (EMA); decay min(τ, (1+t)/(10+t))."),
+    ema_warmup: float = typer.Option(
+        0.025, "--ema-warmup", help="Share of the method's steps before averaging starts."),
     norm: str = typer.Option("linf", help="Threat model of margins and attacks: linf or l2."),
+    train_eps: str = typer.Option(
+        "0.3", "--train-eps", help="PGD-AT/TRADES/MART: radius of the inner attack."),
+    train_step: Optional[str] = typer.Option(
+        None, "--train-step", help="PGD-AT/TRADES/MART: inner step size. Default: "
+                                   "2.5 × train-eps / train-steps."),
+    train_steps: int = typer.Option(
+        10, "--train-steps", help="PGD-AT/TRADES/MART: inner attack steps."),
+    kl_beta: float = typer.Option(
+        6.0, "--kl-beta", help="TRADES/MART: weight β of the KL term."),
+    d_max: str = typer.Option("0.4", "--d-max", help="MMA: margin hinge d_max."),
+    clean_weight: float = typer.Option(
+        1 / 3, "--clean-weight", help="MMA: weight of the clean cross-entropy."),
     lam: float = typer.Option(1000.0, help="DyART weight λ of the robust term."),
     alpha: float = typer.Option(3.0, help="DyART α of h'(r) = exp(-α r)."),
     r0: float = typer.Option(0.6, help="DyART r0: margins beyond it get no robust term."),
     eps_fab: str = typer.Option("0.3", "--eps-fab", help="FAB random-start radius scale."),
-    beta: float = typer.Option(5.0, help="Soft-margin temperature β."),
-    n_iter: int = typer.Option(20, "--n-iter", help="FAB iterations per step."),
+    beta: float = typer.Option(5.0, help="DyART/MMA: soft-margin temperature β."),
+    n_iter: int = typer.Option(20, "--n-iter", help="DyART/MMA: FAB iterations per step."),
     random_start: bool = typer.Option(
         False, "--random-start/--no-random-start",
         help="Start FAB at random (as the reference code) instead of at x."),
+    eval_every: int = typer.Option(
+        0, "--eval-every", help="Every N epochs, attack the averaged model (PGD-40, CW "
+                                "loss, first --eval-n test points, largest --eps) and keep "
+                                "the best as best.keras; 0: off."),
     limit: Optional[int] = typer.Option(
         None, help="Use only the first N training points (quick runs)."),
     eval_n: int = typer.Option(1000, "--eval-n", help="Test points to evaluate."),
     pgd_steps: int = typer.Option(40, "--pgd-steps", help="PGD steps of the evaluation."),
     verbose: int = typer.Option(1, help="Keras progress: 0 silent, 1 bars, 2 one line."),
 ):
-    """Train DyART (clean burn-in first) and evaluate it with PGD-40.
+    """Train a method (clean burn-in first, or --init) with the recipe and evaluate it.
 
-    Writes config.json, model.keras, history.csv and metrics.json to the run directory and
-    prints clean and robust accuracy. The defaults train the small CNN on MNIST-5k in a few
-    minutes on a CPU (MNIST's eps 0.3 L∞ threat model).
+    The method stage uses SGD with Nesterov momentum, a cosine learning-rate schedule with
+    linear warm-up, weight decay except on biases and normalisation parameters, global
+    gradient-norm clipping and an average (EMA) of the weights; the *averaged* model is
+    evaluated with PGD-40 (CE) and saved as averaged.keras.
+
+    Writes config.json, model.keras (the method model with its optimizer state),
+    averaged.keras, history.csv and metrics.json to the run directory and prints clean and
+    robust accuracy. While the method trains, backup/ holds the state after each epoch:
+    rerun the same command with --resume to continue an interrupted run. The defaults train
+    the small CNN on MNIST-5k in a few minutes on a CPU (MNIST's eps 0.3 L∞ threat model).
     """
     from keras_dyart import _checks
 
     try:
+        if method not in METHODS:
+            raise ValueError(f"`--method` must be one of {list(METHODS)}; got {method!r}.")
         eps_values = [_checks.parse_eps(e, "--eps") for e in (eps or ["0.1", "0.2", "0.3"])]
         eps_fab_value = _checks.parse_eps(eps_fab, "--eps-fab")
+        train_eps_value = _checks.parse_eps(train_eps, "--train-eps")
+        _checks.positive(train_steps, "--train-steps", integer=True)
+        train_step_value = (2.5 * train_eps_value / train_steps if train_step is None
+                            else _checks.parse_eps(train_step, "--train-step"))
+        d_max_value = _checks.parse_eps(d_max, "--d-max")
+        _checks.in_range(clean_weight, "--clean-weight", 0.0, 1.0)
+        _checks.positive(kl_beta, "--kl-beta", allow_zero=True)
+        _checks.in_range(ema_tau, "--ema-tau", 0.0, 1.0)
+        _checks.in_range(ema_warmup, "--ema-warmup", 0.0, 1.0)
+        _checks.in_range(lr_warmup, "--lr-warmup", 0.0, 1.0)
+        _checks.positive(clipnorm, "--clipnorm", allow_zero=True)
         norm = _checks.norm_name(norm, "--norm")
-        for value, name in ((epochs, "--epochs"), (burn_in, "--burn-in")):
+        for value, name in ((epochs, "--epochs"), (burn_in, "--burn-in"),
+                            (eval_every, "--eval-every")):
             _checks.positive(value, name, integer=True, allow_zero=True)
         for value, name in ((batch_size, "--batch-size"), (eval_n, "--eval-n"),
                             (pgd_steps, "--pgd-steps")):
             _checks.positive(value, name, integer=True)
         if limit is not None:
             _checks.positive(limit, "--limit", integer=True)
-        if epochs + burn_in == 0:
+        if init is not None:
+            if not str(init).endswith(".keras") or not os.path.isfile(init):
+                raise ValueError(f"`--init` must be an existing .keras file; got {init!r}.")
+            burn_in = 0
+        if epochs + burn_in == 0 and init is None:
             raise ValueError("`--epochs` and `--burn-in` are both 0: nothing to train.")
+        if resume and not out:
+            raise ValueError("`--resume` needs `--out`: the run directory to continue.")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 
     import keras
-    import numpy as np
 
-    from keras_dyart import DyARTModel, architectures, datasets, io
+    from keras_dyart import architectures, datasets, io, methods, recipe
     from keras_dyart_apps import report
 
     backend = keras.backend.backend()
-    out = out or os.path.join("runs", f"dyart-{backend}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = out or os.path.join("runs", f"{method}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config_path = os.path.join(out, "config.json")
+    burn_in_path = os.path.join(out, "burn_in.keras")
+    backup_dir = os.path.join(out, "backup")
+    config = {
+        "method": method, "backend": backend, "seed": seed, "dataset": dataset,
+        "model": model, "epochs": epochs, "burn_in": burn_in, "init": init,
+        "batch_size": batch_size, "lr": lr, "momentum": momentum, "nesterov": True,
+        "weight_decay": weight_decay, "clipnorm": clipnorm, "lr_warmup": lr_warmup,
+        "ema_tau": ema_tau, "ema_warmup": ema_warmup, "norm": norm, "limit": limit,
+        "train_eps": train_eps_value, "train_step": train_step_value,
+        "train_steps": train_steps, "kl_beta": kl_beta, "d_max": d_max_value,
+        "clean_weight": clean_weight, "lam": lam, "alpha": alpha, "r0": r0,
+        "eps_fab": eps_fab_value, "beta": beta, "n_iter": n_iter,
+        "random_start": random_start, "eval_every": eval_every,
+        "eval_n": eval_n,
+        "eval": {"attack": "pgd", "steps": pgd_steps, "rel_step": 0.1, "loss": "ce",
+                 "random_start": "uniform", "eps": eps_values, "model": "averaged"},
+        "keras_version": keras.__version__,
+    }
+    if resume:
+        if not os.path.exists(config_path):
+            raise typer.BadParameter(f"`--resume`: {out!r} holds no config.json; nothing to "
+                                     "resume.")
+        with open(config_path) as f:
+            previous = json.load(f)
+        changed = [k for k in _RESUME_KEYS if previous.get(k) != config.get(k)]
+        if changed:
+            raise typer.BadParameter(
+                "`--resume` needs the options of the interrupted run; these differ: "
+                + ", ".join(f"{k} (run: {previous.get(k)!r}, now: {config.get(k)!r})"
+                            for k in changed))
+        if os.path.exists(os.path.join(out, "metrics.json")):
+            raise typer.BadParameter(f"`--resume`: the run in {out!r} is complete "
+                                     "(metrics.json exists).")
+    elif os.path.exists(backup_dir):
+        raise typer.BadParameter(
+            f"`--out` {out!r} holds an interrupted run (backup/); pass --resume to continue "
+            "it or choose another directory.")
+    io.write_json(config_path, config)
+
     keras.utils.set_random_seed(seed)
     x_train, y_train, x_test, y_test = datasets.load(dataset)
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
     x_test, y_test = x_test[:eval_n], y_test[:eval_n]
     num_classes = int(max(y_train.max(), y_test.max()) + 1)
-    classifier = architectures.get(model, num_classes=num_classes,
-                                   input_shape=x_train.shape[1:])
-    config = {
-        "method": "dyart", "backend": backend, "seed": seed, "dataset": dataset,
-        "model": model, "epochs": epochs, "burn_in": burn_in, "batch_size": batch_size,
-        "lr": lr, "momentum": momentum, "nesterov": True, "weight_decay": weight_decay,
-        "clipnorm": clipnorm, "norm": norm, "lam": lam, "alpha": alpha, "r0": r0,
-        "eps_fab": eps_fab_value, "beta": beta, "n_iter": n_iter,
-        "random_start": random_start, "limit": limit, "eval_n": len(x_test),
-        "eval": {"attack": "pgd", "steps": pgd_steps, "rel_step": 0.1, "loss": "ce",
-                 "random_start": "uniform", "eps": eps_values},
-        "keras_version": keras.__version__,
-    }
-    io.write_json(os.path.join(out, "config.json"), config)
+    if init is not None:
+        classifier = _load_init(init)
+    else:
+        classifier = architectures.get(model, num_classes=num_classes,
+                                       input_shape=x_train.shape[1:])
 
-    def optimizer():
-        return keras.optimizers.SGD(lr, momentum=momentum, nesterov=True,
-                                    weight_decay=weight_decay, global_clipnorm=clipnorm)
-
-    rows = []
     t0 = time.time()
-    if burn_in:
+    burn_history = os.path.join(out, "history_burn_in.csv")
+    method_history = os.path.join(out, "history_method.csv")
+    if burn_in and resume and os.path.exists(burn_in_path):
+        typer.echo(f"burn-in: restored from {burn_in_path}")
+        classifier = _load_init(burn_in_path)
+    elif burn_in:
         typer.echo(f"clean burn-in: {burn_in} epochs ({backend})")
         classifier.compile(
-            optimizer=optimizer(),
+            optimizer=keras.optimizers.SGD(lr, momentum=momentum, nesterov=True,
+                                           weight_decay=weight_decay,
+                                           global_clipnorm=clipnorm or None),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"])
         hist = classifier.fit(x_train, y_train, batch_size=batch_size, epochs=burn_in,
                               verbose=verbose, shuffle=True)
-        rows += report.history_rows(hist.history, "burn-in", 0)
-    robust = DyARTModel(classifier, norm=norm, beta=beta, lam=lam, alpha=alpha, r0=r0,
-                        n_iter=n_iter, eps_fab=eps_fab_value, random_start=random_start,
-                        seed=seed)
-    robust.compile(optimizer=optimizer(), metrics=["accuracy"])
+        io.write_csv(burn_history, report.history_rows(hist.history, "burn-in", 0))
+        io.save_model(classifier, burn_in_path)
+
+    robust = methods.get(method, classifier, **_method_kwargs(
+        method, norm=norm, seed=seed, train_eps=train_eps_value,
+        train_step=train_step_value, train_steps=train_steps, kl_beta=kl_beta,
+        d_max=d_max_value, clean_weight=clean_weight, n_iter=n_iter, beta=beta, lam=lam,
+        alpha=alpha, r0=r0, eps_fab=eps_fab_value, random_start=random_start))
+    batches = recipe.ArrayBatches(x_train, y_train, batch_size=batch_size, seed=seed)
+    robust.compile(optimizer=recipe.build_optimizer(
+        max(epochs, 1) * batches.steps_per_epoch, learning_rate=lr, momentum=momentum,
+        weight_decay=weight_decay, global_clipnorm=clipnorm or None, lr_warmup=lr_warmup,
+        ema_tau=ema_tau, ema_warmup=ema_warmup), metrics=["accuracy"])
     if epochs:
-        typer.echo(f"DyART: {epochs} epochs")
-        hist = robust.fit(x_train, y_train, batch_size=batch_size, epochs=epochs,
-                          verbose=verbose, shuffle=True)
-        rows += report.history_rows(hist.history, "dyart", burn_in)
+        typer.echo(f"{method}: {epochs} epochs")
+        if not resume and os.path.exists(method_history):
+            os.remove(method_history)
+        callbacks = [recipe.SyncEpoch(batches), keras.callbacks.BackupAndRestore(backup_dir),
+                     keras.callbacks.CSVLogger(method_history, append=True)]
+        if eval_every:
+            callbacks.append(recipe.AveragedCheckpoint(
+                x_test[:500], y_test[:500], os.path.join(out, "best.keras"),
+                eps=max(eps_values), norm=norm, steps=40, loss="cw", every=eval_every,
+                seed=seed))
+        robust.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch,
+                   shuffle=False, verbose=verbose, callbacks=callbacks)
+    rows = _read_rows(burn_history, "burn-in", 0) + _read_rows(method_history, method,
+                                                               burn_in)
     train_seconds = time.time() - t0
     io.write_csv(os.path.join(out, "history.csv"), rows)
     io.save_model(robust, os.path.join(out, "model.keras"))
+    averaged = recipe.averaged_model(robust)
+    io.save_model(averaged, os.path.join(out, "averaged.keras"))
 
-    metrics = report.pgd_metrics(robust, x_test, y_test, eps_values, norm=norm,
+    metrics = report.pgd_metrics(averaged, x_test, y_test, eps_values, norm=norm,
                                  steps=pgd_steps, seed=seed)
     metrics["train_seconds"] = round(train_seconds, 1)
     io.write_json(os.path.join(out, "metrics.json"), metrics)
-    report.print_metrics(metrics, title=f"DyART on {dataset} ({backend}), {len(x_test)} "
-                                        f"test points")
+    report.print_metrics(metrics, title=f"{method} on {dataset} ({backend}), averaged "
+                                        f"model, {len(x_test)} test points")
     typer.echo(f"run directory: {out}")
     return metrics
 
