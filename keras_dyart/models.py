@@ -1,6 +1,7 @@
 """`DyARTModel`: a `keras.Model` that trains any logits classifier with DyART."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_dyart import _checks
@@ -95,6 +96,18 @@ class DyARTModel(keras.Model):
 
     def call(self, inputs, training=None):
         return self.classifier(inputs, training=training)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """As `keras.Model.fit`; NumPy inputs are checked first (in [0, 1], finite, labels
+        within the classifier's classes), since the boundary search assumes the box [0, 1]."""
+        if isinstance(x, np.ndarray):
+            x = _checks.images(x, "x")
+            if y is not None:
+                out = self.classifier.compute_output_shape((None,) + x.shape[1:])
+                num_classes = _checks.logits_shape((len(x),) + tuple(out)[1:], len(x),
+                                                   "classifier")
+                y = _checks.labels(y, len(x), num_classes, "y")
+        return super().fit(x, y, *args, **kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         """As `keras.Model.compile`; ``loss`` defaults to cross-entropy on logits."""

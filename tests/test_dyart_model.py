@@ -183,3 +183,26 @@ def test_bad_arguments_name_the_argument(kwargs, match):
 def test_classifier_must_be_a_keras_layer():
     with pytest.raises(TypeError, match="classifier"):
         DyARTModel(lambda x: x)
+
+
+@pytest.mark.parametrize("x, y, match", [
+    (np.full((4, 28, 28, 1), 2.0, "float32"), np.zeros(4, "int32"), r"\[0, 1\]"),
+    (np.full((4, 28, 28, 1), np.nan, "float32"), np.zeros(4, "int32"), "NaN"),
+    (np.zeros((4, 28, 28, 1), "uint8"), np.zeros(4, "int32"), "float"),
+    (np.zeros((4, 28, 28, 1), "float32"), np.array([0, 1, 2, 10]), r"\[0, 10\)"),
+    (np.zeros((4, 28, 28, 1), "float32"), np.zeros(3, "int32"), "3 labels"),
+    (np.zeros((0, 28, 28, 1), "float32"), np.zeros(0, "int32"), "empty"),
+])
+def test_fit_rejects_bad_data_naming_the_argument(x, y, match):
+    model = DyARTModel(architectures.small_cnn())
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_fit_rejects_a_classifier_without_class_logits():
+    inputs = keras.Input((28, 28, 1))
+    model = DyARTModel(keras.Model(inputs, keras.layers.Flatten()(inputs)[:, :1]))
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="logits of shape"):
+        model.fit(np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, "int32"), verbose=0)
