@@ -12,7 +12,7 @@ from keras_dyart import recipe
 from keras_dyart_apps.main import app
 
 runner = CliRunner()
-TINY = ["--limit", "64", "--batch-size", "32", "--eval-n", "16", "--pgd-steps", "2",
+TINY = ["--limit", "64", "--batch-size", "32", "--eval-n", "8", "--pgd-steps", "2",
         "--eps", "0.1", "--train-steps", "2", "--n-iter", "2", "--verbose", "0"]
 
 
@@ -23,7 +23,8 @@ def train(*args):
 
 @pytest.mark.parametrize("method", [
     pytest.param("clean", marks=pytest.mark.slow), pytest.param("pgd-at", marks=pytest.mark.slow),
-    "trades", pytest.param("mart", marks=pytest.mark.slow), "mma"])
+    "trades", pytest.param("mart", marks=pytest.mark.slow),
+    pytest.param("mma", marks=pytest.mark.slow)])
 def test_each_method_trains_from_a_burn_in(method, tmp_path):
     out = str(tmp_path / "run")
     result = train("--method", method, "--burn-in", "1", "--epochs", "1", "--out", out)
@@ -42,6 +43,7 @@ def test_each_method_trains_from_a_burn_in(method, tmp_path):
     assert model.optimizer is not None                            # saved with its averages
 
 
+@pytest.mark.slow
 def test_init_starts_from_a_checkpoint_and_skips_the_burn_in(tmp_path):
     first = str(tmp_path / "first")
     assert train("--method", "clean", "--burn-in", "1", "--epochs", "0",
