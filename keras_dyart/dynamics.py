@@ -25,15 +25,14 @@ Summaries (`summarize`):
 The speed and summary math is written once in `keras.ops`; the weight-JVP is the only
 per-backend piece (`keras_dyart.backend.jvp`).
 
-Example:
+Example (any compiled Keras model that outputs logits)::
 
->>> import keras, numpy as np
->>> from keras_dyart import dynamics
->>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
->>> x = np.full((3, 4), 0.5, "float32"); y = np.zeros(3, "int32")
->>> delta = [0.1 * w for w in model.get_weights()]   # scale every weight by 1.1
->>> res = dynamics.boundary_dynamics(model, x, y, delta)  # doctest: +SKIP
->>> res.summary["conflict_share"]                       # doctest: +SKIP
+    from keras_dyart import dynamics
+
+    delta = dynamics.step_change(model, x_batch, y_batch)   # one optimiser step, undone
+    res = dynamics.boundary_dynamics(model, x_probe, y_probe, delta, r0=0.3)
+    res.speed                        # per point; NaN where no usable boundary point
+    res.summary["conflict_share"]    # share of vulnerable points with s < 0
 """
 
 import contextlib
@@ -95,9 +94,9 @@ def speed_from_difference(phi_after, phi_before, grad_norm, step=1.0):
 
     >>> import numpy as np
     >>> from keras import ops
-    >>> ops.convert_to_numpy(speed_from_difference(np.array([0.3]), np.array([0.1]),
+    >>> ops.convert_to_numpy(speed_from_difference(np.array([0.5]), np.array([0.25]),
     ...                                            np.array([2.0]), step=0.5))
-    array([0.2], dtype=float32)
+    array([0.25], dtype=float32)
     """
     diff = ops.cast(phi_after, "float32") - ops.cast(phi_before, "float32")
     return _safe_ratio(diff, step * ops.cast(grad_norm, "float32"))
@@ -623,8 +622,8 @@ def plot_speed_vs_margin(results, path=None, labels=None, r0=None, ax=None, titl
         fig, ax = plt.subplots(figsize=(5.5, 4))
     for res, label in zip(results, labels):
         if isinstance(res, DynamicsResult):
-            margin, speed = res.points.margin, res.speed if res.speed is not None \
-                else res.speed_fd
+            margin = res.points.margin
+            speed = res.speed if res.speed is not None else res.speed_fd
             r0 = r0 if r0 is not None else res.r0
         else:
             margin, speed = res
