@@ -21,8 +21,21 @@ def robust_train_step(model, parent_step, data):
     return parent_step(data)
 
 
+def _xla_helps():
+    """XLA only where an accelerator is present, as Keras's ``jit_compile="auto"`` decides.
+
+    On CPU the XLA-compiled input gradient of the small CNN takes 0.18 s against 0.076 s
+    for the plain graph (batch 128, 2 cores): TensorFlow's oneDNN kernels beat XLA:CPU's.
+    """
+    return bool(tf.config.list_physical_devices("GPU") or
+                tf.config.list_physical_devices("TPU"))
+
+
 def compile_model_fn(model, fn, jit=False):
+    """``jit=True`` compiles a graph (``tf.function``), with XLA only on an accelerator;
+    ``jit="xla"`` forces XLA; ``jit=False`` a graph without XLA as well."""
     def run(*args):
         return fn(lambda z: model(z, training=False), *args)
 
-    return tf.function(run, jit_compile=bool(jit), reduce_retracing=True, autograph=False)
+    xla = jit == "xla" or (bool(jit) and _xla_helps())
+    return tf.function(run, jit_compile=xla, reduce_retracing=True, autograph=False)
