@@ -9,6 +9,7 @@ from keras_dyart import backend as dyart_backend
 from keras_dyart.boundary import find_boundary_points, quality_filter
 from keras_dyart.losses import robust_term
 from keras_dyart.margins import soft_margin
+from keras_dyart.robust import RobustModel
 from keras_dyart.weights import dyart_weights
 
 try:  # per-replica loss scaling under tf.distribute (a no-op elsewhere)
@@ -22,7 +23,7 @@ except ImportError:  # pragma: no cover - older or newer Keras layouts
 
 
 @keras.saving.register_keras_serializable(package="keras_dyart")
-class DyARTModel(keras.Model):
+class DyARTModel(RobustModel):
     """Dynamics-Aware Robust Training (Xu et al., ICLR 2023) around a logits classifier.
 
     Each training step finds, for every correctly classified point of the batch, the closest
@@ -58,16 +59,16 @@ class DyARTModel(keras.Model):
     of the batch with a usable boundary point) and ``mean_margin`` (their mean margin).
     """
 
+    hyper_parameters = ("norm", "beta", "lam", "alpha", "r0", "n_iter", "eps_fab",
+                        "random_start", "restarts", "refine", "refine_steps", "use_filter",
+                        "overshoot", "alpha_max", "step_back")
+    loss_terms = ("ce_loss", "robust_loss", "boundary_fraction")
+
     def __init__(self, classifier, norm="linf", beta=5.0, lam=1000.0, alpha=3.0,
                  r0=16 / 255, n_iter=20, eps_fab=8 / 255, random_start=False, restarts=1,
                  refine=True, refine_steps=4, use_filter=True, overshoot=1.05,
                  alpha_max=0.1, step_back=0.9, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(classifier, keras.layers.Layer):
-            raise TypeError(
-                "`classifier` must be a Keras model or layer that outputs logits; "
-                f"got {type(classifier).__name__}.")
-        self.classifier = classifier
+        super().__init__(classifier, seed=seed, **kwargs)
         self.norm = _checks.norm_name(norm)
         self.beta = _checks.positive(beta, "beta")
         self.lam = _checks.positive(lam, "lam", allow_zero=True)
@@ -84,18 +85,7 @@ class DyARTModel(keras.Model):
         self.overshoot = _checks.positive(overshoot, "overshoot")
         self.alpha_max = _checks.in_range(alpha_max, "alpha_max", 0.0, 1.0)
         self.step_back = _checks.in_range(step_back, "step_back", 0.0, 1.0)
-        self.seed = int(seed)
-        self.seed_generator = keras.random.SeedGenerator(self.seed)
-        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
-        self.robust_tracker = keras.metrics.Mean(name="robust_loss")
-        self.fraction_tracker = keras.metrics.Mean(name="boundary_fraction")
         self.margin_tracker = keras.metrics.Mean(name="mean_margin")
-        self._robust_batch = None
-        if getattr(classifier, "built", False):
-            self.built = True
-
-    def call(self, inputs, training=None):
-        return self.classifier(inputs, training=training)
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """As `keras.Model.fit`; NumPy inputs are checked first (in [0, 1], finite, labels
@@ -108,12 +98,6 @@ class DyARTModel(keras.Model):
                                                    "classifier")
                 y = _checks.labels(y, len(x), num_classes, "y")
         return super().fit(x, y, *args, **kwargs)
-
-    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
-        """As `keras.Model.compile`; ``loss`` defaults to cross-entropy on logits."""
-        if loss is None:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     # -- the boundary search --------------------------------------------------------------
 
@@ -147,54 +131,25 @@ class DyARTModel(keras.Model):
                 "weights": ops.stop_gradient(weights), "phi_hat": phi_hat,
                 "grad_hat": grad_hat}
 
-    def _prepare_robust_batch(self, logits_fn, x, y):
-        self._robust_batch = self.search(logits_fn, x, y)
+    # -- the objective (see `RobustModel` for the train step) ------------------------------
 
-    def train_step(self, *args):
-        # Search with the step's own state, then let Keras's backend trainer differentiate
-        # `compute_loss`, which adds the robust term for the stored batch.
-        return dyart_backend.current().robust_train_step(self, super().train_step, *args)
+    def inner(self, logits_fn, x, y):
+        return self.search(logits_fn, x, y)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                    training=training)
-        batch, self._robust_batch = self._robust_batch, None
-        if batch is None or not training:
-            return loss
-        weights = batch["weights"]
+    def objective(self, x, y, y_pred, sample_weight, inner):
+        loss = self.keras_loss(x, y, y_pred, sample_weight)
+        weights = inner["weights"]
         if sample_weight is not None:
             weights = weights * ops.cast(ops.reshape(sample_weight, (-1,)), weights.dtype)
-        logits_hat = self(batch["x_hat"], training=True)
+        logits_hat = self(inner["x_hat"], training=True)
         robust = self.lam * robust_term(logits_hat, y, weights, self.beta)
-        usable = ops.cast(batch["usable"], "float32")
+        usable = ops.cast(inner["usable"], "float32")
         n_usable = ops.sum(usable)
+        self.margin_tracker.update_state(
+            ops.sum(inner["margin"] * usable) / ops.maximum(n_usable, 1.0),
+            sample_weight=n_usable)
         # Keras's loss is already divided by the number of replicas under tf.distribute;
         # the robust term must be too, and the trackers log per-batch (unscaled) values.
-        self.ce_tracker.update_state(_unscale_for_replicas(loss))
-        self.robust_tracker.update_state(robust)
-        self.fraction_tracker.update_state(ops.mean(usable))
-        self.margin_tracker.update_state(
-            ops.sum(batch["margin"] * usable) / ops.maximum(n_usable, 1.0),
-            sample_weight=n_usable)
-        return loss + _scale_for_replicas(robust)
-
-    # -- serialisation --------------------------------------------------------------------
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "classifier": keras.saving.serialize_keras_object(self.classifier),
-            "norm": self.norm, "beta": self.beta, "lam": self.lam, "alpha": self.alpha,
-            "r0": self.r0, "n_iter": self.n_iter, "eps_fab": self.eps_fab,
-            "random_start": self.random_start, "restarts": self.restarts,
-            "refine": self.refine, "refine_steps": self.refine_steps,
-            "use_filter": self.use_filter, "overshoot": self.overshoot,
-            "alpha_max": self.alpha_max, "step_back": self.step_back, "seed": self.seed,
-        })
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
-        return cls(**config)
+        return {"loss": loss + _scale_for_replicas(robust),
+                "ce_loss": _unscale_for_replicas(loss), "robust_loss": robust,
+                "boundary_fraction": ops.mean(usable)}
