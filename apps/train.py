@@ -92,7 +92,13 @@ def train(
     weight_decay: float = typer.Option(
         5e-4, "--weight-decay", help="Weight decay (decoupled; none on biases and "
                                      "normalisation parameters)."),
-    clipnorm: float = typer.Option(0.1, help="Global gradient-norm clip (0: none)."),
+    clipnorm: float = typer.Option(
+        0.1, help="Global gradient-norm clip of the method stage (0: none). The clean "
+                  "burn-in is not clipped: clipping slows clean training, and only the "
+                  "robust terms need it."),
+    schedule: str = typer.Option(
+        "constant", help="Learning-rate schedule of the method stage: constant, or cosine "
+                         "(with --lr-warmup; the CIFAR recipe)."),
     lr_warmup: float = typer.Option(
         0.025, "--lr-warmup", help="Share of the method's steps with a linear learning-rate "
                                    "warm-up before the cosine decay."),
@@ -162,6 +168,8 @@ def train(
         _checks.in_range(ema_tau, "--ema-tau", 0.0, 1.0)
         _checks.in_range(ema_warmup, "--ema-warmup", 0.0, 1.0)
         _checks.in_range(lr_warmup, "--lr-warmup", 0.0, 1.0)
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"`--schedule` must be 'constant' or 'cosine'; got {schedule!r}.")
         _checks.positive(clipnorm, "--clipnorm", allow_zero=True)
         norm = _checks.norm_name(norm, "--norm")
         for value, name in ((epochs, "--epochs"), (burn_in, "--burn-in"),
@@ -197,7 +205,8 @@ def train(
         "method": method, "backend": backend, "seed": seed, "dataset": dataset,
         "model": model, "epochs": epochs, "burn_in": burn_in, "init": init,
         "batch_size": batch_size, "lr": lr, "momentum": momentum, "nesterov": True,
-        "weight_decay": weight_decay, "clipnorm": clipnorm, "lr_warmup": lr_warmup,
+        "weight_decay": weight_decay, "clipnorm": clipnorm, "burn_in_clipnorm": None,
+        "schedule": schedule, "lr_warmup": lr_warmup,
         "ema_tau": ema_tau, "ema_warmup": ema_warmup, "norm": norm, "limit": limit,
         "train_eps": train_eps_value, "train_step": train_step_value,
         "train_steps": train_steps, "kl_beta": kl_beta, "d_max": d_max_value,
@@ -251,9 +260,9 @@ def train(
     elif burn_in:
         typer.echo(f"clean burn-in: {burn_in} epochs ({backend})")
         classifier.compile(
+            # not clipped: clipping slows clean training; only the robust term needs it
             optimizer=keras.optimizers.SGD(lr, momentum=momentum, nesterov=True,
-                                           weight_decay=weight_decay,
-                                           global_clipnorm=clipnorm or None),
+                                           weight_decay=weight_decay),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"])
         hist = classifier.fit(x_train, y_train, batch_size=batch_size, epochs=burn_in,
@@ -270,7 +279,7 @@ def train(
     robust.compile(optimizer=recipe.build_optimizer(
         max(epochs, 1) * batches.steps_per_epoch, learning_rate=lr, momentum=momentum,
         weight_decay=weight_decay, global_clipnorm=clipnorm or None, lr_warmup=lr_warmup,
-        ema_tau=ema_tau, ema_warmup=ema_warmup), metrics=["accuracy"])
+        ema_tau=ema_tau, ema_warmup=ema_warmup, schedule=schedule), metrics=["accuracy"])
     if epochs:
         typer.echo(f"{method}: {epochs} epochs")
         if not resume and os.path.exists(method_history):

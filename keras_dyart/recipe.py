@@ -159,19 +159,23 @@ class AveragingSGD(keras.optimizers.SGD):
 
 def build_optimizer(total_steps, learning_rate=0.1, momentum=0.9, nesterov=True,
                     weight_decay=5e-4, global_clipnorm=0.1, lr_warmup=0.025, ema_tau=0.995,
-                    ema_warmup=0.025):
+                    ema_warmup=0.025, schedule="cosine"):
     """The recipe's optimizer for a run of ``total_steps`` optimizer steps.
 
     SGD with Nesterov momentum 0.9, peak learning rate 0.1 on a cosine schedule with linear
     warm-up (``lr_warmup`` share of the steps), decoupled weight decay 5e-4 except on biases
     and normalisation parameters, global gradient-norm clipping 0.1, and an EMA of the
     weights with τ = 0.995 after a warm-up of ``ema_warmup`` (2.5 %) of the steps.
+    ``schedule="constant"`` keeps the learning rate fixed instead (no warm-up).
     Returns an `AveragingSGD`.
     """
     total_steps = _checks.positive(total_steps, "total_steps", integer=True)
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"`schedule` must be 'cosine' or 'constant'; got {schedule!r}.")
     ema_warmup = _checks.in_range(ema_warmup, "ema_warmup", 0.0, 1.0)
     return AveragingSGD(
-        cosine_schedule(learning_rate, total_steps, lr_warmup), momentum=momentum,
+        cosine_schedule(learning_rate, total_steps, lr_warmup) if schedule == "cosine"
+        else learning_rate, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, global_clipnorm=global_clipnorm,
         ema_tau=ema_tau, ema_warmup_steps=int(round(ema_warmup * total_steps)))
 
