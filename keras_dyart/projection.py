@@ -65,14 +65,21 @@ def project_to_hyperplane(x, w, c, norm="linf"):
     aw = ops.abs(w)
     direction = ops.sign(w)
     room = ops.where(w > 0, 1.0 - x, ops.where(w < 0, x, 0.0))
-    speed = ops.ones_like(aw) if norm == "linf" else aw
-    rate = aw * speed
-    breakpoints = ops.where(speed > 0, room / ops.maximum(speed, _TINY), _BIG)
+    if norm == "linf":  # unit speed: the breakpoints are the rooms themselves
+        speed, rate, breakpoints = None, aw, room
+    else:
+        speed = aw
+        rate = aw * speed
+        breakpoints = ops.where(speed > 0, room / ops.maximum(speed, _TINY), _BIG)
 
     order = ops.argsort(breakpoints, axis=-1)
     bp = ops.take_along_axis(breakpoints, order, axis=-1)
-    saturated = ops.cumsum(ops.take_along_axis(aw * room, order, axis=-1), axis=-1)
-    rate_cum = ops.cumsum(ops.take_along_axis(rate, order, axis=-1), axis=-1)
+    rate_sorted = ops.take_along_axis(rate, order, axis=-1)
+    if speed is None:  # L∞: rate = |w| and room = breakpoint, so no second gather
+        saturated = ops.cumsum(rate_sorted * bp, axis=-1)
+    else:
+        saturated = ops.cumsum(ops.take_along_axis(aw * room, order, axis=-1), axis=-1)
+    rate_cum = ops.cumsum(rate_sorted, axis=-1)
     total_rate = rate_cum[:, -1]
     rate_after = total_rate[:, None] - rate_cum
     progress = saturated + bp * rate_after          # g at each breakpoint
@@ -87,6 +94,7 @@ def project_to_hyperplane(x, w, c, norm="linf"):
     t = ops.maximum(r - sat_prev, 0.0) / ops.maximum(rate_prev, _TINY)
 
     feasible = below < d
-    step = direction * ops.minimum(t[:, None] * speed, room)
+    move = t[:, None] if speed is None else t[:, None] * speed
+    step = direction * ops.minimum(move, room)
     corner = direction * room
     return ops.where(feasible[:, None], step, corner)
