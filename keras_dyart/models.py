@@ -51,7 +51,9 @@ class DyARTModel(RobustModel):
         refine: move x̂ onto φ = 0 by a few forward-only secant steps (default True).
         refine_steps: number of those steps (default 4).
         use_filter: apply the L∞ quality ("KKT") filter (default True).
-        overshoot, alpha_max, step_back: FAB's η (1.05), α_max (0.1) and β (0.9).
+        overshoot: FAB's extrapolation η (default 1.05).
+        alpha_max: FAB's largest bias towards the original point, α_max (default 0.1).
+        step_back: FAB's step back towards x after a success, β (default 0.9).
         seed: seed of the random starts.
 
     Each step logs ``loss``, ``ce_loss``, ``robust_loss`` (the λ-weighted term, so

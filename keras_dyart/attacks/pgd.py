@@ -78,15 +78,19 @@ def pgd(model, x, y, eps, *, norm="linf", steps=40, rel_step=0.1, loss="ce",
 
     Args:
         model: a Keras model that outputs logits ``(N, K)``.
-        x, y: inputs in [0, 1] and integer labels.
+        x: inputs in [0, 1].
+        y: integer labels.
         eps: radius of the threat model (a number or text such as ``"8/255"``).
         norm: ``"linf"`` or ``"l2"``.
-        steps: iterations per restart; ``rel_step``: step size as a fraction of ``eps``.
+        steps: iterations per restart.
+        rel_step: step size as a fraction of ``eps``.
         loss: ``"ce"`` (cross-entropy) or ``"cw"`` (margin loss).
         random_start: start from a uniform point in the ball (Gaussian direction for L2).
         restarts: the first successful restart is kept per point.
-        batch_size: points per compiled call; ``seed``: seed of the random starts (NumPy,
-            so the same seed gives the same starts on every backend).
+        batch_size: points per compiled call.
+        seed: seed of the random starts (NumPy, so the same seed gives the same starts on
+            every backend).
+        jit: compile the attack step (default True).
         progress: optional callable ``progress(n_done)`` called after each batch.
 
     Returns:
