@@ -57,9 +57,10 @@ def print_report(report):
 
 def run_evaluation(model, x, y, out_dir, *, attack="autoattack", epsilons=(0.1, 0.2, 0.3),
                    norm="linf", batch_size=500, seed=0, options=None, margins=False,
-                   show=True):
+                   show=True, table=True):
     """Evaluate, write ``eval_<attack>.json`` / ``.csv`` (and the margins report) to
-    ``out_dir``, print the table.  Returns the `RobustnessReport`."""
+    ``out_dir``, show progress bars (``show``) and print the table (``show`` and
+    ``table``).  Returns the `RobustnessReport`."""
     from rich.progress import Progress
 
     from keras_dyart.evaluation import evaluate, margins_report
@@ -71,7 +72,7 @@ def run_evaluation(model, x, y, out_dir, *, attack="autoattack", epsilons=(0.1, 
     tag = report.attack.replace(",", "+")
     report.to_json(os.path.join(out_dir, f"eval_{tag}.json"))
     report.to_csv(os.path.join(out_dir, f"eval_{tag}.csv"))
-    if show:
+    if show and table:
         print_report(report)
     if margins:
         with Progress(transient=True, disable=not show) as bar:

@@ -1,7 +1,5 @@
 """Shared pieces of the commands: history rows, PGD metrics and the printed table."""
 
-import numpy as np
-
 
 def history_rows(history, phase, first_epoch):
     """Turn a Keras ``History.history`` dict into CSV rows with epoch and phase."""
@@ -10,27 +8,22 @@ def history_rows(history, phase, first_epoch):
              **{k: float(v[i]) for k, v in history.items()}} for i in range(n)]
 
 
-def pgd_metrics(model, x, y, epsilons, norm="linf", steps=40, seed=0):
-    """Clean accuracy and PGD robust accuracy (CE loss, uniform start, step eps/10).
+def pgd_metrics(model, x, y, epsilons, out_dir, norm="linf", steps=40, seed=0):
+    """Clean accuracy and PGD robust accuracy (CE loss, uniform start, step eps/10), through
+    the same code as `keras-dyart evaluate` (which also writes ``eval_pgd.json``/``.csv`` to
+    ``out_dir``).
 
     Returns ``{"clean_accuracy": a, "robust_accuracy": {"pgd40": {"0.1": a, ...}}}``.
     """
-    from rich.progress import Progress
+    from keras_dyart_apps.evaluate import run_evaluation
 
-    from keras_dyart.attacks import pgd
-
-    logits = model.predict(x, batch_size=500, verbose=0)
-    correct = np.argmax(logits, -1) == y
-    key = f"pgd{steps}"
-    robust = {}
-    with Progress(transient=True) as bar:
-        for eps in epsilons:
-            task = bar.add_task(f"PGD-{steps} eps={eps:g}", total=len(x))
-            _, success = pgd(model, x, y, eps, norm=norm, steps=steps, rel_step=0.1,
-                             loss="ce", random_start=True, seed=seed,
-                             progress=lambda n, t=task: bar.update(t, completed=n))
-            robust[f"{eps:g}"] = float(np.mean(correct & ~success))
-    return {"clean_accuracy": float(np.mean(correct)), "robust_accuracy": {key: robust}}
+    rep = run_evaluation(model, x, y, out_dir, attack="pgd", epsilons=epsilons, norm=norm,
+                         seed=seed, options={"pgd": {"steps": steps, "rel_step": 0.1,
+                                                     "random_start": True}},
+                         table=False)
+    return {"clean_accuracy": rep.clean_accuracy,
+            "robust_accuracy": {f"pgd{steps}": {f"{e:g}": rep.robust_accuracy[e]
+                                                for e in rep.epsilons}}}
 
 
 def print_metrics(metrics, title="results"):

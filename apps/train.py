@@ -301,7 +301,7 @@ def train(
     averaged = recipe.averaged_model(robust)
     io.save_model(averaged, os.path.join(out, "averaged.keras"))
 
-    metrics = report.pgd_metrics(averaged, x_test, y_test, eps_values, norm=norm,
+    metrics = report.pgd_metrics(averaged, x_test, y_test, eps_values, out, norm=norm,
                                  steps=pgd_steps, seed=seed)
     metrics["train_seconds"] = round(train_seconds, 1)
     io.write_json(os.path.join(out, "metrics.json"), metrics)

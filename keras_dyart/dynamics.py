@@ -36,7 +36,6 @@ Example (any compiled Keras model that outputs logits)::
 """
 
 import contextlib
-import csv
 import dataclasses
 import math
 import os
@@ -45,7 +44,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dyart import _checks
+from keras_dyart import _checks, io
 from keras_dyart import backend as dyart_backend
 from keras_dyart.backend.jvp import param_jvp
 from keras_dyart.boundary import find_boundary_points, quality_filter
@@ -683,15 +682,7 @@ _SCALARS = ("n_usable", "n_vulnerable", "conflict_share", "mean_speed",
 
 
 def _write_csv(path, rows):
-    columns = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    io.write_csv(path, rows)
 
 
 def write_records(log_dir, records, point_records, r0=None, title=None):

@@ -13,15 +13,13 @@ model).  Works with any Keras model that outputs logits, `DyARTModel` or plain, 
 loaded from ``.keras``.
 """
 
-import csv
-import json
 import os
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
-from keras_dyart import _checks
+from keras_dyart import _checks, io
 from keras_dyart.attacks import _common as C
 from keras_dyart.attacks.autoattack import NAMES, resolve, run_sequence
 from keras_dyart.attacks.fab import fab_t
@@ -142,20 +140,13 @@ class RobustnessReport:
 
     def to_json(self, path, per_point=True):
         """Write the report (and, by default, the per-point outcome) as JSON."""
-        _parent(path)
-        with open(path, "w") as f:
-            json.dump(self.to_dict(per_point), f, indent=2)
+        io.write_json(path, self.to_dict(per_point))
         return path
 
     def to_csv(self, path):
         """Write the per-point outcome as CSV (one row per point)."""
-        rows = self.point_rows()
-        _parent(path)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: "" if v is None else v for k, v in r.items()})
+        io.write_csv(path, [{k: "" if v is None else v for k, v in r.items()}
+                            for r in self.point_rows()])
         return path
 
 
@@ -260,18 +251,13 @@ class MarginsReport:
 
     def to_csv(self, path):
         """One row per point: index, label, distance (``inf`` when nothing was found)."""
-        _parent(path)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "label", "distance"])
-            for i, (lab, d) in enumerate(zip(self.labels, self.distance)):
-                w.writerow([i, int(lab), "inf" if np.isinf(d) else repr(float(d))])
+        io.write_csv(path, [{"index": i, "label": int(lab),
+                             "distance": "inf" if np.isinf(d) else repr(float(d))}
+                            for i, (lab, d) in enumerate(zip(self.labels, self.distance))])
         return path
 
     def to_json(self, path):
-        _parent(path)
-        with open(path, "w") as f:
-            json.dump(self.summary(), f, indent=2)
+        io.write_json(path, self.summary())
         return path
 
     def plot(self, path, bins=40):

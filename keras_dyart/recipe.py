@@ -44,7 +44,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dyart import _checks
+from keras_dyart import _checks, io
 
 #: Variable names that get no weight decay: biases and normalisation scales and offsets.
 NO_DECAY = ("bias", "gamma", "beta")
@@ -324,13 +324,11 @@ class AveragedCheckpoint(keras.callbacks.Callback):
         if logs is not None:
             logs["avg_clean_acc"], logs["avg_robust_acc"] = clean, robust
         if self.last_filepath:
-            model.save(self.last_filepath)
+            io.save_model(model, self.last_filepath)
         if robust > self.best:
             self.best, self.best_epoch = robust, epoch
-            os.makedirs(os.path.dirname(os.path.abspath(self.filepath)), exist_ok=True)
-            model.save(self.filepath)
-            with open(self._state_path, "w") as f:
-                json.dump({"best": robust, "epoch": epoch, "clean": clean}, f)
+            io.save_model(model, self.filepath)
+            io.write_json(self._state_path, {"best": robust, "epoch": epoch, "clean": clean})
 
 
 class ArrayBatches(keras.utils.PyDataset):

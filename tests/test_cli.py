@@ -30,6 +30,9 @@ def test_train_writes_run_directory(tmp_path):
     robust = metrics["robust_accuracy"]["pgd2"]
     assert set(robust) == {"0.1", f"{8 / 255:g}"}
     assert all(0.0 <= v <= metrics["clean_accuracy"] for v in robust.values())
+    # The end-of-run evaluation is `keras-dyart evaluate`'s code: its report is written too.
+    report = json.load(open(os.path.join(out, "eval_pgd.json")))
+    assert report["clean_accuracy"] == metrics["clean_accuracy"]
     lines = open(os.path.join(out, "history.csv")).read().strip().splitlines()
     assert lines[0].startswith("epoch,phase") and len(lines) == 3
     assert "clean" in result.output and "pgd2" in result.output
