@@ -140,10 +140,11 @@ def train(
 ):
     """Train a method (clean burn-in first, or --init) with the recipe and evaluate it.
 
-    The method stage uses SGD with Nesterov momentum, a cosine learning-rate schedule with
-    linear warm-up, weight decay except on biases and normalisation parameters, global
-    gradient-norm clipping and an average (EMA) of the weights; the *averaged* model is
-    evaluated with PGD-40 (CE) and saved as averaged.keras.
+    The method stage uses SGD with Nesterov momentum, a constant learning rate (or, with
+    --schedule cosine, cosine decay after a linear warm-up), weight decay except on biases
+    and normalisation parameters, global gradient-norm clipping and an average (EMA) of the
+    weights; the *averaged* model is evaluated with PGD-40 (CE) by the code of `keras-dyart
+    evaluate` and saved as averaged.keras.
 
     Writes config.json, model.keras (the method model with its optimizer state),
     averaged.keras, history.csv and metrics.json to the run directory and prints clean and
@@ -284,8 +285,11 @@ def train(
         typer.echo(f"{method}: {epochs} epochs")
         if not resume and os.path.exists(method_history):
             os.remove(method_history)
-        callbacks = [recipe.SyncEpoch(batches), keras.callbacks.BackupAndRestore(backup_dir),
-                     keras.callbacks.CSVLogger(method_history, append=True)]
+        # The history row of an epoch is written before its backup: a run killed between
+        # the two repeats the epoch and rewrites the row (the last row of an epoch wins).
+        callbacks = [recipe.SyncEpoch(batches),
+                     keras.callbacks.CSVLogger(method_history, append=True),
+                     recipe.AtomicBackupAndRestore(backup_dir)]
         if eval_every:
             callbacks.append(recipe.AveragedCheckpoint(
                 x_test[:500], y_test[:500], os.path.join(out, "best.keras"),

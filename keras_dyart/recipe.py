@@ -6,7 +6,7 @@
   normalisation parameters (`exclude_from_weight_decay`), ``global_clipnorm`` and an
   exponential moving average (EMA) of the weights with the recipe's decay warm-up.  The
   averages are optimizer variables, so ``model.save``, ``save_weights`` and
-  `keras.callbacks.BackupAndRestore` keep them, and they are updated inside the compiled
+  `AtomicBackupAndRestore` keep them, and they are updated inside the compiled
   train step on every backend.
 - `build_optimizer`: the two above with the recipe's defaults, from a step budget.
 - `averaged_model`: the classifier with the averaged weights and the raw model's
@@ -15,10 +15,13 @@
   every few epochs, logs clean and robust accuracy and keeps the best checkpoint.
 - `ArrayBatches` and `SyncEpoch`: in-memory batches whose shuffle depends only on
   (seed, epoch), and a callback that moves such data to the epoch ``fit`` starts, so a run
-  resumed with `keras.callbacks.BackupAndRestore` sees the same data as one that was never
+  resumed with `AtomicBackupAndRestore` sees the same data as one that was never
   interrupted.  Everything else a resumed run needs (weights, optimizer state with the
   weight averages and the step count, the seed state of the methods' random starts) is in
-  the weights file that `BackupAndRestore` writes.
+  the weights file that the backup writes.
+- `AtomicBackupAndRestore`: `keras.callbacks.BackupAndRestore` made safe against a kill
+  at any instant (SIGKILL, power loss of the process): weights and epoch are replaced as
+  one consistent state.
 
 Example:
 
@@ -29,7 +32,7 @@ batches = kd.recipe.ArrayBatches(x_train, y_train, batch_size=128, seed=0)
 model.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, shuffle=False,
           callbacks=[
     kd.recipe.SyncEpoch(batches),
-    keras.callbacks.BackupAndRestore("run/backup"),
+    kd.recipe.AtomicBackupAndRestore("run/backup"),
     kd.recipe.AveragedCheckpoint(x_test[:500], y_test[:500], "run/best.keras", eps=0.3),
 ])
 final = kd.recipe.averaged_model(model)          # averaged weights, raw BatchNorm stats
@@ -386,6 +389,60 @@ class ArrayBatches(keras.utils.PyDataset):
         if self.sample_weight is None:
             return self.x[rows], self.y[rows]
         return self.x[rows], self.y[rows], self.sample_weight[rows]
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` (at epoch ends) whose backup survives a kill at any
+    instant.
+
+    Keras's callback overwrites its weights file and then its metadata file: a process
+    killed while writing either leaves a corrupt file, or new weights beside an old epoch
+    number, and the resumed run silently retrains an epoch on weights that already saw it.
+    Here the weights of epoch k go to ``epoch-k.weights.h5`` (written under a temporary
+    name, then renamed), then the metadata naming that file is replaced atomically, and
+    only then are older weight files removed.  Whatever instant the process dies, the
+    metadata names a complete weights file of the epoch it records.
+
+    Args:
+        backup_dir: directory of the backup (used by nothing else).
+        delete_checkpoint: remove the backup when training completes (default True).
+    """
+
+    def __init__(self, backup_dir, delete_checkpoint=True):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
+
+    def _weights_file(self, epoch):
+        return os.path.join(self.backup_dir, f"epoch-{epoch:05d}.weights.h5")
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        path = self._weights_file(self._current_epoch)
+        tmp = os.path.join(self.backup_dir, ".partial.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, path)
+        io.write_json(self._training_metadata_path,
+                      {"epoch": self._current_epoch, "batch": 0,
+                       "weights": os.path.basename(path)})
+        for name in os.listdir(self.backup_dir):
+            if name.endswith(".weights.h5") and name != os.path.basename(path):
+                os.remove(os.path.join(self.backup_dir, name))
+
+    def _load_model(self):
+        if not os.path.exists(self._training_metadata_path):
+            return
+        with open(self._training_metadata_path) as f:
+            meta = json.load(f)
+        path = os.path.join(self.backup_dir, str(meta.get("weights", "")))
+        if "epoch" not in meta or not os.path.isfile(path):
+            raise ValueError(
+                f"The backup in {self.backup_dir!r} is not one this callback wrote "
+                f"(metadata {meta!r}); remove it to start afresh.")
+        if not self.model.built:
+            raise ValueError("`AtomicBackupAndRestore` needs a built model before `fit()`.")
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(path)
+        self.model._initial_epoch = int(meta["epoch"])
 
 
 class SyncEpoch(keras.callbacks.Callback):

@@ -133,7 +133,7 @@ def run(tmp_path, epochs, stop_after=None, seed=0):
                                                    ema_tau=0.7, ema_warmup=0.1))
     batches = recipe.ArrayBatches(x, y, batch_size=16, seed=seed)
     callbacks = [recipe.SyncEpoch(batches),
-                 keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))]
+                 recipe.AtomicBackupAndRestore(str(tmp_path / "backup"))]
 
     class Kill(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -165,6 +165,47 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     # A run that resumes from another state does differ: the comparison can fail.
     other = run(tmp_path / "c", epochs=4, seed=1)
     assert not np.allclose(other.get_weights()[0], reference.get_weights()[0], atol=1e-4)
+
+
+def test_atomic_backup_survives_a_kill_between_its_writes(tmp_path):
+    """The states a kill can leave behind: new weights written but the metadata not yet
+    replaced, and a half-written temporary file.  The backup still restores the epoch its
+    metadata names, with that epoch's weights."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    backup = recipe.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup.set_model(model)
+    backup.on_epoch_end(0)
+    saved = [w.copy() for w in model.get_weights()]
+    assert sorted(os.listdir(tmp_path / "backup")) == ["epoch-00001.weights.h5",
+                                                      "training_metadata.json"]
+    # Epoch 2's weights renamed into place, the process killed before the metadata.
+    model.set_weights([w + 1.0 for w in saved])
+    model.save_weights(str(tmp_path / "backup" / "epoch-00002.weights.h5"))
+    (tmp_path / "backup" / ".partial.weights.h5").write_bytes(b"half a file")
+    model.set_weights([w - 5.0 for w in saved])
+    restore = recipe.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    restore.set_model(model)
+    restore.on_train_begin()
+    assert model._initial_epoch == 1
+    for a, b in zip(model.get_weights(), saved):
+        np.testing.assert_array_equal(a, b)
+    # The next save leaves one weights file.
+    restore._current_epoch = 2
+    restore._save_model()
+    assert sorted(os.listdir(tmp_path / "backup")) == ["epoch-00002.weights.h5",
+                                                      "training_metadata.json"]
+
+
+def test_atomic_backup_rejects_a_foreign_backup(tmp_path):
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    restore = recipe.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    restore.set_model(model)
+    with pytest.raises(ValueError, match="not one this callback wrote"):
+        restore.on_train_begin()
 
 
 def test_sync_epoch_checks_its_data():
