@@ -75,7 +75,7 @@ class RandomCropFlip(keras.layers.Layer):
     stay static (the crop is a gather with per-image indices).
 
     >>> layer = RandomCropFlip(pad=2, seed=0)
-    >>> layer(np.ones((2, 8, 8, 3), "float32"), training=True).shape
+    >>> tuple(layer(np.ones((2, 8, 8, 3), "float32"), training=True).shape)
     (2, 8, 8, 3)
     """
 

@@ -18,10 +18,15 @@ search on its share, and the gradients are combined before the update.
   support, no strategy); `data_parallel` raises.  Use one device, or drive the model with
   ``torch.nn.parallel.DistributedDataParallel`` in your own loop.
 
->>> strategy = data_parallel()                  # doctest: +SKIP
->>> with strategy.scope():                      # doctest: +SKIP
-...     model = DyARTModel(architectures.wrn_28_10()); model.compile(...)
->>> model.fit(pipeline(x, y, batch_size=256))   # doctest: +SKIP
+```python
+strategy = data_parallel()
+with strategy.scope():
+    model = DyARTModel(architectures.wrn_28_10())
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+model.fit(pipeline(x, y, batch_size=256))
+```
+
+(The same example on the "Paper scale" docs page runs as a test.)
 """
 
 import keras

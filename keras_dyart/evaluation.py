@@ -177,9 +177,18 @@ def evaluate(model, x, y, attack="autoattack", epsilons=(8 / 255,), *, norm="lin
 
     Example:
 
-    >>> report = evaluate(model, x_test, y_test, "autoattack", [0.1, 0.2, 0.3])  # doctest: +SKIP
-    >>> print(report)                                                            # doctest: +SKIP
-    >>> report.to_json("eval_autoattack.json"); report.to_csv("eval_autoattack.csv")  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> import keras_dyart as kd
+    >>> _, _, x_test, y_test = kd.datasets.load("mnist5k")
+    >>> model = kd.architectures.small_cnn()         # any logits model (train it first)
+    >>> report = evaluate(model, x_test[:16], y_test[:16], "autoattack", [0.1, 0.3])
+    >>> sorted(report.robust_accuracy)
+    [0.1, 0.3]
+    >>> report.robust_accuracy[0.3] <= report.robust_accuracy[0.1] <= report.clean_accuracy
+    True
+    >>> out = tempfile.mkdtemp()
+    >>> _ = report.to_json(os.path.join(out, "eval_autoattack.json"))
+    >>> _ = report.to_csv(os.path.join(out, "eval_autoattack.csv"))
     """
     norm = _checks.norm_name(norm)
     epsilons = _eps_list(epsilons)

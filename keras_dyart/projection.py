@@ -49,7 +49,7 @@ def project_to_hyperplane(x, w, c, norm="linf"):
     >>> x = np.array([[0.5, 0.5]], "float32")
     >>> w = np.array([[1.0, 1.0]], "float32")
     >>> d = project_to_hyperplane(x, w, np.array([1.2], "float32"), "linf")
-    >>> np.round(ops.convert_to_numpy(d), 4).tolist()
+    >>> np.round(ops.convert_to_numpy(d).astype("float64"), 4).tolist()
     [[0.1, 0.1]]
     """
     if norm not in ("linf", "l2"):
