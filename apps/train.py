@@ -1,6 +1,7 @@
 """`keras-dyart train`: clean burn-in, then a training method with the recipe, then PGD-40
 evaluation, into a run directory that can be resumed."""
 
+import contextlib
 import csv
 import json
 import os
@@ -33,6 +34,35 @@ def _method_kwargs(method, *, norm, seed, train_eps, train_step, train_steps, kl
     }[method] | ({} if method == "clean" else {"seed": seed})
 
 
+def _steps(data):
+    """Batches per epoch of `recipe.ArrayBatches` (an endless stream) or a `pipeline`."""
+    return getattr(data, "steps_per_epoch", None) or len(data)
+
+
+def _load_data(dataset, data_path, extra_data, preset, uint8):
+    """``(x_train, y_train, x_test, y_test, extra)``: the test images as float32 in [0, 1];
+    the training images as uint8 when ``uint8`` (the augmenting pipeline scales each
+    batch); ``extra`` the extra-data pair of a preset that mixes one in, else None."""
+    from keras_dyart import datasets
+
+    kwargs = dict((preset or {}).get("dataset_kwargs", {})) if preset and \
+        preset["dataset"] == dataset else {}
+    kwargs.pop("dtype", None)
+    if data_path:
+        kwargs["path"] = data_path
+    if dataset != "mnist5k" and uint8:
+        kwargs["dtype"] = "uint8"
+    x_train, y_train, x_test, y_test = datasets.load(dataset, **kwargs)
+    if x_test.dtype == "uint8":
+        x_test = x_test.astype("float32") / 255.0
+    extra = None
+    spec = (preset or {}).get("extra_data")
+    if spec and extra_data:
+        extra = datasets.load_npz(extra_data, x_key=spec["x_key"], y_key=spec["y_key"],
+                                  dtype="uint8" if uint8 else "float32")
+    return x_train, y_train, x_test, y_test, extra
+
+
 def _load_init(path):
     """The classifier inside a ``.keras`` file (a method model or a plain classifier)."""
     import keras
@@ -62,12 +92,52 @@ def _read_rows(path, phase, first_epoch):
     return out
 
 
+def _preset_defaults(name):
+    """Option defaults of a preset (by parameter name); options given on the command line
+    still win."""
+    from keras_dyart import presets
+
+    p = presets.get(name)
+    d, o, ema = p["dyart"], p["optimizer"], p["ema"] or {}
+    schedule = p["schedule"]
+    during = p["evaluation"]["during_training"]
+    return {
+        "method": p["method"], "dataset": p["dataset"], "model": p["model"],
+        "burn_in": p["burn_in_epochs"], "epochs": p["epochs"], "batch_size": p["batch_size"],
+        "lr": o["learning_rate"], "momentum": o["momentum"],
+        "weight_decay": o["weight_decay"], "clipnorm": p["global_clipnorm"] or 0.0,
+        "schedule": schedule["name"], "lr_warmup": schedule.get("warmup_fraction", 0.0),
+        "ema_tau": ema.get("tau", 0.0), "ema_warmup": ema.get("warmup_fraction", 0.0),
+        "norm": d["norm"], "lam": d["lam"], "alpha": d["alpha"], "r0": d["r0"],
+        "eps_fab": repr(d["eps_fab"]), "beta": d["beta"], "n_iter": d["n_iter"],
+        "eps": [p["evaluation"]["final"]["eps"]], "train_eps": during["eps"],
+        "train_step": during["step_size"], "train_steps": 10,
+    }
+
+
+def _preset_callback(ctx: typer.Context, value: Optional[str]):
+    """Eager: make the preset's settings the defaults of the options parsed after it."""
+    if value is None:
+        return value
+    try:
+        defaults = _preset_defaults(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--preset") from None
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 # Settings a resumed run must share with the run it continues.
 _RESUME_KEYS = ("method", "backend", "seed", "dataset", "model", "epochs", "burn_in",
-                "batch_size", "limit", "init")
+                "batch_size", "limit", "init", "preset")
 
 
 def train(
+    preset: Optional[str] = typer.Option(
+        None, "--preset", callback=_preset_callback, is_eager=True,
+        help="A published recipe (see `keras-dyart presets`): its data set, model, "
+             "epochs, optimizer, DyART settings, augmentation and evaluation radius become "
+             "the defaults; options given on the command line still win."),
     method: str = typer.Option(
         "dyart", help="Training method after the burn-in: " + ", ".join(METHODS) + "."),
     epochs: int = typer.Option(8, help="Epochs of the method after the burn-in."),
@@ -85,8 +155,22 @@ def train(
     seed: int = typer.Option(0, help="Seed of weights, shuffling and attacks."),
     out: Optional[str] = typer.Option(
         None, help="Run directory to write. Default: runs/<method>-<backend>-<time>."),
-    dataset: str = typer.Option("mnist5k", help="Data set (mnist5k is embedded)."),
-    model: str = typer.Option("small-cnn", help="Architecture."),
+    dataset: str = typer.Option(
+        "mnist5k", help="Data set: mnist5k (embedded), cifar10, cifar100 (downloaded by "
+                        "Keras), svhn, tinyimagenet (need --data-path)."),
+    data_path: Optional[str] = typer.Option(
+        None, "--data-path", help="Directory of svhn (.mat files) or tinyimagenet."),
+    extra_data: Optional[str] = typer.Option(
+        None, "--extra-data", help="Extra-data .npz (keys image, label) for a preset that "
+                                   "mixes generated images into every batch."),
+    model: str = typer.Option(
+        "small-cnn", help="Architecture: small-cnn, wide-resnet, wrn-28-10, wrn-34-10, "
+                          "preact-resnet18, resnet18."),
+    distribute: bool = typer.Option(
+        False, "--distribute/--no-distribute",
+        help="Data-parallel over all accelerators (else all CPU devices): "
+             "keras.distribution.DataParallel on JAX, tf.distribute.MirroredStrategy on "
+             "TensorFlow; not available on PyTorch."),
     lr: float = typer.Option(0.05, help="Peak SGD learning rate (Nesterov momentum)."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     weight_decay: float = typer.Option(
@@ -97,8 +181,9 @@ def train(
                   "burn-in is not clipped: clipping slows clean training, and only the "
                   "robust terms need it."),
     schedule: str = typer.Option(
-        "constant", help="Learning-rate schedule of the method stage: constant, or cosine "
-                         "(with --lr-warmup; the CIFAR recipe)."),
+        "constant", help="Learning-rate schedule of the method stage: constant, cosine "
+                         "(with --lr-warmup; the CIFAR recipe) or step (÷10 at 50 % and "
+                         "75 % of the steps)."),
     lr_warmup: float = typer.Option(
         0.025, "--lr-warmup", help="Share of the method's steps with a linear learning-rate "
                                    "warm-up before the cosine decay."),
@@ -169,8 +254,9 @@ def train(
         _checks.in_range(ema_tau, "--ema-tau", 0.0, 1.0)
         _checks.in_range(ema_warmup, "--ema-warmup", 0.0, 1.0)
         _checks.in_range(lr_warmup, "--lr-warmup", 0.0, 1.0)
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"`--schedule` must be 'constant' or 'cosine'; got {schedule!r}.")
+        if schedule not in ("constant", "cosine", "step"):
+            raise ValueError(f"`--schedule` must be 'constant', 'cosine' or 'step'; got "
+                             f"{schedule!r}.")
         _checks.positive(clipnorm, "--clipnorm", allow_zero=True)
         norm = _checks.norm_name(norm, "--norm")
         for value, name in ((epochs, "--epochs"), (burn_in, "--burn-in"),
@@ -189,22 +275,52 @@ def train(
             raise ValueError("`--epochs` and `--burn-in` are both 0: nothing to train.")
         if resume and not out:
             raise ValueError("`--resume` needs `--out`: the run directory to continue.")
+        preset_dict = None
+        if preset is not None:
+            from keras_dyart import presets
+
+            preset_dict = presets.get(preset)
+            if preset_dict["extra_data"] and not extra_data:
+                raise ValueError(
+                    f"`--extra-data`: preset {preset!r} mixes extra images into every batch; "
+                    f"pass the .npz (keys {preset_dict['extra_data']['x_key']!r}, "
+                    f"{preset_dict['extra_data']['y_key']!r}; the recipe's is "
+                    f"{preset_dict['extra_data']['path']!r}).")
+        if extra_data is not None and not os.path.isfile(extra_data):
+            raise ValueError(f"`--extra-data` must be an existing .npz file; got "
+                             f"{extra_data!r}.")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+    # What the preset adds beyond options: model details (when its model is used) and the
+    # augmentation (random crop with this padding, flips).
+    model_kwargs = {}
+    augment = None
+    if preset_dict is not None:
+        if model == preset_dict["model"]:
+            model_kwargs = {k: v for k, v in preset_dict["model_kwargs"].items()
+                            if k not in ("num_classes", "input_shape")}
+        if preset_dict["augment"]:
+            augment = int(preset_dict["augment"]["random_crop_pad"])
 
     import keras
 
     from keras_dyart import architectures, datasets, io, methods, recipe
+    from keras_dyart import distribute as distribute_mod
     from keras_dyart_apps import report
 
     backend = keras.backend.backend()
+    if distribute and backend == "torch":
+        raise typer.BadParameter("`--distribute` needs the jax or tensorflow backend: Keras 3 "
+                                 "has no multi-device fit for PyTorch.")
     out = out or os.path.join("runs", f"{method}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}")
     config_path = os.path.join(out, "config.json")
     burn_in_path = os.path.join(out, "burn_in.keras")
     backup_dir = os.path.join(out, "backup")
     config = {
-        "method": method, "backend": backend, "seed": seed, "dataset": dataset,
-        "model": model, "epochs": epochs, "burn_in": burn_in, "init": init,
+        "preset": preset, "method": method, "backend": backend, "seed": seed,
+        "dataset": dataset, "data_path": data_path, "extra_data": extra_data,
+        "model": model, "model_kwargs": model_kwargs, "augment_pad": augment,
+        "distribute": distribute, "epochs": epochs, "burn_in": burn_in, "init": init,
         "batch_size": batch_size, "lr": lr, "momentum": momentum, "nesterov": True,
         "weight_decay": weight_decay, "clipnorm": clipnorm, "burn_in_clipnorm": None,
         "schedule": schedule, "lr_warmup": lr_warmup,
@@ -241,62 +357,81 @@ def train(
     io.write_json(config_path, config)
 
     keras.utils.set_random_seed(seed)
-    x_train, y_train, x_test, y_test = datasets.load(dataset)
+    x_train, y_train, x_test, y_test, extra = _load_data(
+        dataset, data_path, extra_data, preset_dict, uint8=augment is not None)
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
     x_test, y_test = x_test[:eval_n], y_test[:eval_n]
     num_classes = int(max(y_train.max(), y_test.max()) + 1)
-    if init is not None:
-        classifier = _load_init(init)
-    else:
-        classifier = architectures.get(model, num_classes=num_classes,
-                                       input_shape=x_train.shape[1:])
+
+    def batches_for(stage_seed, with_extra):
+        """The training batches: in memory, or augmented (a preset) with extra data."""
+        if augment is None:
+            return recipe.ArrayBatches(x_train, y_train, batch_size=batch_size,
+                                       seed=stage_seed)
+        fraction = (preset_dict["extra_data"] or {}).get("fraction", 0.0) if with_extra \
+            else 0.0
+        return datasets.pipeline(x_train, y_train, batch_size=batch_size, augment=True,
+                                 pad=augment, extra=extra if fraction else None,
+                                 extra_fraction=fraction, seed=stage_seed)
 
     t0 = time.time()
     burn_history = os.path.join(out, "history_burn_in.csv")
     method_history = os.path.join(out, "history_method.csv")
-    if burn_in and resume and os.path.exists(burn_in_path):
-        typer.echo(f"burn-in: restored from {burn_in_path}")
-        classifier = _load_init(burn_in_path)
-    elif burn_in:
-        typer.echo(f"clean burn-in: {burn_in} epochs ({backend})")
-        classifier.compile(
-            # not clipped: clipping slows clean training; only the robust term needs it
-            optimizer=keras.optimizers.SGD(lr, momentum=momentum, nesterov=True,
-                                           weight_decay=weight_decay),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"])
-        hist = classifier.fit(x_train, y_train, batch_size=batch_size, epochs=burn_in,
-                              verbose=verbose, shuffle=True)
-        io.write_csv(burn_history, report.history_rows(hist.history, "burn-in", 0))
-        io.save_model(classifier, burn_in_path)
+    scope = contextlib.nullcontext()
+    if distribute:
+        strategy = distribute_mod.data_parallel()
+        scope = strategy.scope()
+        typer.echo(f"data parallel over {distribute_mod.num_replicas(strategy)} devices")
+    with scope:
+        if init is not None:
+            classifier = _load_init(init)
+        else:
+            classifier = architectures.get(model, num_classes=num_classes,
+                                           input_shape=x_train.shape[1:], **model_kwargs)
+        if burn_in and resume and os.path.exists(burn_in_path):
+            typer.echo(f"burn-in: restored from {burn_in_path}")
+            classifier = _load_init(burn_in_path)
+        elif burn_in:
+            typer.echo(f"clean burn-in: {burn_in} epochs ({backend})")
+            classifier.compile(
+                # not clipped: clipping slows clean training; only the robust term needs it
+                optimizer=keras.optimizers.SGD(lr, momentum=momentum, nesterov=True,
+                                               weight_decay=weight_decay),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+            burn_data = batches_for(seed + 1, with_extra=False)
+            hist = classifier.fit(burn_data, epochs=burn_in, verbose=verbose,
+                                  steps_per_epoch=_steps(burn_data), shuffle=False)
+            io.write_csv(burn_history, report.history_rows(hist.history, "burn-in", 0))
+            io.save_model(classifier, burn_in_path)
 
-    robust = methods.get(method, classifier, **_method_kwargs(
-        method, norm=norm, seed=seed, train_eps=train_eps_value,
-        train_step=train_step_value, train_steps=train_steps, kl_beta=kl_beta,
-        d_max=d_max_value, clean_weight=clean_weight, n_iter=n_iter, beta=beta, lam=lam,
-        alpha=alpha, r0=r0, eps_fab=eps_fab_value, random_start=random_start))
-    batches = recipe.ArrayBatches(x_train, y_train, batch_size=batch_size, seed=seed)
-    robust.compile(optimizer=recipe.build_optimizer(
-        max(epochs, 1) * batches.steps_per_epoch, learning_rate=lr, momentum=momentum,
-        weight_decay=weight_decay, global_clipnorm=clipnorm or None, lr_warmup=lr_warmup,
-        ema_tau=ema_tau, ema_warmup=ema_warmup, schedule=schedule), metrics=["accuracy"])
-    if epochs:
-        typer.echo(f"{method}: {epochs} epochs")
-        if not resume and os.path.exists(method_history):
-            os.remove(method_history)
-        # The history row of an epoch is written before its backup: a run killed between
-        # the two repeats the epoch and rewrites the row (the last row of an epoch wins).
-        callbacks = [recipe.SyncEpoch(batches),
-                     keras.callbacks.CSVLogger(method_history, append=True),
-                     recipe.AtomicBackupAndRestore(backup_dir)]
-        if eval_every:
-            callbacks.append(recipe.AveragedCheckpoint(
-                x_test[:500], y_test[:500], os.path.join(out, "best.keras"),
-                eps=max(eps_values), norm=norm, steps=40, loss="cw", every=eval_every,
-                seed=seed))
-        robust.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch,
-                   shuffle=False, verbose=verbose, callbacks=callbacks)
+        robust = methods.get(method, classifier, **_method_kwargs(
+            method, norm=norm, seed=seed, train_eps=train_eps_value,
+            train_step=train_step_value, train_steps=train_steps, kl_beta=kl_beta,
+            d_max=d_max_value, clean_weight=clean_weight, n_iter=n_iter, beta=beta, lam=lam,
+            alpha=alpha, r0=r0, eps_fab=eps_fab_value, random_start=random_start))
+        batches = batches_for(seed, with_extra=True)
+        robust.compile(optimizer=recipe.build_optimizer(
+            max(epochs, 1) * _steps(batches), learning_rate=lr, momentum=momentum,
+            weight_decay=weight_decay, global_clipnorm=clipnorm or None, lr_warmup=lr_warmup,
+            ema_tau=ema_tau, ema_warmup=ema_warmup, schedule=schedule), metrics=["accuracy"])
+        if epochs:
+            typer.echo(f"{method}: {epochs} epochs")
+            if not resume and os.path.exists(method_history):
+                os.remove(method_history)
+            # The history row of an epoch is written before its backup: a run killed
+            # between the two repeats the epoch and rewrites the row (the last row wins).
+            callbacks = [recipe.SyncEpoch(batches),
+                         keras.callbacks.CSVLogger(method_history, append=True),
+                         recipe.AtomicBackupAndRestore(backup_dir)]
+            if eval_every:
+                callbacks.append(recipe.AveragedCheckpoint(
+                    x_test[:500], y_test[:500], os.path.join(out, "best.keras"),
+                    eps=max(eps_values), norm=norm, steps=40, loss="cw", every=eval_every,
+                    seed=seed))
+            robust.fit(batches, epochs=epochs, steps_per_epoch=_steps(batches),
+                       shuffle=False, verbose=verbose, callbacks=callbacks)
     rows = _read_rows(burn_history, "burn-in", 0) + _read_rows(method_history, method,
                                                                burn_in)
     train_seconds = time.time() - t0

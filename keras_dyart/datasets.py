@@ -423,6 +423,13 @@ class Batches(keras.utils.PyDataset):
         self.epoch += 1
         self._order()
 
+    def start_at_epoch(self, epoch):
+        """Continue with the batches of ``epoch`` (after a resume; see
+        `keras_dyart.recipe.SyncEpoch`)."""
+        self.epoch = int(epoch)
+        self._extra_offset = self.epoch * len(self) * self.n_extra
+        self._order()
+
 
 def pipeline(x, y, batch_size=128, augment=True, pad=4, extra=None, extra_fraction=0.0,
              shuffle=True, drop_remainder=False, seed=0, workers=1,

@@ -160,6 +160,9 @@ class AveragingSGD(keras.optimizers.SGD):
         return config
 
 
+SCHEDULES = ("cosine", "constant", "step")
+
+
 def build_optimizer(total_steps, learning_rate=0.1, momentum=0.9, nesterov=True,
                     weight_decay=5e-4, global_clipnorm=0.1, lr_warmup=0.025, ema_tau=0.995,
                     ema_warmup=0.025, schedule="cosine"):
@@ -169,16 +172,24 @@ def build_optimizer(total_steps, learning_rate=0.1, momentum=0.9, nesterov=True,
     warm-up (``lr_warmup`` share of the steps), decoupled weight decay 5e-4 except on biases
     and normalisation parameters, global gradient-norm clipping 0.1, and an EMA of the
     weights with τ = 0.995 after a warm-up of ``ema_warmup`` (2.5 %) of the steps.
-    ``schedule="constant"`` keeps the learning rate fixed instead (no warm-up).
-    Returns an `AveragingSGD`.
+    ``schedule="constant"`` keeps the learning rate fixed instead (no warm-up);
+    ``schedule="step"`` divides it by 10 after half and after three quarters of the steps
+    (the GroupNorm recipe).  Returns an `AveragingSGD`.
     """
     total_steps = _checks.positive(total_steps, "total_steps", integer=True)
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"`schedule` must be 'cosine' or 'constant'; got {schedule!r}.")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {SCHEDULES}; got {schedule!r}.")
     ema_warmup = _checks.in_range(ema_warmup, "ema_warmup", 0.0, 1.0)
+    if schedule == "cosine":
+        lr = cosine_schedule(learning_rate, total_steps, lr_warmup)
+    elif schedule == "step":
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [max(1, total_steps // 2), max(2, (3 * total_steps) // 4)],
+            [learning_rate, learning_rate / 10, learning_rate / 100])
+    else:
+        lr = learning_rate
     return AveragingSGD(
-        cosine_schedule(learning_rate, total_steps, lr_warmup) if schedule == "cosine"
-        else learning_rate, momentum=momentum,
+        lr, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, global_clipnorm=global_clipnorm,
         ema_tau=ema_tau, ema_warmup_steps=int(round(ema_warmup * total_steps)))
 
