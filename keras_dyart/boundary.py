@@ -42,33 +42,51 @@ def _random_start(x, radius, norm, seed):
     return ops.clip(x + radius[:, None] * u, 0.0, 1.0)
 
 
+def illinois(fn, x, direction, m_lo, m_hi, steps, shift=0.0, is_lower=None):
+    """Safeguarded secant (Illinois) steps for a root of g(t) = fn(x + t·direction) + shift
+    on t in [0, 1], per row, forward passes only.
+
+    ``m_lo`` and ``m_hi`` are fn at t = 0 and t = 1, with g(0) > 0 > g(1) on the rows that
+    matter.  A trial point replaces the lower end where ``is_lower(fn(point))`` (default
+    g > 0), else the upper end; an end kept twice in a row has its g halved (the Illinois
+    rule), and a secant point outside the bracket falls back to the midpoint.
+
+    Returns ``(lo, hi, m_at_lo, m_at_hi)``: the final bracket and fn at its ends.
+    """
+    if is_lower is None:
+        def is_lower(m):
+            return m + shift > 0
+    n = ops.shape(x)[0]
+    lo, hi = ops.zeros((n,)), ops.ones((n,))
+    g_lo, g_hi = m_lo + shift, m_hi + shift     # scaled by the Illinois rule
+    v_lo, v_hi = m_lo, m_hi                     # fn itself at lo and hi
+    last = ops.zeros((n,))                      # +1: lo moved last, -1: hi moved last
+    for _ in range(steps):
+        denom = g_hi - g_lo
+        t = (lo * g_hi - hi * g_lo) / ops.where(ops.abs(denom) > _TINY, denom, -1.0)
+        t = ops.where((t > lo) & (t < hi), t, 0.5 * (lo + hi))
+        m_t = fn(x + t[:, None] * direction)
+        g_t = m_t + shift
+        low = is_lower(m_t)
+        g_hi = ops.where(low & (last > 0), 0.5 * g_hi, g_hi)
+        g_lo = ops.where(~low & (last < 0), 0.5 * g_lo, g_lo)
+        lo = ops.where(low, t, lo)
+        g_lo = ops.where(low, g_t, g_lo)
+        v_lo = ops.where(low, m_t, v_lo)
+        hi = ops.where(low, hi, t)
+        g_hi = ops.where(low, g_hi, g_t)
+        v_hi = ops.where(low, v_hi, m_t)
+        last = ops.where(low, 1.0, -1.0)
+    return lo, hi, v_lo, v_hi
+
+
 def _refine(value, x, x_far, phi_x, phi_far, steps):
     """Illinois steps for φ = 0 on the segment x + t·(x_far − x), t in [0, 1].
 
     ``phi_x > 0 > phi_far`` brackets the root.  Returns ``(t, phi_t)`` of the bracket end whose
     |φ| is smallest.
     """
-    n = ops.shape(x)[0]
-    lo, hi = ops.zeros((n,)), ops.ones((n,))
-    f_lo, f_hi = phi_x, phi_far            # scaled by the Illinois rule
-    v_lo, v_hi = phi_x, phi_far            # the true values at lo and hi
-    last = ops.zeros((n,))                 # +1: lo moved last, -1: hi moved last
-    direction = x_far - x
-    for _ in range(steps):
-        denom = f_hi - f_lo
-        t = (lo * f_hi - hi * f_lo) / ops.where(ops.abs(denom) > _TINY, denom, -1.0)
-        t = ops.where((t > lo) & (t < hi), t, 0.5 * (lo + hi))
-        f_t = value(x + t[:, None] * direction)
-        pos = f_t > 0
-        f_hi = ops.where(pos & (last > 0), 0.5 * f_hi, f_hi)
-        f_lo = ops.where(~pos & (last < 0), 0.5 * f_lo, f_lo)
-        lo = ops.where(pos, t, lo)
-        f_lo = ops.where(pos, f_t, f_lo)
-        v_lo = ops.where(pos, f_t, v_lo)
-        hi = ops.where(pos, hi, t)
-        f_hi = ops.where(pos, f_hi, f_t)
-        v_hi = ops.where(pos, v_hi, f_t)
-        last = ops.where(pos, 1.0, -1.0)
+    lo, hi, v_lo, v_hi = illinois(value, x, x_far - x, phi_x, phi_far, steps)
     take_lo = ops.abs(v_lo) < ops.abs(v_hi)
     return ops.where(take_lo, lo, hi), ops.where(take_lo, v_lo, v_hi)
 

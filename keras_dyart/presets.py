@@ -39,80 +39,69 @@ _EMA = {"tau": 0.995, "decay": "min(tau, (1 + t) / (10 + t))", "warmup_fraction"
 
 _AUGMENT = {"random_crop_pad": 4, "horizontal_flip": True}
 
+def _variant(base, **changes):
+    """A deep copy of ``base`` with ``changes``; a dict value given as ``{"+": {...}}``
+    updates the base's dict instead of replacing it."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and set(value) == {"+"}:
+            out[key] = dict(out[key], **value["+"])
+        else:
+            out[key] = value
+    return out
+
+
+_CIFAR10 = {
+    "description": "CIFAR-10, WRN-28-10 (swish, BatchNorm), DyART L∞ from a 10-epoch "
+                   "clean burn-in; the paper's main setting.",
+    "dataset": "cifar10", "dataset_kwargs": {},
+    "model": "wrn-28-10",
+    "model_kwargs": {"num_classes": 10, "input_shape": [32, 32, 3],
+                     "activation": "swish", "norm": "batch"},
+    "method": "dyart",
+    "dyart": {"norm": "linf", "r0": 16 / 255, "alpha": 3.0, "lam": 1000.0, "beta": 5.0,
+              "n_iter": 20, "eps_fab": 8 / 255, "restarts": 1, "use_filter": True},
+    "burn_in_epochs": 10,
+    "epochs": 200, "batch_size": 256,
+    "optimizer": dict(_SGD), "schedule": dict(_COSINE), "global_clipnorm": 0.1,
+    "ema": dict(_EMA), "augment": dict(_AUGMENT), "extra_data": None,
+    "evaluation": copy.deepcopy(_EVALUATION),
+    "source": "scripts/Cifar10_DyART.sh of the authors' code; method/dyart.md §5",
+}
+
 PRESETS = {
-    "cifar10-wrn28-10": {
-        "description": "CIFAR-10, WRN-28-10 (swish, BatchNorm), DyART L∞ from a 10-epoch "
-                       "clean burn-in; the paper's main setting.",
-        "dataset": "cifar10", "dataset_kwargs": {},
-        "model": "wrn-28-10",
-        "model_kwargs": {"num_classes": 10, "input_shape": [32, 32, 3],
-                         "activation": "swish", "norm": "batch"},
-        "method": "dyart",
-        "dyart": {"norm": "linf", "r0": 16 / 255, "alpha": 3.0, "lam": 1000.0, "beta": 5.0,
-                  "n_iter": 20, "eps_fab": 8 / 255, "restarts": 1, "use_filter": True},
-        "burn_in_epochs": 10,
-        "epochs": 200, "batch_size": 256,
-        "optimizer": dict(_SGD), "schedule": dict(_COSINE), "global_clipnorm": 0.1,
-        "ema": dict(_EMA), "augment": dict(_AUGMENT), "extra_data": None,
-        "evaluation": copy.deepcopy(_EVALUATION),
-        "source": "scripts/Cifar10_DyART.sh of the authors' code; method/dyart.md §5",
-    },
-    "cifar10-wrn28-10-gn": {
-        "description": "CIFAR-10, WRN-28-10 (swish, GroupNorm): the GroupNorm recipe "
-                       "(α 8, λ 400, step schedule over 100 epochs, no clipping).",
-        "dataset": "cifar10", "dataset_kwargs": {},
-        "model": "wrn-28-10",
-        "model_kwargs": {"num_classes": 10, "input_shape": [32, 32, 3],
-                         "activation": "swish", "norm": "group", "groups": 16},
-        "method": "dyart",
-        "dyart": {"norm": "linf", "r0": 16 / 255, "alpha": 8.0, "lam": 400.0, "beta": 5.0,
-                  "n_iter": 20, "eps_fab": 8 / 255, "restarts": 1, "use_filter": True},
-        "burn_in_epochs": 10,
-        "epochs": 100, "batch_size": 256,
-        "optimizer": dict(_SGD),
-        "schedule": {"name": "step", "boundaries_fraction": [0.5, 0.75], "factor": 0.1},
-        "global_clipnorm": None,
-        "ema": dict(_EMA, copy_batchnorm_statistics=False), "augment": dict(_AUGMENT),
-        "extra_data": None,
-        "evaluation": copy.deepcopy(_EVALUATION),
-        "source": "scripts/Cifar10_DyART.sh (GroupNorm block) of the authors' code",
-    },
-    "cifar10-wrn28-10-extra": {
-        "description": "CIFAR-10, WRN-28-10 (swish, BatchNorm) with 1M DDPM-generated "
-                       "images mixed into every batch at 0.7.",
-        "dataset": "cifar10", "dataset_kwargs": {},
-        "model": "wrn-28-10",
-        "model_kwargs": {"num_classes": 10, "input_shape": [32, 32, 3],
-                         "activation": "swish", "norm": "batch"},
-        "method": "dyart",
-        "dyart": {"norm": "linf", "r0": 16 / 255, "alpha": 3.0, "lam": 800.0, "beta": 5.0,
-                  "n_iter": 20, "eps_fab": 8 / 255, "restarts": 1, "use_filter": True},
-        "burn_in_epochs": 10,
-        "epochs": 800, "batch_size": 512,
-        "optimizer": dict(_SGD), "schedule": dict(_COSINE), "global_clipnorm": 0.1,
-        "ema": dict(_EMA), "augment": dict(_AUGMENT),
-        "extra_data": {"path": "cifar10_ddpm.npz", "x_key": "image", "y_key": "label",
-                       "fraction": 0.7},
-        "evaluation": copy.deepcopy(_EVALUATION),
-        "source": "scripts/Cifar10_DyART_additional_data.sh of the authors' code",
-    },
-    "tinyimagenet-preact-resnet18": {
-        "description": "Tiny-ImageNet-200 (64×64), PreAct ResNet-18 (BatchNorm), DyART L∞ "
-                       "from a 20-epoch clean burn-in.",
-        "dataset": "tinyimagenet",
-        "dataset_kwargs": {"path": "tiny-imagenet-200", "dtype": "uint8"},
-        "model": "preact-resnet18",
-        "model_kwargs": {"num_classes": 200, "input_shape": [64, 64, 3], "norm": "batch"},
-        "method": "dyart",
-        "dyart": {"norm": "linf", "r0": 32 / 255, "alpha": 5.0, "lam": 500.0, "beta": 5.0,
-                  "n_iter": 20, "eps_fab": 8 / 255, "restarts": 1, "use_filter": True},
-        "burn_in_epochs": 20,
-        "epochs": 100, "batch_size": 256,
-        "optimizer": dict(_SGD), "schedule": dict(_COSINE), "global_clipnorm": 1.0,
-        "ema": dict(_EMA), "augment": dict(_AUGMENT), "extra_data": None,
-        "evaluation": copy.deepcopy(_EVALUATION),
-        "source": "scripts/TinyImgNet_DyART.sh of the authors' code",
-    },
+    "cifar10-wrn28-10": _CIFAR10,
+    "cifar10-wrn28-10-gn": _variant(
+        _CIFAR10,
+        description="CIFAR-10, WRN-28-10 (swish, GroupNorm): the GroupNorm recipe "
+                    "(α 8, λ 400, step schedule over 100 epochs, no clipping).",
+        model_kwargs={"+": {"norm": "group", "groups": 16}},
+        dyart={"+": {"alpha": 8.0, "lam": 400.0}},
+        epochs=100,
+        schedule={"name": "step", "boundaries_fraction": [0.5, 0.75], "factor": 0.1},
+        global_clipnorm=None,
+        ema={"+": {"copy_batchnorm_statistics": False}},
+        source="scripts/Cifar10_DyART.sh (GroupNorm block) of the authors' code"),
+    "cifar10-wrn28-10-extra": _variant(
+        _CIFAR10,
+        description="CIFAR-10, WRN-28-10 (swish, BatchNorm) with 1M DDPM-generated images "
+                    "mixed into every batch at 0.7.",
+        dyart={"+": {"lam": 800.0}},
+        epochs=800, batch_size=512,
+        extra_data={"path": "cifar10_ddpm.npz", "x_key": "image", "y_key": "label",
+                    "fraction": 0.7},
+        source="scripts/Cifar10_DyART_additional_data.sh of the authors' code"),
+    "tinyimagenet-preact-resnet18": _variant(
+        _CIFAR10,
+        description="Tiny-ImageNet-200 (64×64), PreAct ResNet-18 (BatchNorm), DyART L∞ "
+                    "from a 20-epoch clean burn-in.",
+        dataset="tinyimagenet",
+        dataset_kwargs={"path": "tiny-imagenet-200", "dtype": "uint8"},
+        model="preact-resnet18",
+        model_kwargs={"num_classes": 200, "input_shape": [64, 64, 3], "norm": "batch"},
+        dyart={"+": {"r0": 32 / 255, "alpha": 5.0, "lam": 500.0}},
+        burn_in_epochs=20, epochs=100, global_clipnorm=1.0,
+        source="scripts/TinyImgNet_DyART.sh of the authors' code"),
 }
 
 

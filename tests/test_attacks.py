@@ -77,6 +77,20 @@ def with_gap(margin, q, width=0.2):
     return eps, keep
 
 
+def ten_class_problem(n, seed):
+    """A ten-class linear model on 4×4 images with two radii (the 0.3 and 0.7 quantiles of
+    the margins), keeping only the points decided with room to spare at both."""
+    weights, x, y, margin = problem(10, (4, 4, 1), n, seed=seed)
+    eps1, keep1 = with_gap(margin, 0.3)
+    eps2, keep2 = with_gap(margin, 0.7)
+    keep = keep1 & keep2
+    return weights, x[keep], y[keep], margin[keep], eps1, eps2
+
+
+FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 3},
+        "fab-t": {"n_iter": 5}, "square": {"n_queries": 50}}
+
+
 def assert_in_ball(x_adv, x, eps, norm):
     """Exactly inside the eps ball around x and inside [0, 1], checked in float64."""
     a, b = np.asarray(x_adv, "float64"), np.asarray(x, "float64")
@@ -265,14 +279,9 @@ def test_square_l2_on_a_linear_model_with_smooth_weights():
 
 
 def test_autoattack_on_ten_class_linear_model_and_epsilons():
-    weights, x, y, margin = problem(10, (4, 4, 1), 24, seed=8)
-    eps1, keep1 = with_gap(margin, 0.3)
-    eps2, keep2 = with_gap(margin, 0.7)
-    keep = keep1 & keep2
-    x, y, margin = x[keep], y[keep], margin[keep]
+    weights, x, y, margin, eps1, eps2 = ten_class_problem(24, seed=8)
     model = image_linear(weights, (4, 4, 1))
-    options = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 3},
-               "fab-t": {"n_iter": 5}, "square": {"n_queries": 50}}
+    options = FAST
     out = run_sequence(model, x, y, [eps1, eps2], options=options)
     for e in (eps1, eps2):
         assert_in_ball(out["x_adv"][e], x, e, "linf")

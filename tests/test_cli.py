@@ -43,6 +43,10 @@ def test_train_writes_run_directory(tmp_path):
 @pytest.mark.parametrize("args, word", [
     (["--eps", "abc"], "--eps"), (["--eps", "-0.1"], "--eps"), (["--norm", "l7"], "--norm"),
     (["--batch-size", "0"], "--batch-size"), (["--epochs", "0", "--burn-in", "0"], "--epochs"),
+    (["--method", "fgsm"], "--method"), (["--train-eps", "x"], "--train-eps"),
+    (["--kl-beta", "-1"], "--kl-beta"), (["--clean-weight", "2"], "--clean-weight"),
+    (["--init", "missing.keras"], "--init"), (["--resume"], "--resume"),
+    (["--ema-tau", "1.5"], "--ema-tau"), (["--schedule", "linear"], "--schedule"),
 ])
 def test_train_rejects_bad_options(args, word):
     result = runner.invoke(app, ["train", *args])
@@ -54,5 +58,8 @@ def test_help_lists_every_option():
     result = runner.invoke(app, ["train", "--help"], terminal_width=200)
     assert result.exit_code == 0
     for option in ("--epochs", "--burn-in", "--eps", "--batch-size", "--seed", "--out",
-                   "--lam", "--r0", "--n-iter", "--random-start"):
+                   "--lam", "--r0", "--n-iter", "--random-start", "--method", "--init",
+                   "--resume", "--train-eps", "--train-step", "--train-steps", "--kl-beta",
+                   "--d-max", "--clean-weight", "--ema-tau", "--lr-warmup", "--eval-every",
+                   "--preset", "--distribute"):
         assert option in result.output

@@ -8,7 +8,6 @@ becomes 1, and the WRN-28-10 builder makes a WRN-10-1 (a WRN-28-10 DyART step ta
 minutes on a CPU).  Docstring examples run as doctests (``--doctest-modules``).
 """
 
-import os
 import pathlib
 import re
 

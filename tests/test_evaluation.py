@@ -11,19 +11,12 @@ import pytest
 from keras_dyart import DyARTModel
 from keras_dyart.evaluation import (MarginsReport, RobustnessReport, evaluate,
                                     margins_report)
-from tests.test_attacks import assert_in_ball, image_linear, predicted, problem, with_gap
-
-FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 3},
-        "fab-t": {"n_iter": 5}, "square": {"n_queries": 50}}
+from tests.test_attacks import FAST, assert_in_ball, image_linear, predicted, ten_class_problem
 
 
 @pytest.fixture(scope="module")
 def linear_problem():
-    weights, x, y, margin = problem(10, (4, 4, 1), 30, seed=11)
-    eps1, keep1 = with_gap(margin, 0.3)
-    eps2, keep2 = with_gap(margin, 0.7)
-    keep = keep1 & keep2
-    x, y, margin = x[keep], y[keep], margin[keep]
+    weights, x, y, margin, eps1, eps2 = ten_class_problem(30, seed=11)
     # Two clean errors, so clean accuracy and "clean" outcomes are exercised.
     y = y.copy()
     y[:2] = (y[:2] + 1) % 10

@@ -87,24 +87,3 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
     rows = open(os.path.join(out, "history.csv")).read().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert train(*args, "--out", out, "--resume").exit_code != 0   # complete: refused
-
-
-@pytest.mark.parametrize("args, word", [
-    (["--method", "fgsm"], "--method"), (["--train-eps", "x"], "--train-eps"),
-    (["--kl-beta", "-1"], "--kl-beta"), (["--clean-weight", "2"], "--clean-weight"),
-    (["--init", "missing.keras"], "--init"), (["--resume"], "--resume"),
-    (["--ema-tau", "1.5"], "--ema-tau"),
-])
-def test_bad_method_options_name_the_option(args, word):
-    result = runner.invoke(app, ["train", *args])
-    assert result.exit_code != 0
-    assert word in result.output
-
-
-def test_help_lists_the_method_options():
-    result = runner.invoke(app, ["train", "--help"], terminal_width=200)
-    assert result.exit_code == 0
-    for option in ("--method", "--init", "--resume", "--train-eps", "--train-step",
-                   "--train-steps", "--kl-beta", "--d-max", "--clean-weight", "--ema-tau",
-                   "--lr-warmup", "--eval-every"):
-        assert option in result.output

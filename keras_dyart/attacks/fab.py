@@ -25,6 +25,7 @@ from keras import ops
 from keras_dyart import _checks
 from keras_dyart import backend as dyart_backend
 from keras_dyart.attacks import _common as C
+from keras_dyart.boundary import illinois
 from keras_dyart.projection import project_to_hyperplane
 
 _BIG = 1e10
@@ -38,29 +39,12 @@ def _refine(margin_fn, x0, far, found, steps):
     m1 = margin_fn(far)
     tau = REFINE_TOL * ops.abs(m0)
     valid = found & (m0 + tau > 0) & (m1 + tau < 0)
-    n = ops.shape(x0)[0]
-    lo, hi = ops.zeros((n,)), ops.ones((n,))
-    f_lo = ops.where(valid, m0 + tau, 1.0)
-    f_hi = ops.where(valid, m1 + tau, -1.0)
-    last = ops.zeros((n,))
-    direction = far - x0
-    for _ in range(steps):
-        denom = f_hi - f_lo
-        t = (lo * f_hi - hi * f_lo) / ops.where(ops.abs(denom) > C.TINY, denom, -1.0)
-        t = ops.where((t > lo) & (t < hi), t, 0.5 * (lo + hi))
-        m_t = margin_fn(x0 + t[:, None] * direction)
-        f_t = m_t + tau
-        # The secant aims at m = −τ; accept anything past −τ/2 so that rounding at the
-        # aimed point cannot stall the bracket on the wrong side.
-        pos = m_t + 0.5 * tau >= 0
-        f_hi = ops.where(pos & (last > 0), 0.5 * f_hi, f_hi)
-        f_lo = ops.where(~pos & (last < 0), 0.5 * f_lo, f_lo)
-        lo = ops.where(pos, t, lo)
-        f_lo = ops.where(pos, f_t, f_lo)
-        hi = ops.where(pos, hi, t)
-        f_hi = ops.where(pos, f_hi, f_t)
-        last = ops.where(pos, 1.0, -1.0)
-    return ops.where(valid[:, None], x0 + hi[:, None] * direction, far)
+    # The secant aims at m = −τ; a point counts as not yet misclassified while m ≥ −τ/2,
+    # so that rounding at the aimed point cannot stall the bracket on the wrong side.
+    _, hi, _, _ = illinois(margin_fn, x0, far - x0, ops.where(valid, m0, 1.0),
+                           ops.where(valid, m1, -1.0), steps, shift=tau,
+                           is_lower=lambda m: m + 0.5 * tau >= 0)
+    return ops.where(valid[:, None], x0 + hi[:, None] * (far - x0), far)
 
 
 def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", eta=1.05,

@@ -10,7 +10,7 @@ from keras_dyart import _checks
 from keras_dyart import backend as dyart_backend
 from keras_dyart.attacks.pgd import _ascent_direction, project_ball
 from keras_dyart.margins import flat
-from keras_dyart.robust import RobustModel  # noqa: F401  (the base class lives there)
+from keras_dyart.robust import RobustModel
 
 _TINY = 1e-12
 
@@ -75,3 +75,22 @@ def check_attack(eps, step_size, steps, norm):
     """Validate the inner attack's hyper-parameters; returns them normalised."""
     return (_checks.parse_eps(eps, "eps"), _checks.parse_eps(step_size, "step_size"),
             _checks.positive(steps, "steps", integer=True), _checks.norm_name(norm))
+
+
+class KLAttackModel(RobustModel):
+    """Shared base of TRADES and MART: a KL weight β and an inner PGD attack started at
+    ``x + 0.001·N(0, 1)`` in inference mode (as in the reference code)."""
+
+    hyper_parameters = ("beta", "eps", "step_size", "steps", "norm")
+
+    def __init__(self, classifier, beta=6.0, eps=8 / 255, step_size=2 / 255, steps=10,
+                 norm="linf", seed=0, **kwargs):
+        super().__init__(classifier, seed=seed, **kwargs)
+        self.beta = _checks.positive(beta, "beta", allow_zero=True)
+        self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
+                                                                       norm)
+
+    def ascend(self, value, x):
+        """``steps`` PGD steps ascending ``value`` from the Gaussian start."""
+        start = random_start(x, self.eps, self.norm, self.seed_generator, kind="gaussian")
+        return pgd_ascent(value, x, start, self.eps, self.step_size, self.steps, self.norm)

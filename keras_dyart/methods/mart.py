@@ -3,10 +3,8 @@
 import keras
 from keras import ops
 
-from keras_dyart import _checks
 from keras_dyart.attacks.pgd import attack_loss
-from keras_dyart.methods.base import (RobustModel, check_attack, kl_divergence, pgd_ascent,
-                                      random_start, weighted_mean)
+from keras_dyart.methods.base import KLAttackModel, kl_divergence, weighted_mean
 
 
 def mart_terms(logits, logits_adv, y):
@@ -42,7 +40,7 @@ def mart_loss(logits, logits_adv, y, beta=6.0):
 
 
 @keras.saving.register_keras_serializable(package="keras_dyart")
-class MARTModel(RobustModel):
+class MARTModel(KLAttackModel):
     """MART: misclassification-aware adversarial training.
 
         BCE(f(x'), y) + β · KL(p(x) ‖ p(x')) · (1 − p_y(x)),
@@ -61,21 +59,10 @@ class MARTModel(RobustModel):
     ``kl_loss`` (β times the weighted KL).  The compiled metrics are on the clean batch.
     """
 
-    hyper_parameters = ("beta", "eps", "step_size", "steps", "norm")
     loss_terms = ("bce_loss", "kl_loss")
 
-    def __init__(self, classifier, beta=6.0, eps=8 / 255, step_size=2 / 255, steps=10,
-                 norm="linf", seed=0, **kwargs):
-        super().__init__(classifier, seed=seed, **kwargs)
-        self.beta = _checks.positive(beta, "beta", allow_zero=True)
-        self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
-                                                                       norm)
-
     def inner(self, logits_fn, x, y):
-        start = random_start(x, self.eps, self.norm, self.seed_generator, kind="gaussian")
-        x_adv = pgd_ascent(lambda z: attack_loss(logits_fn(z), y, "ce"), x, start, self.eps,
-                           self.step_size, self.steps, self.norm)
-        return {"x_adv": x_adv}
+        return {"x_adv": self.ascend(lambda z: attack_loss(logits_fn(z), y, "ce"), x)}
 
     def objective(self, x, y, y_pred, sample_weight, inner):
         logits_adv = self(inner["x_adv"], training=True)

@@ -1,7 +1,6 @@
 """PGD adversarial training (Madry et al., ICLR 2018)."""
 
 import keras
-from keras import ops
 
 from keras_dyart.attacks.pgd import attack_loss
 from keras_dyart.methods.base import RobustModel, check_attack, pgd_ascent, random_start

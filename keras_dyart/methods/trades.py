@@ -3,9 +3,7 @@
 import keras
 from keras import ops
 
-from keras_dyart import _checks
-from keras_dyart.methods.base import (RobustModel, check_attack, kl_divergence, pgd_ascent,
-                                      random_start, weighted_mean)
+from keras_dyart.methods.base import KLAttackModel, kl_divergence, weighted_mean
 
 
 def trades_loss(logits, logits_adv, y, beta=6.0):
@@ -22,7 +20,7 @@ def trades_loss(logits, logits_adv, y, beta=6.0):
 
 
 @keras.saving.register_keras_serializable(package="keras_dyart")
-class TRADESModel(RobustModel):
+class TRADESModel(KLAttackModel):
     """TRADES: trade robustness against accuracy with a KL term.
 
         CE(f(x), y) + β · KL(p(x) ‖ p(x')),   x' = argmax_{‖x'−x‖ ≤ eps} KL(p(x) ‖ p(x'))
@@ -42,22 +40,11 @@ class TRADESModel(RobustModel):
     (β times the mean KL).
     """
 
-    hyper_parameters = ("beta", "eps", "step_size", "steps", "norm")
     loss_terms = ("ce_loss", "kl_loss")
-
-    def __init__(self, classifier, beta=6.0, eps=8 / 255, step_size=2 / 255, steps=10,
-                 norm="linf", seed=0, **kwargs):
-        super().__init__(classifier, seed=seed, **kwargs)
-        self.beta = _checks.positive(beta, "beta", allow_zero=True)
-        self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
-                                                                       norm)
 
     def inner(self, logits_fn, x, y):
         clean = ops.stop_gradient(logits_fn(x))
-        start = random_start(x, self.eps, self.norm, self.seed_generator, kind="gaussian")
-        x_adv = pgd_ascent(lambda z: kl_divergence(clean, logits_fn(z)), x, start, self.eps,
-                           self.step_size, self.steps, self.norm)
-        return {"x_adv": x_adv}
+        return {"x_adv": self.ascend(lambda z: kl_divergence(clean, logits_fn(z)), x)}
 
     def objective(self, x, y, y_pred, sample_weight, inner):
         ce = self.keras_loss(x, y, y_pred, sample_weight)
