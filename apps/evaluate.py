@@ -91,11 +91,14 @@ def run_evaluation(model, x, y, out_dir, *, attack="autoattack", epsilons=(0.1, 
 def _resolve_target(target):
     """``(model_path, config, out_dir)`` for a run directory or a .keras file."""
     if os.path.isdir(target):
-        path = os.path.join(target, "model.keras")
+        # The averaged (EMA) model is the run's final model, the one `train` reports.
+        path = os.path.join(target, "averaged.keras")
+        if not os.path.isfile(path):
+            path = os.path.join(target, "model.keras")
         if not os.path.isfile(path):
             raise typer.BadParameter(
-                f"TARGET must be a run directory holding model.keras or a .keras file; "
-                f"{target!r} has no model.keras.")
+                f"TARGET must be a run directory holding averaged.keras or model.keras, or "
+                f"a .keras file; {target!r} has neither.")
         config = {}
         cfg = os.path.join(target, "config.json")
         if os.path.isfile(cfg):
@@ -110,8 +113,8 @@ def _resolve_target(target):
 
 
 def evaluate(
-    target: str = typer.Argument(..., help="Run directory (model.keras, config.json) or a "
-                                           ".keras file."),
+    target: str = typer.Argument(..., help="Run directory (its averaged.keras, else "
+                                           "model.keras, and config.json) or a .keras file."),
     attack: str = typer.Option(
         "autoattack", help="autoattack, pgd, pgd-cw, apgd-ce, apgd-dlr, apgd-t, fab-t, square, "
                            "or several joined by commas (run in order, worst case)."),

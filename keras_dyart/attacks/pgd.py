@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_dyart import _checks
 from keras_dyart import backend as dyart_backend
+from keras_dyart.attacks import _common as C
 from keras_dyart.margins import flat
 
 _TINY = 1e-12
@@ -61,6 +62,12 @@ def pgd_batch(logits_fn, x, y, noise, eps, step_size, steps, norm="linf", loss="
     return x_adv, success
 
 
+def _pgd_fn(steps, norm, loss):
+    def fn(logits_fn, xb, yb, noise, eps, step_size):
+        return pgd_batch(logits_fn, xb, yb, noise, eps, step_size, steps, norm, loss)
+    return fn
+
+
 def _noise(rng, shape, eps, norm):
     if norm == "linf":
         return rng.uniform(-eps, eps, size=shape).astype("float32")
@@ -108,10 +115,9 @@ def pgd(model, x, y, eps, *, norm="linf", steps=40, rel_step=0.1, loss="ce",
     batch_size = _checks.positive(batch_size, "batch_size", integer=True)
     rng = np.random.RandomState(seed)
 
-    def fn(logits_fn, xb, yb, noise):
-        return pgd_batch(logits_fn, xb, yb, noise, eps, rel_step * eps, steps, norm, loss)
-
-    run = dyart_backend.compile_model_fn(model, fn, jit)
+    run = C.compiled(model, ("pgd", norm, steps, loss), _pgd_fn(steps, norm, loss), jit)
+    # eps and the step are inputs of the compiled function, so one trace serves every eps.
+    eps_t, step_t = np.float32(eps), np.float32(rel_step * eps)
     x_adv = x.copy()
     success = np.zeros(len(x), bool)
     for start in range(0, len(x), batch_size):
@@ -121,7 +127,7 @@ def pgd(model, x, y, eps, *, norm="linf", steps=40, rel_step=0.1, loss="ce",
         for _ in range(restarts):
             noise = (_noise(rng, xb.shape, eps, norm) if random_start
                      else np.zeros_like(xb))
-            adv, ok = run(xb, yb, noise)
+            adv, ok = run(xb, yb, noise, eps_t, step_t)
             adv, ok = ops.convert_to_numpy(adv), ops.convert_to_numpy(ok).astype(bool)
             take = ok & ~done
             best[take] = adv[take]
@@ -134,8 +140,6 @@ def pgd(model, x, y, eps, *, norm="linf", steps=40, rel_step=0.1, loss="ce",
             progress(min(start + batch_size, len(x)))
     # float32 rounding can leave a point an ulp outside the ball: pull it in exactly, and
     # report success on the points actually returned.
-    from keras_dyart.attacks._common import guard, predict_labels
-
-    x_adv = guard(x_adv, x, eps, norm)
-    success = predict_labels(model, x_adv, batch_size) != y
+    x_adv = C.guard(x_adv, x, eps, norm)
+    success = C.predict_labels(model, x_adv, batch_size) != y
     return x_adv, success

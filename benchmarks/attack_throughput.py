@@ -1,0 +1,116 @@
+"""AutoAttack (standard) on a saved model: robust accuracy, seconds and points per second of
+each component, on the current backend; on PyTorch also torchattacks' AutoAttack on the
+same points (an independent implementation) with its accuracy and time.
+
+    KERAS_BACKEND=jax python benchmarks/attack_throughput.py runs/mnist/averaged.keras \
+        --n 1000 --eps 0.1 --eps 0.2 --eps 0.3
+
+Prints a Markdown table and writes it to ``benchmarks/results/attack_throughput_<backend>.md``
+(``--out`` to change).  Run one backend at a time on an otherwise idle machine.
+"""
+
+import argparse
+import os
+import time
+
+import keras
+import numpy as np
+
+import keras_dyart  # noqa: F401  (registers the method models for loading)
+from keras_dyart import datasets
+from keras_dyart.attacks.autoattack import NAMES
+from keras_dyart.evaluation import evaluate
+
+
+def torchattacks_autoattack(model, x, y, eps, seed=0):
+    """Robust accuracy and seconds of torchattacks' AutoAttack standard (L∞)."""
+    import torch
+    import torchattacks
+
+    class NCHW(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z):
+            return self.inner(z.permute(0, 2, 3, 1), training=False)
+
+    net = NCHW(model).eval()
+    attack = torchattacks.AutoAttack(net, norm="Linf", eps=eps, version="standard",
+                                     n_classes=int(model.output_shape[-1]), seed=seed)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(y.astype("int64"))
+    t0 = time.perf_counter()
+    adv = attack(xt, yt).detach()
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        pred = net(adv).argmax(1).numpy()
+    return float(np.mean(pred == y)), seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help=".keras file of a logits model (or a method model)")
+    parser.add_argument("--n", type=int, default=1000, help="test points (the first N)")
+    parser.add_argument("--eps", action="append", type=float, help="radius; repeatable")
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip torchattacks on the torch backend")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    epsilons = args.eps or [0.1, 0.2, 0.3]
+    backend = keras.backend.backend()
+
+    _, _, x, y = datasets.load(args.dataset)
+    x, y = x[:args.n], y[:args.n]
+    model = keras.saving.load_model(args.model, compile=False)
+    model = getattr(model, "classifier", model)
+
+    t0 = time.perf_counter()
+    report = evaluate(model, x, y, "autoattack", epsilons, batch_size=args.batch_size)
+    total = time.perf_counter() - t0
+
+    lines = [f"AutoAttack standard (L∞) on {args.n} {args.dataset} test points, "
+             f"{backend} backend, model {os.path.basename(args.model)}; clean accuracy "
+             f"{100 * report.clean_accuracy:.1f} %.", "",
+             "| implementation | " + " | ".join(f"robust acc. eps {e:g}" for e in epsilons)
+             + " | seconds |",
+             "|---|" + "---|" * (len(epsilons) + 1),
+             "| keras-dyart | " + " | ".join(f"{100 * report.robust_accuracy[e]:.1f} %"
+                                            for e in epsilons) + f" | {total:.0f} |"]
+    if backend == "torch" and not args.no_reference:
+        accs, seconds = [], 0.0
+        for e in epsilons:
+            acc, s = torchattacks_autoattack(model, x, y, e)
+            accs.append(acc)
+            seconds += s
+        lines.append("| torchattacks 3.5.1 | " + " | ".join(f"{100 * a:.1f} %" for a in accs)
+                     + f" | {seconds:.0f} |")
+    lines += ["", "Per component (keras-dyart; each runs only on the points still robust, "
+              "over all radii; FAB-T once for every radius):", "",
+              "| component | seconds | points attacked | points per second |", "|---|---|---|---|"]
+    attacked = {}
+    remaining = {e: int(round(report.clean_accuracy * args.n)) for e in epsilons}
+    for name in report.attacks:
+        if name == "fab-t":
+            attacked[name] = max(remaining.values())
+        else:
+            attacked[name] = sum(remaining.values())
+        remaining = {e: int(round(report.accuracy_after[name][e] * args.n)) for e in epsilons}
+    for name in report.attacks:
+        s = report.seconds[name]
+        n = attacked[name]
+        lines.append(f"| {NAMES.get(name, name)} | {s:.1f} | {n} | "
+                     f"{(n / s if s > 0 else float('nan')):.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"attack_throughput_{backend}.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
