@@ -14,38 +14,12 @@ import os
 import time
 
 import keras
-import numpy as np
 
 import keras_dyart  # noqa: F401  (registers the method models for loading)
 from keras_dyart import datasets
 from keras_dyart.attacks.autoattack import NAMES
+from keras_dyart.attacks.reference import torchattacks_autoattack
 from keras_dyart.evaluation import evaluate
-
-
-def torchattacks_autoattack(model, x, y, eps, seed=0):
-    """Robust accuracy and seconds of torchattacks' AutoAttack standard (L∞)."""
-    import torch
-    import torchattacks
-
-    class NCHW(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, z):
-            return self.inner(z.permute(0, 2, 3, 1), training=False)
-
-    net = NCHW(model).eval()
-    attack = torchattacks.AutoAttack(net, norm="Linf", eps=eps, version="standard",
-                                     n_classes=int(model.output_shape[-1]), seed=seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    yt = torch.from_numpy(y.astype("int64"))
-    t0 = time.perf_counter()
-    adv = attack(xt, yt).detach()
-    seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        pred = net(adv).argmax(1).numpy()
-    return float(np.mean(pred == y)), seconds
 
 
 def main():
@@ -82,7 +56,7 @@ def main():
     if backend == "torch" and not args.no_reference:
         accs, seconds = [], 0.0
         for e in epsilons:
-            acc, s = torchattacks_autoattack(model, x, y, e)
+            acc, _, s = torchattacks_autoattack(model, x, y, e)
             accs.append(acc)
             seconds += s
         lines.append("| torchattacks 3.5.1 | " + " | ".join(f"{100 * a:.1f} %" for a in accs)

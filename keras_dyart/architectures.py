@@ -248,7 +248,8 @@ def preact_resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=(32
         blocks: blocks per stage; ``(2, 2, 2, 2)`` is ResNet-18.
         width: channels of the stem and the first stage (64).
         norm, groups: ``"batch"`` or ``"group"`` (``groups`` must divide ``width``).
-        Others as `wide_resnet`.
+
+    The other arguments are those of `wide_resnet`.
     """
     return _resnet(True, blocks, width, num_classes, input_shape, activation, norm, groups,
                    bn_momentum, epsilon, mean, std, name)

@@ -36,11 +36,11 @@ def small_cnn():
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torchattacks attacks torch modules")
 def test_autoattack_standard_agrees_with_torchattacks(mnist5k):
-    torch = pytest.importorskip("torch")
     if os.environ.get("CI"):
-        import torchattacks             # `make` installs it: CI must not skip this test
+        import torchattacks  # noqa: F401  (`make` installs it: CI must not skip this test)
     else:
-        torchattacks = pytest.importorskip("torchattacks")
+        pytest.importorskip("torchattacks")
+    from keras_dyart.attacks.reference import torchattacks_autoattack
     from keras_dyart.evaluation import evaluate
 
     x_train, y_train, x_test, y_test = mnist5k
@@ -55,30 +55,19 @@ def test_autoattack_standard_agrees_with_torchattacks(mnist5k):
     ours = evaluate(model, x, y, "autoattack", [EPS], batch_size=N, seed=0)
     ours_s = time.perf_counter() - t0
 
-    class NCHW(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, z):
-            return self.inner(z.permute(0, 2, 3, 1), training=False)
-
-    net = NCHW(model).eval()
-    attack = torchattacks.AutoAttack(net, norm="Linf", eps=EPS, version="standard",
-                                     n_classes=10, seed=0)
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    yt = torch.from_numpy(y.astype("int64"))
-    t0 = time.perf_counter()
-    adv = attack(xt, yt).detach()
-    theirs_s = time.perf_counter() - t0
-    with torch.no_grad():
-        theirs_pred = net(adv).argmax(1).numpy()
-    assert np.abs(adv.numpy() - xt.numpy()).max() <= EPS + 1e-6
-    theirs = float(np.mean(theirs_pred == y))
-
+    theirs, adv, theirs_s = torchattacks_autoattack(model, x, y, EPS)
+    assert np.abs(adv - x).max() <= EPS + 1e-6
     print(f"\nAutoAttack standard, eps={EPS}, {N} points: keras-dyart "
           f"{100 * ours.robust_accuracy[EPS]:.1f} % in {ours_s:.0f} s; torchattacks "
           f"{100 * theirs:.1f} % in {theirs_s:.0f} s; clean {100 * ours.clean_accuracy:.1f} %; "
           f"ours per attack: " + ", ".join(f"{a} {t:.0f} s" for a, t in ours.seconds.items()))
     assert 0.1 < ours.robust_accuracy[EPS] < ours.clean_accuracy   # a non-trivial case
     assert abs(ours.robust_accuracy[EPS] - theirs) <= 0.01
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="checks the refusal on the other backends")
+def test_reference_refuses_other_backends():
+    from keras_dyart.attacks.reference import torchattacks_autoattack
+
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=torch"):
+        torchattacks_autoattack(small_cnn(), np.zeros((2, 28, 28, 1), "float32"), [0, 1], 0.1)

@@ -36,10 +36,10 @@ def apgd_checkpoints(n_iter):
     next one ``max(⌊0.03·n_iter⌋, 1)`` fewer, down to ``max(⌊0.06·n_iter⌋, 1)``.  Returns a
     list of ``(iteration, window_length)``.
 
-    Example:
+    Examples:
 
-    >>> [w for w, _ in apgd_checkpoints(100)]
-    [22, 41, 57, 70, 80, 87, 93, 99]
+    >>> print(*[w for w, _ in apgd_checkpoints(100)])
+    22 41 57 70 80 87 93 99
     """
     n_iter = _checks.positive(n_iter, "n_iter", integer=True)
     k = max(int(0.22 * n_iter), 1)
