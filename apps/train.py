@@ -13,10 +13,6 @@ import typer
 METHODS = ("clean", "pgd-at", "trades", "mart", "mma", "dyart")
 
 
-def _fmt(eps):
-    return f"{eps:g}"
-
-
 def _method_kwargs(method, *, norm, seed, train_eps, train_step, train_steps, kl_beta,
                    d_max, clean_weight, n_iter, beta, lam, alpha, r0, eps_fab,
                    random_start):
@@ -45,9 +41,9 @@ def _load_data(dataset, data_path, extra_data, preset, uint8):
     batch); ``extra`` the extra-data pair of a preset that mixes one in, else None."""
     from keras_dyart import datasets
 
-    kwargs = dict((preset or {}).get("dataset_kwargs", {})) if preset and \
-        preset["dataset"] == dataset else {}
-    kwargs.pop("dtype", None)
+    kwargs = {}
+    if preset and preset["dataset"] == dataset:
+        kwargs = {k: v for k, v in preset["dataset_kwargs"].items() if k != "dtype"}
     if data_path:
         kwargs["path"] = data_path
     if dataset != "mnist5k" and uint8:
