@@ -3,7 +3,7 @@
 Given points x in [0, 1]^d and hyperplanes {z : w·z = c}, find for each row the step δ of
 smallest L∞ or L2 norm with w·(x + δ) = c and x + δ in [0, 1]^d.
 
-Both norms reduce to the same one-dimensional search.  Flip the sign of w so that the
+Both norms reduce to the same one-dimensional root.  Flip the sign of w so that the
 hyperplane lies in the direction of increasing w·z, at distance r = c − w·x ≥ 0.  Each
 coordinate j can move by at most u_j (its room to the box face in the direction sign(w_j)).
 For a scalar t ≥ 0 the optimal step has the form
@@ -12,20 +12,27 @@ For a scalar t ≥ 0 the optimal step has the form
 
 (for L∞ every unsaturated coordinate moves by t; for L2 the step is t·w clipped to the box,
 which is the KKT solution).  The progress g(t) = Σ_j |w_j| min(t·s_j, u_j) is piecewise
-linear, non-decreasing and concave, with breakpoints u_j / s_j.  Sorting the breakpoints and
-taking cumulative sums gives g at every breakpoint in O(d log d); the segment that contains
-g(t) = r is found by counting the breakpoints with g < r (g is monotone), and t follows in
-closed form.  If even the box corner that maximises w·z falls short of the hyperplane
-(g(∞) < r) the problem is infeasible and the step goes to that corner, the box point closest
-to the hyperplane in the w direction.
+linear, non-decreasing and concave, with breakpoints b_j = u_j / s_j, and t solves g(t) = r.
+If even the box corner that maximises w·z falls short of the hyperplane (g(∞) < r) the
+problem is infeasible and the step goes to that corner, the box point closest to the
+hyperplane in the w direction.
 
-Everything is batched with static shapes: no boolean indexing, no data-dependent loops.
+The root is found by Newton's method from t = 0: t ← t + (r − g(t)) / g'(t), with
+g'(t) = Σ_{b_j > t} |w_j|·s_j the slope of the current segment.  Because g is concave its
+tangent lies above it, so the iterates increase and never pass the root; a step that crosses
+no breakpoint stayed on one linear piece and has landed on the root exactly, which is the
+stopping test.  Every other step crosses at least one breakpoint, so a row needs at most
+d + 1 steps, and in practice three or four: each step costs three elementwise passes over
+(N, d), where sorting the breakpoints (the textbook O(d log d) method) costs far more on CPU
+(XLA:CPU takes 30 ms to sort a 256 × 784 batch; the whole Newton solve takes under 1 ms).
+
+Everything is batched with static shapes (no boolean indexing); the loop runs until every
+row of the batch has stopped.
 """
 
 from keras import ops
 
 _TINY = 1e-12
-_BIG = 1e10
 
 
 def project_to_hyperplane(x, w, c, norm="linf"):
@@ -65,35 +72,30 @@ def project_to_hyperplane(x, w, c, norm="linf"):
     aw = ops.abs(w)
     direction = ops.sign(w)
     room = ops.where(w > 0, 1.0 - x, ops.where(w < 0, x, 0.0))
-    if norm == "linf":  # unit speed: the breakpoints are the rooms themselves
+    cap = aw * room                     # the progress of coordinate j once saturated
+    if norm == "linf":                  # unit speed: the breakpoints are the rooms
         speed, rate, breakpoints = None, aw, room
-    else:
-        speed = aw
-        rate = aw * speed
-        breakpoints = ops.where(speed > 0, room / ops.maximum(speed, _TINY), _BIG)
+    else:                               # zero-weight coordinates never move: no breakpoint
+        speed, rate = aw, aw * aw
+        breakpoints = ops.where(aw > 0, room / ops.maximum(aw, _TINY), 0.0)
+    feasible = ops.sum(cap, axis=-1) >= r
 
-    order = ops.argsort(breakpoints, axis=-1)
-    bp = ops.take_along_axis(breakpoints, order, axis=-1)
-    rate_sorted = ops.take_along_axis(rate, order, axis=-1)
-    if speed is None:  # L∞: rate = |w| and room = breakpoint, so no second gather
-        saturated = ops.cumsum(rate_sorted * bp, axis=-1)
-    else:
-        saturated = ops.cumsum(ops.take_along_axis(aw * room, order, axis=-1), axis=-1)
-    rate_cum = ops.cumsum(rate_sorted, axis=-1)
-    total_rate = rate_cum[:, -1]
-    rate_after = total_rate[:, None] - rate_cum
-    progress = saturated + bp * rate_after          # g at each breakpoint
-
-    below = ops.sum(ops.cast(progress < r[:, None], "int32"), axis=-1)
     d = ops.shape(x)[-1]
-    prev = ops.maximum(below - 1, 0)[:, None]
-    first = below == 0
-    sat_prev = ops.where(first, 0.0, ops.take_along_axis(saturated, prev, axis=-1)[:, 0])
-    rate_prev = ops.where(first, total_rate,
-                          ops.take_along_axis(rate_after, prev, axis=-1)[:, 0])
-    t = ops.maximum(r - sat_prev, 0.0) / ops.maximum(rate_prev, _TINY)
 
-    feasible = below < d
+    def cond(k, t, done):
+        return ops.logical_and(k <= d, ops.logical_not(ops.all(done)))
+
+    def body(k, t, done):
+        progress = ops.sum(ops.minimum(rate * t[:, None], cap), axis=-1)
+        slope = ops.sum(ops.where(breakpoints > t[:, None], rate, 0.0), axis=-1)
+        step = ops.maximum(r - progress, 0.0) / ops.maximum(slope, _TINY)
+        t_next = ops.where(done, t, t + step)
+        crossed = (breakpoints > t[:, None]) & (breakpoints < t_next[:, None])
+        return k + 1, t_next, done | ~ops.any(crossed, axis=-1)
+
+    _, t, _ = ops.while_loop(cond, body, (ops.convert_to_tensor(0, "int32"),
+                                          ops.zeros_like(r), ~feasible | (r <= 0)))
+
     move = t[:, None] if speed is None else t[:, None] * speed
     step = direction * ops.minimum(move, room)
     corner = direction * room

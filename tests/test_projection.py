@@ -96,3 +96,101 @@ def test_projection_is_batched_and_static():
 def test_projection_rejects_unknown_norm():
     with pytest.raises(ValueError, match="norm"):
         project_to_hyperplane(np.zeros((1, 2)), np.ones((1, 2)), np.ones(1), "l1")
+
+
+def image_problems(n=8, d=784, seed=0):
+    """Image-sized rows: most pixels on the box faces (as in MNIST), most normal coordinates
+    zero, planes reachable inside the box."""
+    rng = np.random.RandomState(seed)
+    x = np.where(rng.rand(n, d) < 0.8, 0.0, rng.rand(n, d))
+    x[rng.rand(n, d) < 0.1] = 1.0
+    w = rng.randn(n, d) * (rng.rand(n, d) < 0.3)
+    c = (w * rng.uniform(0, 1, (n, d))).sum(1)
+    return x, w, c
+
+
+def test_linf_projection_matches_lp_on_image_sized_rows():
+    x, w, c = image_problems()
+    delta = ops.convert_to_numpy(project_to_hyperplane(
+        x.astype("float32"), w.astype("float32"), c.astype("float32"), "linf"))
+    for i in range(len(x)):
+        res = lp_linf(x[i], w[i], c[i])
+        assert res.status == 0
+        z = x[i] + delta[i]
+        assert np.all(z >= -1e-6) and np.all(z <= 1 + 1e-6)
+        assert w[i] @ z == pytest.approx(c[i], rel=1e-4, abs=1e-4)
+        assert np.abs(delta[i]).max() == pytest.approx(res.fun, rel=1e-4, abs=1e-6)
+
+
+def test_l2_projection_on_image_sized_rows_matches_float64_bisection():
+    # Oracle: the L2 step is clip(t·w) to the box (KKT); t by 200 bisection steps in float64.
+    x, w, c = image_problems(seed=1)
+    delta = ops.convert_to_numpy(project_to_hyperplane(
+        x.astype("float32"), w.astype("float32"), c.astype("float32"), "l2"))
+    for i in range(len(x)):
+        r = c[i] - w[i] @ x[i]
+        lo_box, hi_box = -x[i], 1 - x[i]
+
+        def step(t):
+            return np.clip(t * w[i], lo_box, hi_box)
+
+        lo, hi = (0.0, 1e6) if r > 0 else (-1e6, 0.0)
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if (w[i] @ step(mid) < r) == (r > 0):
+                lo, hi = (mid, hi) if r > 0 else (lo, mid)
+            else:
+                lo, hi = (lo, mid) if r > 0 else (mid, hi)
+        np.testing.assert_allclose(delta[i], step(0.5 * (lo + hi)), atol=1e-5)
+
+
+def test_projection_is_exact_when_many_coordinates_saturate():
+    # Equal weights, rooms spread evenly, the plane just inside the far corner: the root
+    # lies past almost every breakpoint, the hardest case for the Newton iteration.
+    d = 64
+    x = np.linspace(0.0, 0.98, d)[None]
+    w = np.ones((1, d))
+    c = np.array([d - 0.05])
+    delta = ops.convert_to_numpy(project_to_hyperplane(
+        x.astype("float32"), w.astype("float32"), c.astype("float32"), "linf"))
+    res = lp_linf(x[0], w[0], c[0])
+    assert res.status == 0
+    assert w[0] @ (x[0] + delta[0]) == pytest.approx(c[0], abs=1e-4)
+    assert np.abs(delta[0]).max() == pytest.approx(res.fun, rel=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_reaches_every_reachable_plane_in_a_large_batch(norm):
+    # 256 image-sized rows with planes at random offsets: every plane the box meets is
+    # reached (w·(x + δ) = c), the others get the corner; nothing leaves the box.
+    x, w, _ = image_problems(n=256, seed=2)
+    c = np.random.RandomState(3).randn(256) * 150
+    x, w, c = x.astype("float32"), w.astype("float32"), c.astype("float32")
+    delta = ops.convert_to_numpy(project_to_hyperplane(x, w, c, norm)).astype("float64")
+    x, w, c = x.astype("float64"), w.astype("float64"), c.astype("float64")
+    z = x + delta
+    assert np.all(z >= -1e-6) and np.all(z <= 1 + 1e-6)
+    r = c - (w * x).sum(1)
+    reach = (np.abs(w) * np.where(w * np.sign(r)[:, None] > 0, 1 - x, x)).sum(1)
+    feasible = reach >= np.abs(r) + 1e-3
+    assert 50 < feasible.sum() < 256
+    np.testing.assert_allclose((w * z).sum(1)[feasible], c[feasible], atol=1e-3)
+
+
+def test_l2_projection_with_zero_weight_pixels_of_real_digits():
+    # Regression: the earlier sort-based solver gave zero-weight coordinates a breakpoint of
+    # 1e10, and float32 rounding of the cumulative rates there (times 1e10) sent a reachable
+    # row of this batch (digit 47, under JAX) to the infeasible corner.
+    from keras_dyart import datasets
+
+    x = datasets.load("mnist5k")[0][:256].reshape(256, -1)
+    rng = np.random.RandomState(0)
+    rng.rand(256, 784), rng.randn(256, 784), rng.randn(256)
+    w = (rng.randn(256, 784) * (rng.rand(256, 784) < 0.3)).astype("float32")
+    c = (rng.randn(256) * 10).astype("float32")
+    delta = ops.convert_to_numpy(project_to_hyperplane(x, w, c, "l2")).astype("float64")
+    x, w, c = x.astype("float64"), w.astype("float64"), c.astype("float64")
+    r = c - (w * x).sum(1)
+    reach = (np.abs(w) * np.where(w * np.sign(r)[:, None] > 0, 1 - x, x)).sum(1)
+    feasible = reach >= np.abs(r) + 1e-3
+    np.testing.assert_allclose((w * (x + delta)).sum(1)[feasible], c[feasible], atol=1e-3)
