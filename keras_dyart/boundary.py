@@ -24,6 +24,7 @@ import math
 import keras
 from keras import ops
 
+from keras_dyart import backend as dyart_backend
 from keras_dyart.margins import flat, lp_norm
 from keras_dyart.projection import project_to_hyperplane
 
@@ -164,7 +165,7 @@ def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
                           0.0, 1.0)
             return x1, phi_x, best, best_r, best_phi
 
-        carry = ops.fori_loop(0, n_iter, body, (x1, phi_x, best, best_r, best_phi))
+        carry = dyart_backend.fori_loop(0, n_iter, body, (x1, phi_x, best, best_r, best_phi))
         x1, phi_x, best, best_r, best_phi = carry
         best, best_r, best_phi = record(x1, val(x1), best, best_r, best_phi)
         return phi_x, best, best_r, best_phi

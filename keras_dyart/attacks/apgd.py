@@ -12,8 +12,8 @@ After halving, the iterate restarts from the best point found so far.  The rules
 reference implementation (the AutoAttack package) step for step, including its counting of
 the first window (the loss before the first step is taken as 0).
 
-The iteration is one `ops.fori_loop` over a batch with static shapes, compiled per backend
-through `keras_dyart.backend.compile_model_fn`.  Each iteration costs one forward and one
+The iteration is one loop (`keras_dyart.backend.fori_loop`) over a batch with static shapes,
+compiled per backend through `keras_dyart.backend.compile_model_fn`.  Each iteration costs one forward and one
 backward pass: the logits needed for the success check ride along with the loss as a
 gradient-free column.
 """
@@ -163,7 +163,7 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
         return (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
                 n_up, loss_prev, loss_best_last, reduced_last)
 
-    carry = ops.fori_loop(0, n_iter, body, carry)
+    carry = dyart_backend.fori_loop(0, n_iter, body, carry)
     return {"x_adv": carry[6], "success": carry[7], "loss_best": carry[5],
             "step_size": carry[8]}
 

@@ -112,7 +112,8 @@ def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", e
         return x1, best, best_r
 
     x1 = ops.clip(x0 + C.flat(start), 0.0, 1.0)
-    _, best, best_r = ops.fori_loop(0, n_iter, body, (x1, x0, ops.full((n,), _BIG)))
+    _, best, best_r = dyart_backend.fori_loop(0, n_iter, body,
+                                              (x1, x0, ops.full((n,), _BIG)))
     found = best_r < _BIG
     if refine:
         best = _refine(margin, x0, best, found, refine_steps)

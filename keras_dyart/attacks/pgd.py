@@ -57,7 +57,7 @@ def pgd_batch(logits_fn, x, y, noise, eps, step_size, steps, norm="linf", loss="
         z = z + step_size * _ascent_direction(g, norm)
         return project_ball(z, x, eps, norm)
 
-    x_adv = ops.fori_loop(0, steps, body, project_ball(x + noise, x, eps, norm))
+    x_adv = dyart_backend.fori_loop(0, steps, body, project_ball(x + noise, x, eps, norm))
     success = ops.argmax(logits_fn(x_adv), axis=-1) != y
     return x_adv, success
 

@@ -30,6 +30,7 @@ import numpy as np
 from keras import ops
 
 from keras_dyart import _checks
+from keras_dyart import backend as dyart_backend
 from keras_dyart.attacks import _common as C
 
 P_INIT = 0.8
@@ -92,7 +93,7 @@ def square_chunk(logits_fn, x, y, x_best, margin_best, eps, side, top, left, sig
         margin_best = ops.where(take, margin, margin_best)
         return x_best, margin_best
 
-    return ops.fori_loop(0, ops.shape(side)[0], body, (x_best, margin_best))
+    return dyart_backend.fori_loop(0, ops.shape(side)[0], body, (x_best, margin_best))
 
 
 def _eta_rectangles(a, b):
@@ -182,7 +183,7 @@ def square_l2_chunk(logits_fn, x, y, x_best, margin_best, eps, window, window2, 
         margin_best = ops.where(take, margin, margin_best)
         return x_best, margin_best
 
-    return ops.fori_loop(0, ops.shape(window)[0], body, (x_best, margin_best))
+    return dyart_backend.fori_loop(0, ops.shape(window)[0], body, (x_best, margin_best))
 
 
 def _l2_queries(rng, start, q, chunk, h, w, p_init):

@@ -115,3 +115,9 @@ def compile_model_fn(model, fn, jit=True):
                             [v.value for v in model.non_trainable_variables], *args)
 
     return run
+
+
+def unroll_loops():
+    """Write loops out on CPU: XLA:CPU runs convolutions inside a ``while`` body several
+    times slower than outside one; on accelerators the compiled loop is kept."""
+    return jax.default_backend() == "cpu"

@@ -54,7 +54,7 @@ def pgd_ascent(value, x, start, eps, step_size, steps, norm):
         _, g = dyart_backend.value_and_grad(value, z)
         return project_ball(z + step_size * _ascent_direction(g, norm), x, eps, norm)
 
-    z = ops.fori_loop(0, steps, body, project_ball(start, x, eps, norm))
+    z = dyart_backend.fori_loop(0, steps, body, project_ball(start, x, eps, norm))
     return ops.stop_gradient(z)
 
 
