@@ -86,11 +86,12 @@ def project_to_hyperplane(x, w, c, norm="linf"):
         return ops.logical_and(k <= d, ops.logical_not(ops.all(done)))
 
     def body(k, t, done):
+        ahead = breakpoints > t[:, None]     # the coordinates still moving at t
         progress = ops.sum(ops.minimum(rate * t[:, None], cap), axis=-1)
-        slope = ops.sum(ops.where(breakpoints > t[:, None], rate, 0.0), axis=-1)
+        slope = ops.sum(ops.where(ahead, rate, 0.0), axis=-1)
         step = ops.maximum(r - progress, 0.0) / ops.maximum(slope, _TINY)
         t_next = ops.where(done, t, t + step)
-        crossed = (breakpoints > t[:, None]) & (breakpoints < t_next[:, None])
+        crossed = ahead & (breakpoints < t_next[:, None])
         return k + 1, t_next, done | ~ops.any(crossed, axis=-1)
 
     _, t, _ = ops.while_loop(cond, body, (ops.convert_to_tensor(0, "int32"),

@@ -159,6 +159,17 @@ def test_projection_is_exact_when_many_coordinates_saturate():
     assert np.abs(delta[0]).max() == pytest.approx(res.fun, rel=1e-4)
 
 
+def assert_reachable_planes_reached(x, w, c, delta):
+    """Every row whose box meets its plane (with 1e-3 to spare) lands on it, in float64;
+    returns the bool mask of those rows."""
+    x, w, c = (np.asarray(v, "float64") for v in (x, w, c))
+    r = c - (w * x).sum(1)
+    reach = (np.abs(w) * np.where(w * np.sign(r)[:, None] > 0, 1 - x, x)).sum(1)
+    feasible = reach >= np.abs(r) + 1e-3
+    np.testing.assert_allclose((w * (x + delta)).sum(1)[feasible], c[feasible], atol=1e-3)
+    return feasible
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_projection_reaches_every_reachable_plane_in_a_large_batch(norm):
     # 256 image-sized rows with planes at random offsets: every plane the box meets is
@@ -167,14 +178,10 @@ def test_projection_reaches_every_reachable_plane_in_a_large_batch(norm):
     c = np.random.RandomState(3).randn(256) * 150
     x, w, c = x.astype("float32"), w.astype("float32"), c.astype("float32")
     delta = ops.convert_to_numpy(project_to_hyperplane(x, w, c, norm)).astype("float64")
-    x, w, c = x.astype("float64"), w.astype("float64"), c.astype("float64")
     z = x + delta
     assert np.all(z >= -1e-6) and np.all(z <= 1 + 1e-6)
-    r = c - (w * x).sum(1)
-    reach = (np.abs(w) * np.where(w * np.sign(r)[:, None] > 0, 1 - x, x)).sum(1)
-    feasible = reach >= np.abs(r) + 1e-3
+    feasible = assert_reachable_planes_reached(x, w, c, delta)
     assert 50 < feasible.sum() < 256
-    np.testing.assert_allclose((w * z).sum(1)[feasible], c[feasible], atol=1e-3)
 
 
 def test_l2_projection_with_zero_weight_pixels_of_real_digits():
@@ -189,8 +196,4 @@ def test_l2_projection_with_zero_weight_pixels_of_real_digits():
     w = (rng.randn(256, 784) * (rng.rand(256, 784) < 0.3)).astype("float32")
     c = (rng.randn(256) * 10).astype("float32")
     delta = ops.convert_to_numpy(project_to_hyperplane(x, w, c, "l2")).astype("float64")
-    x, w, c = x.astype("float64"), w.astype("float64"), c.astype("float64")
-    r = c - (w * x).sum(1)
-    reach = (np.abs(w) * np.where(w * np.sign(r)[:, None] > 0, 1 - x, x)).sum(1)
-    feasible = reach >= np.abs(r) + 1e-3
-    np.testing.assert_allclose((w * (x + delta)).sum(1)[feasible], c[feasible], atol=1e-3)
+    assert_reachable_planes_reached(x, w, c, delta)

@@ -13,9 +13,9 @@ reference implementation (the AutoAttack package) step for step, including its c
 the first window (the loss before the first step is taken as 0).
 
 The iteration is one loop (`keras_dyart.backend.fori_loop`) over a batch with static shapes,
-compiled per backend through `keras_dyart.backend.compile_model_fn`.  Each iteration costs one forward and one
-backward pass: the logits needed for the success check ride along with the loss as a
-gradient-free column.
+compiled per backend through `keras_dyart.backend.compile_model_fn`.  Each iteration costs
+one forward and one backward pass: the logits needed for the success check ride along with
+the loss as a gradient-free column.
 """
 
 import numpy as np
