@@ -119,3 +119,21 @@ def test_quality_filter_rejects_bad_points():
     phi = np.array([0.0, 0.0, 0.0, -0.5], "float32")               # last: too far inside
     keep = ops.convert_to_numpy(quality_filter(x, x_hat, phi, grads, "linf"))
     np.testing.assert_array_equal(keep, [True, False, False, False])
+
+
+def test_written_out_and_compiled_loops_find_the_same_points(make_linear, monkeypatch):
+    weights, x, y, _, _ = two_class_problem()
+    clf = make_linear(weights)
+    outs = []
+    for unroll in ("1", "0"):
+        monkeypatch.setenv("KERAS_DYART_UNROLL", unroll)
+        assert dyart_backend.unroll_loops() is (unroll == "1")
+        outs.append({k: ops.convert_to_numpy(v) for k, v in search(clf, x, y, "linf").items()})
+    for key in outs[0]:
+        np.testing.assert_allclose(outs[0][key], outs[1][key], rtol=1e-6, atol=1e-7)
+
+
+def test_unroll_setting_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv("KERAS_DYART_UNROLL", "sometimes")
+    with pytest.raises(ValueError, match="KERAS_DYART_UNROLL"):
+        dyart_backend.unroll_loops()

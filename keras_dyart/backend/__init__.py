@@ -52,6 +52,10 @@ def unroll_loops():
         return False
     if env in ("1", "true", "yes"):
         return True
+    if env:
+        raise ValueError(
+            f"KERAS_DYART_UNROLL must be 0 or 1 (or unset for the backend's choice); got "
+            f"{os.environ['KERAS_DYART_UNROLL']!r}.")
     return current().unroll_loops()
 
 
