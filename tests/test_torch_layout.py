@@ -1,0 +1,75 @@
+"""PyTorch only: the layout fast path (`keras_dyart.backend.torch.fast_layout`) gives exactly
+Keras's numbers, forward and input gradient, for every layer that goes through Keras's NHWC →
+NCHW helper, and restores Keras's helper afterwards."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from keras_dyart import architectures
+from tests.conftest import BACKEND
+
+pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's layout fast path")
+
+
+def _every_spatial_layer():
+    inputs = keras.Input((12, 12, 3))
+    h = layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    h = layers.MaxPooling2D(3, strides=2, padding="same")(h)
+    h = layers.DepthwiseConv2D(3, padding="valid")(h)
+    h = layers.SeparableConv2D(6, 3, strides=2, padding="same")(h)
+    h = layers.Conv2DTranspose(4, 3, strides=2)(h)
+    h = layers.AveragePooling2D(2)(h)
+    h = layers.Conv1D(5, 2)(layers.Reshape((-1, 4))(h))
+    h = layers.MaxPooling1D(2)(h)
+    outputs = layers.Dense(3)(layers.Flatten()(h))
+    return keras.Model(inputs, outputs)
+
+
+MODELS = {
+    "small-cnn": lambda: architectures.small_cnn(input_shape=(14, 14, 1)),
+    "wrn-10-1": lambda: architectures.wide_resnet(depth=10, width=1, input_shape=(16, 16, 3)),
+    "preact-resnet": lambda: architectures.preact_resnet(blocks=(1, 1), width=8,
+                                                         input_shape=(16, 16, 3)),
+    "every-spatial-layer": _every_spatial_layer,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fast_layout_is_exact(name):
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+
+    model = MODELS[name]()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(4,) + tuple(model.input_shape[1:])).astype("float32")
+
+    def forward_and_grad():
+        z = torch.as_tensor(x).requires_grad_(True)
+        out = model(z, training=False)
+        (g,) = torch.autograd.grad((out * torch.arange(out.shape[-1])).sum(), z)
+        return out.detach().numpy(), g.numpy()
+
+    keras_out, keras_grad = forward_and_grad()
+    with torch_backend.fast_layout():
+        fast_out, fast_grad = forward_and_grad()
+    np.testing.assert_array_equal(fast_out, keras_out)
+    np.testing.assert_array_equal(fast_grad, keras_grad)
+
+
+def test_fast_layout_restores_keras_helper_on_error():
+    from keras.src.backend.torch import nn as keras_torch_nn
+
+    from keras_dyart.backend import torch as torch_backend
+
+    before = keras_torch_nn._transpose_spatial_inputs
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_backend.fast_layout():
+            assert keras_torch_nn._transpose_spatial_inputs is not before
+            with torch_backend.fast_layout():   # nested: the outer block restores
+                pass
+            assert keras_torch_nn._transpose_spatial_inputs is not before
+            raise RuntimeError("inside")
+    assert keras_torch_nn._transpose_spatial_inputs is before
