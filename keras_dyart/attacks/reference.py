@@ -43,15 +43,19 @@ def torchattacks_autoattack(model, x, y, eps, *, norm="linf", seed=0):
     x = _checks.images(x)
     y = _checks.labels(y, len(x))
 
+    from keras_dyart.backend.torch import fast_layout
+
     class NCHW(torch.nn.Module):
-        """torchattacks feeds NCHW images; the Keras model takes NHWC."""
+        """torchattacks feeds NCHW images; the Keras model takes NHWC.  The model runs with
+        the same layout fast path as our attacks, so that timings compare the attacks."""
 
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, z):
-            return self.inner(z.permute(0, 2, 3, 1), training=False)
+            with fast_layout():
+                return self.inner(z.permute(0, 2, 3, 1), training=False)
 
     net = NCHW(model).eval()
     attack = torchattacks.AutoAttack(net, norm="Linf" if norm == "linf" else "L2", eps=eps,
