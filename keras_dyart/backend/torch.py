@@ -64,7 +64,9 @@ def robust_train_step(model, parent_step, data):
 
 def compile_model_fn(model, fn, jit=False):
     def run(*args):
-        with fast_layout():
+        # No autograd graph outside our own input gradients (`value_and_grad` re-enables
+        # it): a graph kept alive by a loop carry holds every intermediate activation.
+        with torch.no_grad(), fast_layout():
             return fn(lambda z: model(z, training=False), *args)
 
     return run

@@ -1,6 +1,7 @@
 """PyTorch only: the layout fast path (`keras_dyart.backend.torch.fast_layout`) gives exactly
 Keras's numbers, forward and input gradient, for every layer that goes through Keras's NHWC →
-NCHW helper, and restores Keras's helper afterwards."""
+NCHW helper, and restores Keras's helper afterwards; compiled model functions (the attacks)
+build no autograd graph beyond their own input gradients."""
 
 import keras
 import numpy as np
@@ -10,7 +11,7 @@ from keras import layers
 from keras_dyart import architectures
 from tests.conftest import BACKEND
 
-pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's layout fast path")
+pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch backend only")
 
 
 def _every_spatial_layer():
@@ -73,3 +74,24 @@ def test_fast_layout_restores_keras_helper_on_error():
             assert keras_torch_nn._transpose_spatial_inputs is not before
             raise RuntimeError("inside")
     assert keras_torch_nn._transpose_spatial_inputs is before
+
+
+def test_compiled_model_functions_keep_no_graph():
+    """A graph kept alive by an attack's loop carry held every activation of every query
+    (Square on 256 points peaked at 13 GB); outputs must not require grad, while input
+    gradients inside still work."""
+    from keras_dyart import backend as dyart_backend
+    from keras_dyart.margins import soft_margin
+
+    model = MODELS["small-cnn"]()
+    x = np.random.default_rng(0).uniform(size=(3, 14, 14, 1)).astype("float32")
+    y = np.array([0, 1, 2], "int32")
+
+    def fn(logits_fn, xb, yb):
+        phi, grad = dyart_backend.value_and_grad(
+            lambda z: soft_margin(logits_fn(z), yb), xb)
+        return logits_fn(xb), phi, grad
+
+    logits, phi, grad = dyart_backend.compile_model_fn(model, fn, True)(x, y)
+    assert not logits.requires_grad and not phi.requires_grad
+    assert float(abs(grad).sum()) > 0
