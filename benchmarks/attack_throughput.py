@@ -7,6 +7,8 @@ same points (an independent implementation) with its accuracy and time.
 
 Prints a Markdown table and writes it to ``benchmarks/results/attack_throughput_<backend>.md``
 (``--out`` to change).  Run one backend at a time on an otherwise idle machine.
+``--reference-only`` (torch) runs and prints only torchattacks, to time it beside a
+``keras-dyart evaluate`` run of ours on the same points.
 """
 
 import argparse
@@ -22,6 +24,16 @@ from keras_dyart.attacks.reference import torchattacks_autoattack
 from keras_dyart.evaluation import evaluate
 
 
+def _reference(model, x, y, epsilons):
+    """torchattacks' AutoAttack per radius: (robust accuracies, seconds)."""
+    accs, seconds = [], []
+    for e in epsilons:
+        acc, _, s = torchattacks_autoattack(model, x, y, e)
+        accs.append(acc)
+        seconds.append(s)
+    return accs, seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help=".keras file of a logits model (or a method model)")
@@ -31,6 +43,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--no-reference", action="store_true",
                         help="skip torchattacks on the torch backend")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="run only torchattacks (torch backend), e.g. beside a "
+                             "`keras-dyart evaluate` run of ours on the same points")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     epsilons = args.eps or [0.1, 0.2, 0.3]
@@ -40,6 +55,17 @@ def main():
     x, y = x[:args.n], y[:args.n]
     model = keras.saving.load_model(args.model, compile=False)
     model = getattr(model, "classifier", model)
+
+    if args.reference_only:
+        if backend != "torch":
+            parser.error("--reference-only needs KERAS_BACKEND=torch (torchattacks)")
+        print(f"torchattacks 3.5.1 AutoAttack standard (L∞) on {args.n} {args.dataset} "
+              f"test points, model {os.path.basename(args.model)}:")
+        accs, seconds = _reference(model, x, y, epsilons)
+        for e, acc, s in zip(epsilons, accs, seconds):
+            print(f"  eps {e:g}: robust accuracy {100 * acc:.1f} % in {s:.0f} s")
+        print(f"  total {sum(seconds):.0f} s")
+        return
 
     t0 = time.perf_counter()
     report = evaluate(model, x, y, "autoattack", epsilons, batch_size=args.batch_size)
@@ -54,13 +80,9 @@ def main():
              "| keras-dyart | " + " | ".join(f"{100 * report.robust_accuracy[e]:.1f} %"
                                             for e in epsilons) + f" | {total:.0f} |"]
     if backend == "torch" and not args.no_reference:
-        accs, seconds = [], 0.0
-        for e in epsilons:
-            acc, _, s = torchattacks_autoattack(model, x, y, e)
-            accs.append(acc)
-            seconds += s
+        accs, seconds = _reference(model, x, y, epsilons)
         lines.append("| torchattacks 3.5.1 | " + " | ".join(f"{100 * a:.1f} %" for a in accs)
-                     + f" | {seconds:.0f} |")
+                     + f" | {sum(seconds):.0f} |")
     lines += ["", "Per component (keras-dyart; each runs only on the points still robust, "
               "over all radii; FAB-T once for every radius):", "",
               "| component | seconds | points attacked | points per second |", "|---|---|---|---|"]
