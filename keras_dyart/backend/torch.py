@@ -6,9 +6,10 @@ copy them with ``.contiguous()``; the convolution then copies them back to PyTor
 their backward: a third of the small CNN's input-gradient time on CPU and half of a DyART
 step's.  While this module runs a train step, an input gradient or a compiled model
 function, 4-D inputs are only permuted (a view: an NHWC-contiguous tensor viewed as NCHW *is*
-``channels_last``), which PyTorch's convolution and pooling kernels take as they are.  The numbers are bit-for-bit those of Keras's path
-(tested); only the copies go.  Small CNN, batch 128, 2 cores: the input-gradient pass drops
-from 27 ms to 18 ms and a DyART step from 1.22 s to 0.64 s.
+``channels_last``), which PyTorch's convolution and pooling kernels take as they are.  The
+numbers are bit-for-bit those of Keras's path (tested); only the copies go.  Small CNN, batch
+128, 2 cores: the input-gradient pass drops from 27 ms to 18 ms and a DyART step from 1.22 s
+to 0.64 s.
 """
 
 import contextlib
