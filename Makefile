@@ -15,7 +15,7 @@ $(BIN)/python:
 # and pip never pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[all,dev,docs]"
+	$(BIN)/pip install -q -e ".[all,dev,docs,keras-cv]"
 	# The independent AutoAttack of the parity test; --no-deps keeps pip from pulling
 	# torchvision (its other needs, scipy, tqdm and requests, come with the dev extra).
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
