@@ -49,6 +49,9 @@ from keras import ops
 
 from keras_dyart import _checks, io
 
+#: How weight decay is applied: Keras's decoupled form or PyTorch SGD's coupled one.
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
+
 #: Variable names that get no weight decay: biases and normalisation scales and offsets.
 NO_DECAY = ("bias", "gamma", "beta")
 
@@ -95,14 +98,17 @@ class AveragingSGD(keras.optimizers.SGD):
     `averaged_model`, which takes them from the raw model, as the recipe does.  Unlike
     Keras's ``use_ema``, the model keeps its raw weights at the end of ``fit``.
 
-    Weight decay is Keras's decoupled form (``w ← w − lr·wd·w``), not applied to variables
-    whose name matches one of ``no_decay``.  With momentum m, PyTorch's coupled weight decay
-    ``wd`` acts roughly like a decoupled one of ``wd / (1 − m)``.
+    Weight decay is not applied to variables whose name matches one of ``no_decay``.  With
+    ``weight_decay_mode="decoupled"`` (the default) it is Keras's form, ``w ← w − lr·wd·w``
+    before the step.  With ``"coupled"`` it is PyTorch's ``SGD(weight_decay=wd)``: ``wd·w``
+    is added to the (clipped) gradient, so momentum m amplifies it by about 1/(1 − m) and the
+    clipping does not bound it, as in the reference code.
 
     Args:
         learning_rate: a float or a schedule (`cosine_schedule`).
         momentum, nesterov: as `keras.optimizers.SGD` (defaults 0.9, True).
-        weight_decay: decoupled weight decay (default 5e-4).
+        weight_decay: weight decay (default 5e-4).
+        weight_decay_mode: ``"decoupled"`` (Keras, default) or ``"coupled"`` (PyTorch).
         global_clipnorm: clip the global gradient norm (default 0.1; None for none).
         ema_tau: the EMA's τ (default 0.995).
         ema_warmup_steps: steps during which the average just copies the weights.
@@ -111,9 +117,12 @@ class AveragingSGD(keras.optimizers.SGD):
 
     def __init__(self, learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                  global_clipnorm=0.1, ema_tau=0.995, ema_warmup_steps=0, no_decay=NO_DECAY,
-                 name="averaging_sgd", **kwargs):
+                 weight_decay_mode="decoupled", name="averaging_sgd", **kwargs):
         for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
             kwargs.pop(key, None)
+        if weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}; got "
+                             f"{weight_decay_mode!r}.")
         ema_tau = _checks.in_range(ema_tau, "ema_tau", 0.0, 1.0)
         ema_warmup_steps = _checks.positive(ema_warmup_steps, "ema_warmup_steps",
                                             integer=True, allow_zero=True)
@@ -121,6 +130,7 @@ class AveragingSGD(keras.optimizers.SGD):
                          weight_decay=weight_decay or None, global_clipnorm=global_clipnorm,
                          use_ema=True, ema_momentum=ema_tau, name=name, **kwargs)
         self.ema_tau, self.ema_warmup_steps = ema_tau, ema_warmup_steps
+        self.weight_decay_mode = weight_decay_mode
         self.no_decay = tuple(no_decay or ())
         if self.no_decay:
             self.exclude_from_weight_decay(var_names=list(self.no_decay))
@@ -140,6 +150,19 @@ class AveragingSGD(keras.optimizers.SGD):
                 d = ops.cast(decay, var.dtype)
                 average.assign(d * average + (1.0 - d) * var)
 
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay_mode == "decoupled":
+            super()._apply_weight_decay(variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Every backend's `apply` clips, calls `_apply_weight_decay`, then this: the coupled
+        # term joins the gradient after clipping, as in PyTorch's SGD step.
+        if self.weight_decay_mode == "coupled" and self.weight_decay:
+            grads = [g if g is None or not self._use_weight_decay(v)
+                     else g + ops.cast(self.weight_decay, g.dtype) * v
+                     for g, v in zip(grads, trainable_variables)]
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+
     def finalize_variable_values(self, var_list):
         """Keep the raw weights at the end of ``fit`` (see `averaged_model`)."""
 
@@ -156,7 +179,8 @@ class AveragingSGD(keras.optimizers.SGD):
         for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
             config.pop(key, None)
         config.update({"ema_tau": self.ema_tau, "ema_warmup_steps": self.ema_warmup_steps,
-                       "no_decay": list(self.no_decay)})
+                       "no_decay": list(self.no_decay),
+                       "weight_decay_mode": self.weight_decay_mode})
         return config
 
 
@@ -165,7 +189,7 @@ SCHEDULES = ("cosine", "constant", "step")
 
 def build_optimizer(total_steps, learning_rate=0.1, momentum=0.9, nesterov=True,
                     weight_decay=5e-4, global_clipnorm=0.1, lr_warmup=0.025, ema_tau=0.995,
-                    ema_warmup=0.025, schedule="cosine"):
+                    ema_warmup=0.025, schedule="cosine", weight_decay_mode="decoupled"):
     """The recipe's optimizer for a run of ``total_steps`` optimizer steps.
 
     SGD with Nesterov momentum 0.9, peak learning rate 0.1 on a cosine schedule with linear
@@ -174,7 +198,8 @@ def build_optimizer(total_steps, learning_rate=0.1, momentum=0.9, nesterov=True,
     weights with τ = 0.995 after a warm-up of ``ema_warmup`` (2.5 %) of the steps.
     ``schedule="constant"`` keeps the learning rate fixed instead (no warm-up);
     ``schedule="step"`` divides it by 10 after half and after three quarters of the steps
-    (the GroupNorm recipe).  Returns an `AveragingSGD`.
+    (the GroupNorm recipe).  ``weight_decay_mode="coupled"`` applies the decay as
+    PyTorch's SGD does (see `AveragingSGD`).  Returns an `AveragingSGD`.
     """
     total_steps = _checks.positive(total_steps, "total_steps", integer=True)
     if schedule not in SCHEDULES:
@@ -191,7 +216,8 @@ def build_optimizer(total_steps, learning_rate=0.1, momentum=0.9, nesterov=True,
     return AveragingSGD(
         lr, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, global_clipnorm=global_clipnorm,
-        ema_tau=ema_tau, ema_warmup_steps=int(round(ema_warmup * total_steps)))
+        ema_tau=ema_tau, ema_warmup_steps=int(round(ema_warmup * total_steps)),
+        weight_decay_mode=weight_decay_mode)
 
 
 def _clone(classifier):

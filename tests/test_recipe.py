@@ -68,6 +68,50 @@ def test_weight_decay_skips_biases_and_clipnorm_clips():
     np.testing.assert_allclose(np.sqrt((step ** 2).sum()), 0.5 * 1.0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_coupled_weight_decay_is_pytorch_sgd(nesterov):
+    # The oracle is PyTorch itself (installed for every backend's suite): clip_grad_norm_
+    # then SGD(momentum, weight_decay) with the bias in a group without decay.
+    torch = pytest.importorskip("torch")
+    rng = np.random.RandomState(0)
+    k0 = rng.normal(size=(3, 4)).astype("float32")
+    b0 = rng.normal(size=(4,)).astype("float32")
+    grads = [(rng.normal(size=(3, 4)).astype("float32") * s,
+              rng.normal(size=(4,)).astype("float32") * s) for s in (5.0, 0.01, 3.0, 0.2, 1.0)]
+    kernel, bias = keras.Variable(k0, name="kernel"), keras.Variable(b0, name="bias")
+    opt = recipe.AveragingSGD(0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.05,
+                              global_clipnorm=0.5, weight_decay_mode="coupled")
+    tk, tb = torch.tensor(k0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+    ref = torch.optim.SGD([{"params": [tk], "weight_decay": 0.05},
+                           {"params": [tb], "weight_decay": 0.0}],
+                          lr=0.05, momentum=0.9, nesterov=nesterov)
+    for gk, gb in grads:
+        opt.apply([ops.convert_to_tensor(gk), ops.convert_to_tensor(gb)], [kernel, bias])
+        tk.grad, tb.grad = torch.tensor(gk), torch.tensor(gb)
+        torch.nn.utils.clip_grad_norm_([tk, tb], 0.5)
+        ref.step()
+    np.testing.assert_allclose(ops.convert_to_numpy(kernel), tk.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(bias), tb.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    # ...and it differs from the decoupled form by more than rounding
+    kernel2 = keras.Variable(k0, name="kernel")
+    dec = recipe.AveragingSGD(0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.05,
+                              global_clipnorm=0.5)
+    for gk, _ in grads:
+        dec.apply([ops.convert_to_tensor(gk)], [kernel2])
+    assert np.abs(ops.convert_to_numpy(kernel2) - tk.detach().numpy()).max() > 1e-3
+
+
+def test_weight_decay_mode_round_trips_and_is_checked():
+    opt = recipe.build_optimizer(10, weight_decay_mode="coupled")
+    clone = recipe.AveragingSGD.from_config(opt.get_config())
+    assert clone.weight_decay_mode == "coupled"
+    assert recipe.AveragingSGD().weight_decay_mode == "decoupled"
+    with pytest.raises(ValueError, match="weight_decay_mode"):
+        recipe.AveragingSGD(weight_decay_mode="pytorch")
+
+
 def bn_classifier(d=6, k=3):
     inputs = keras.Input((d,))
     h = keras.layers.Dense(8)(inputs)
