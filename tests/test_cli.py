@@ -47,6 +47,8 @@ def test_train_writes_run_directory(tmp_path):
     (["--kl-beta", "-1"], "--kl-beta"), (["--clean-weight", "2"], "--clean-weight"),
     (["--init", "missing.keras"], "--init"), (["--resume"], "--resume"),
     (["--ema-tau", "1.5"], "--ema-tau"), (["--schedule", "linear"], "--schedule"),
+    (["--weight-decay-mode", "adamw"], "--weight-decay-mode"),
+    (["--weight-decay", "-1"], "--weight-decay"), (["--clipnorm", "-1"], "--clipnorm"),
 ])
 def test_train_rejects_bad_options(args, word):
     result = runner.invoke(app, ["train", *args])
