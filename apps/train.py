@@ -412,9 +412,9 @@ def train(
             typer.echo(f"clean burn-in: {burn_in} epochs ({backend})")
             classifier.compile(
                 # not clipped: clipping slows clean training; only the robust term needs it
-                optimizer=recipe.AveragingSGD(
-                    lr, momentum=momentum, nesterov=True, weight_decay=weight_decay,
-                    weight_decay_mode=weight_decay_mode, global_clipnorm=None),
+                optimizer=recipe.DecaySGD(lr, momentum=momentum, nesterov=True,
+                                          weight_decay=weight_decay,
+                                          weight_decay_mode=weight_decay_mode),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
             burn_data = batches_for(seed + 1, with_extra=False)

@@ -2,13 +2,16 @@
 
 - `cosine_schedule`: cosine decay with linear warm-up
   (`keras.optimizers.schedules.CosineDecay` with ``warmup_target``).
-- `AveragingSGD`: SGD with Nesterov momentum, weight decay that skips biases and
-  normalisation parameters (`exclude_from_weight_decay`), ``global_clipnorm`` and an
+- `DecaySGD`: SGD with Nesterov momentum and weight decay that skips biases and
+  normalisation parameters (`exclude_from_weight_decay`), in Keras's decoupled form or
+  PyTorch's coupled one.
+- `AveragingSGD`: `DecaySGD` with ``global_clipnorm`` and an
   exponential moving average (EMA) of the weights with the recipe's decay warm-up.  The
   averages are optimizer variables, so ``model.save``, ``save_weights`` and
   `AtomicBackupAndRestore` keep them, and they are updated inside the compiled
   train step on every backend.
-- `build_optimizer`: the two above with the recipe's defaults, from a step budget.
+- `build_optimizer`: an `AveragingSGD` with the recipe's defaults (and schedule), from a
+  step budget.
 - `averaged_model`: the classifier with the averaged weights and the raw model's
   BatchNorm statistics, ready for evaluation or saving.
 - `AveragedCheckpoint`: a callback that evaluates the averaged model with PGD (CW loss)
@@ -89,20 +92,67 @@ def ema_decay(step, tau=0.995, warmup_steps=0):
 
 
 @keras.saving.register_keras_serializable(package="keras_dyart")
-class AveragingSGD(keras.optimizers.SGD):
-    """SGD (Nesterov by default) that also keeps an EMA of the weights.
-
-    After each update the average moves as ``avg ← d·avg + (1 − d)·w`` with
-    ``d = ema_decay(t, ema_tau, ema_warmup_steps)`` (`ema_decay`); it starts equal to the
-    weights.  Non-trainable variables (BatchNorm statistics) are not averaged: use
-    `averaged_model`, which takes them from the raw model, as the recipe does.  Unlike
-    Keras's ``use_ema``, the model keeps its raw weights at the end of ``fit``.
+class DecaySGD(keras.optimizers.SGD):
+    """SGD (Nesterov by default) whose weight decay skips names and follows Keras or PyTorch.
 
     Weight decay is not applied to variables whose name matches one of ``no_decay``.  With
     ``weight_decay_mode="decoupled"`` (the default) it is Keras's form, ``w ← w − lr·wd·w``
     before the step.  With ``"coupled"`` it is PyTorch's ``SGD(weight_decay=wd)``: ``wd·w``
     is added to the (clipped) gradient, so momentum m amplifies it by about 1/(1 − m) and the
     clipping does not bound it, as in the reference code.
+
+    Args:
+        learning_rate: a float or a schedule (`cosine_schedule`).
+        momentum, nesterov: as `keras.optimizers.SGD` (defaults 0.9, True).
+        weight_decay: weight decay (default 5e-4).
+        weight_decay_mode: ``"decoupled"`` (Keras, default) or ``"coupled"`` (PyTorch).
+        no_decay: variable-name patterns excluded from weight decay.
+        **kwargs: other `keras.optimizers.SGD` arguments (``global_clipnorm``, ...).
+    """
+
+    def __init__(self, learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                 no_decay=NO_DECAY, weight_decay_mode="decoupled", name="decay_sgd",
+                 **kwargs):
+        if weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}; got "
+                             f"{weight_decay_mode!r}.")
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay or None, name=name, **kwargs)
+        self.weight_decay_mode = weight_decay_mode
+        self.no_decay = tuple(no_decay or ())
+        if self.no_decay:
+            self.exclude_from_weight_decay(var_names=list(self.no_decay))
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay_mode == "decoupled":
+            super()._apply_weight_decay(variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Every backend's `apply` clips, calls `_apply_weight_decay`, then this: the coupled
+        # term joins the gradient after clipping, as in PyTorch's SGD step.
+        if self.weight_decay_mode == "coupled" and self.weight_decay:
+            grads = [g if g is None or not self._use_weight_decay(v)
+                     else g + ops.cast(self.weight_decay, g.dtype) * v
+                     for g, v in zip(grads, trainable_variables)]
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"no_decay": list(self.no_decay),
+                       "weight_decay_mode": self.weight_decay_mode})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dyart")
+class AveragingSGD(DecaySGD):
+    """`DecaySGD` that also keeps an EMA of the weights.
+
+    After each update the average moves as ``avg ← d·avg + (1 − d)·w`` with
+    ``d = ema_decay(t, ema_tau, ema_warmup_steps)`` (`ema_decay`); it starts equal to the
+    weights.  Non-trainable variables (BatchNorm statistics) are not averaged: use
+    `averaged_model`, which takes them from the raw model, as the recipe does.  Unlike
+    Keras's ``use_ema``, the model keeps its raw weights at the end of ``fit``.  Weight
+    decay (``weight_decay``, ``weight_decay_mode``, ``no_decay``) is `DecaySGD`'s.
 
     Args:
         learning_rate: a float or a schedule (`cosine_schedule`).
@@ -120,20 +170,14 @@ class AveragingSGD(keras.optimizers.SGD):
                  weight_decay_mode="decoupled", name="averaging_sgd", **kwargs):
         for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
             kwargs.pop(key, None)
-        if weight_decay_mode not in WEIGHT_DECAY_MODES:
-            raise ValueError(f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}; got "
-                             f"{weight_decay_mode!r}.")
         ema_tau = _checks.in_range(ema_tau, "ema_tau", 0.0, 1.0)
         ema_warmup_steps = _checks.positive(ema_warmup_steps, "ema_warmup_steps",
                                             integer=True, allow_zero=True)
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay or None, global_clipnorm=global_clipnorm,
+                         weight_decay=weight_decay, no_decay=no_decay,
+                         weight_decay_mode=weight_decay_mode, global_clipnorm=global_clipnorm,
                          use_ema=True, ema_momentum=ema_tau, name=name, **kwargs)
         self.ema_tau, self.ema_warmup_steps = ema_tau, ema_warmup_steps
-        self.weight_decay_mode = weight_decay_mode
-        self.no_decay = tuple(no_decay or ())
-        if self.no_decay:
-            self.exclude_from_weight_decay(var_names=list(self.no_decay))
 
     def build(self, variables):
         if self.built:
@@ -150,19 +194,6 @@ class AveragingSGD(keras.optimizers.SGD):
                 d = ops.cast(decay, var.dtype)
                 average.assign(d * average + (1.0 - d) * var)
 
-    def _apply_weight_decay(self, variables):
-        if self.weight_decay_mode == "decoupled":
-            super()._apply_weight_decay(variables)
-
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # Every backend's `apply` clips, calls `_apply_weight_decay`, then this: the coupled
-        # term joins the gradient after clipping, as in PyTorch's SGD step.
-        if self.weight_decay_mode == "coupled" and self.weight_decay:
-            grads = [g if g is None or not self._use_weight_decay(v)
-                     else g + ops.cast(self.weight_decay, g.dtype) * v
-                     for g, v in zip(grads, trainable_variables)]
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
-
     def finalize_variable_values(self, var_list):
         """Keep the raw weights at the end of ``fit`` (see `averaged_model`)."""
 
@@ -178,9 +209,7 @@ class AveragingSGD(keras.optimizers.SGD):
         config = super().get_config()
         for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
             config.pop(key, None)
-        config.update({"ema_tau": self.ema_tau, "ema_warmup_steps": self.ema_warmup_steps,
-                       "no_decay": list(self.no_decay),
-                       "weight_decay_mode": self.weight_decay_mode})
+        config.update({"ema_tau": self.ema_tau, "ema_warmup_steps": self.ema_warmup_steps})
         return config
 
 

@@ -68,8 +68,9 @@ def test_weight_decay_skips_biases_and_clipnorm_clips():
     np.testing.assert_allclose(np.sqrt((step ** 2).sum()), 0.5 * 1.0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("cls", [recipe.DecaySGD, recipe.AveragingSGD])
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_coupled_weight_decay_is_pytorch_sgd(nesterov):
+def test_coupled_weight_decay_is_pytorch_sgd(nesterov, cls):
     # The oracle is PyTorch itself (installed for every backend's suite): clip_grad_norm_
     # then SGD(momentum, weight_decay) with the bias in a group without decay.
     torch = pytest.importorskip("torch")
@@ -79,8 +80,8 @@ def test_coupled_weight_decay_is_pytorch_sgd(nesterov):
     grads = [(rng.normal(size=(3, 4)).astype("float32") * s,
               rng.normal(size=(4,)).astype("float32") * s) for s in (5.0, 0.01, 3.0, 0.2, 1.0)]
     kernel, bias = keras.Variable(k0, name="kernel"), keras.Variable(b0, name="bias")
-    opt = recipe.AveragingSGD(0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.05,
-                              global_clipnorm=0.5, weight_decay_mode="coupled")
+    opt = cls(0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.05, global_clipnorm=0.5,
+              weight_decay_mode="coupled")
     tk, tb = torch.tensor(k0, requires_grad=True), torch.tensor(b0, requires_grad=True)
     ref = torch.optim.SGD([{"params": [tk], "weight_decay": 0.05},
                            {"params": [tb], "weight_decay": 0.0}],
@@ -96,8 +97,7 @@ def test_coupled_weight_decay_is_pytorch_sgd(nesterov):
                                rtol=1e-5, atol=1e-6)
     # ...and it differs from the decoupled form by more than rounding
     kernel2 = keras.Variable(k0, name="kernel")
-    dec = recipe.AveragingSGD(0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.05,
-                              global_clipnorm=0.5)
+    dec = cls(0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.05, global_clipnorm=0.5)
     for gk, _ in grads:
         dec.apply([ops.convert_to_tensor(gk)], [kernel2])
     assert np.abs(ops.convert_to_numpy(kernel2) - tk.detach().numpy()).max() > 1e-3
@@ -108,8 +108,14 @@ def test_weight_decay_mode_round_trips_and_is_checked():
     clone = recipe.AveragingSGD.from_config(opt.get_config())
     assert clone.weight_decay_mode == "coupled"
     assert recipe.AveragingSGD().weight_decay_mode == "decoupled"
-    with pytest.raises(ValueError, match="weight_decay_mode"):
-        recipe.AveragingSGD(weight_decay_mode="pytorch")
+    plain = recipe.DecaySGD(0.05, weight_decay=1e-3, weight_decay_mode="coupled",
+                            no_decay=("bias",))
+    plain_clone = recipe.DecaySGD.from_config(plain.get_config())
+    assert (plain_clone.weight_decay_mode, plain_clone.no_decay) == ("coupled", ("bias",))
+    assert not plain_clone.use_ema
+    for cls in (recipe.DecaySGD, recipe.AveragingSGD):
+        with pytest.raises(ValueError, match="weight_decay_mode"):
+            cls(weight_decay_mode="pytorch")
 
 
 def bn_classifier(d=6, k=3):
