@@ -46,7 +46,7 @@ def lp_norm(x, p):
     """Per-row norm of a batch: ``p`` is ``"linf"``, ``"l1"`` or ``"l2"``."""
     v = flat(x)
     if p == "linf":
-        return ops.max(ops.abs(v), axis=-1)
+        return ops.amax(ops.abs(v), axis=-1)
     if p == "l1":
         return ops.sum(ops.abs(v), axis=-1)
     if p == "l2":
