@@ -15,6 +15,10 @@ The refinement (on by default) runs a few Illinois (safeguarded secant) steps on
 segment from x to the best point, so that the returned point lies on φ = 0 to tolerance rather
 than the overshoot's ~0.5 % past it.  It costs a few forward passes and no gradients.
 
+Everything between two network passes (record, step back, projection, mix) is one function,
+`_fab_update`, which the backend may compile into fused kernels (`keras_dyart.backend.fuse`):
+op by op it is some 80 passes through memory per iteration.
+
 Everything is batched with static shapes; points that are not searched are carried along and
 masked out at the end.
 """
@@ -92,6 +96,35 @@ def _refine(value, x, x_far, phi_x, phi_far, steps):
     return ops.where(take_lo, lo, hi), ops.where(take_lo, v_lo, v_hi)
 
 
+def _record(z, phi, x0, best, best_r, best_phi, norm):
+    """Keep ``z`` as the best point of a row where φ(z) < 0 and it is closer to ``x0``."""
+    r = lp_norm(z - x0, norm)
+    better = (phi < 0) & (r < best_r)
+    return (ops.where(better[:, None], z, best), ops.where(better, r, best_r),
+            ops.where(better, phi, best_phi))
+
+
+def _fab_update(x1, phi1, g1, x0, best, best_r, best_phi, *, norm, overshoot, alpha_max,
+                step_back):
+    """One FAB iteration after its value-and-gradient: record x1, step back where φ < 0,
+    project x1 and x0 onto the linearisation's hyperplane, mix.  Elementwise work only (see
+    `keras_dyart.backend.fuse`); returns ``(x1_next, best, best_r, best_phi)``."""
+    n = ops.shape(x0)[0]
+    best, best_r, best_phi = _record(x1, phi1, x0, best, best_r, best_phi, norm)
+    x1b = ops.where((phi1 < 0)[:, None], x0 + step_back * (x1 - x0), x1)
+    c = ops.sum(g1 * x1, axis=-1) - phi1
+    # Both points onto the same hyperplane in one batched projection (half the dispatched
+    # ops of two calls; every row is independent, so the same result).
+    d12 = project_to_hyperplane(ops.concatenate([x1b, x0], axis=0),
+                                ops.concatenate([g1, g1], axis=0),
+                                ops.concatenate([c, c], axis=0), norm)
+    n12 = lp_norm(d12, norm)
+    d1, d2, n1, n2 = d12[:n], d12[n:], n12[:n], n12[n:]
+    a = ops.clip(n1 / ops.maximum(n1 + n2, _TINY), 0.0, alpha_max)[:, None]
+    x1 = ops.clip((x1b + overshoot * d1) * (1 - a) + (x0 + overshoot * d2) * a, 0.0, 1.0)
+    return x1, best, best_r, best_phi
+
+
 def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
                          overshoot=1.05, alpha_max=0.1, step_back=0.9, random_start=False,
                          eps_fab=8 / 255, restarts=1, refine=True, refine_steps=4,
@@ -138,11 +171,9 @@ def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
     def dist(z):
         return lp_norm(z - x0, p)
 
-    def record(z, phi, best, best_r, best_phi):
-        r = dist(z)
-        better = (phi < 0) & (r < best_r)
-        return (ops.where(better[:, None], z, best), ops.where(better, r, best_r),
-                ops.where(better, phi, best_phi))
+    update = dyart_backend.fuse(_fab_update)
+    settings = dict(norm=p, overshoot=float(overshoot), alpha_max=float(alpha_max),
+                    step_back=float(step_back))
 
     def one_run(x1, phi_x, best, best_r, best_phi, capture_phi_x):
         def body(i, carry):
@@ -150,24 +181,13 @@ def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
             phi1, g1 = vg(x1)
             if capture_phi_x:
                 phi_x = ops.where(i == 0, phi1, phi_x)
-            best, best_r, best_phi = record(x1, phi1, best, best_r, best_phi)
-            x1b = ops.where((phi1 < 0)[:, None], x0 + step_back * (x1 - x0), x1)
-            c = ops.sum(g1 * x1, axis=-1) - phi1
-            # Both points onto the same hyperplane in one batched projection (half the
-            # dispatched ops of two calls; every row is independent, so the same result).
-            d12 = project_to_hyperplane(ops.concatenate([x1b, x0], axis=0),
-                                        ops.concatenate([g1, g1], axis=0),
-                                        ops.concatenate([c, c], axis=0), p)
-            d1, d2 = d12[:n], d12[n:]
-            n1, n2 = lp_norm(d1, p), lp_norm(d2, p)
-            a = ops.clip(n1 / ops.maximum(n1 + n2, _TINY), 0.0, alpha_max)[:, None]
-            x1 = ops.clip((x1b + overshoot * d1) * (1 - a) + (x0 + overshoot * d2) * a,
-                          0.0, 1.0)
+            x1, best, best_r, best_phi = update(x1, phi1, g1, x0, best, best_r, best_phi,
+                                                **settings)
             return x1, phi_x, best, best_r, best_phi
 
         carry = dyart_backend.fori_loop(0, n_iter, body, (x1, phi_x, best, best_r, best_phi))
         x1, phi_x, best, best_r, best_phi = carry
-        best, best_r, best_phi = record(x1, val(x1), best, best_r, best_phi)
+        best, best_r, best_phi = _record(x1, val(x1), x0, best, best_r, best_phi, p)
         return phi_x, best, best_r, best_phi
 
     best = x0

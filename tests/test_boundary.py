@@ -137,3 +137,39 @@ def test_unroll_setting_rejects_unknown_values(monkeypatch):
     monkeypatch.setenv("KERAS_DYART_UNROLL", "sometimes")
     with pytest.raises(ValueError, match="KERAS_DYART_UNROLL"):
         dyart_backend.unroll_loops()
+
+
+def _update_inputs(seed=0, n=40, d=300):
+    rng = np.random.RandomState(seed)
+    x0 = rng.rand(n, d).astype("float32")
+    x0[:, :30] = np.round(x0[:, :30])                       # pixels on the box faces
+    x1 = np.clip(x0 + rng.uniform(-0.05, 0.05, (n, d)), 0, 1).astype("float32")
+    g1 = rng.randn(n, d).astype("float32")
+    g1[:, 30:60] = 0.0                                       # coordinates φ ignores
+    phi1 = rng.uniform(-1, 1, n).astype("float32")
+    phi1[:4] = 1e3                                           # hyperplanes the box cannot meet
+    best = x0.copy()
+    best_r = np.where(rng.rand(n) < 0.5, np.inf, 0.03).astype("float32")
+    best_phi = np.zeros(n, "float32")
+    return x1, phi1, g1, x0, best, best_r, best_phi
+
+
+@pytest.mark.skipif(dyart_backend.current().__name__.endswith("jax"),
+                    reason="JAX compiles the whole search; `fuse` is the identity there")
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fused_fab_update_matches_the_op_by_op_update(norm, monkeypatch):
+    # PyTorch: torch.compile (forced on for this small batch); TensorFlow: XLA.
+    from keras_dyart.boundary import _fab_update
+
+    monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "1")
+    args = [ops.convert_to_tensor(a) for a in _update_inputs()]
+    settings = dict(norm=norm, overshoot=1.05, alpha_max=0.1, step_back=0.9)
+    fused = dyart_backend.fuse(_fab_update)
+    assert fused is not _fab_update
+    plain = [ops.convert_to_numpy(v) for v in _fab_update(*args, **settings)]
+    out = [ops.convert_to_numpy(v) for v in fused(*args, **settings)]
+    for a, b in zip(plain, out):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    # the update moved points and recorded some successes: the comparison is not vacuous
+    assert np.abs(plain[0] - ops.convert_to_numpy(args[0])).max() > 1e-3
+    assert np.isfinite(plain[2]).sum() > np.isfinite(ops.convert_to_numpy(args[5])).sum()

@@ -1,7 +1,10 @@
 """PyTorch only: the layout fast path (`keras_dyart.backend.torch.fast_layout`) gives exactly
 Keras's numbers, forward and input gradient, for every layer that goes through Keras's NHWC →
 NCHW helper, and restores Keras's helper afterwards; compiled model functions (the attacks)
-build no autograd graph beyond their own input gradients."""
+build no autograd graph beyond their own input gradients; `fuse` compiles the FAB update
+only when asked or worth it, and falls back to eager code when compilation fails."""
+
+import warnings
 
 import keras
 import numpy as np
@@ -95,3 +98,69 @@ def test_compiled_model_functions_keep_no_graph():
     logits, phi, grad = dyart_backend.compile_model_fn(model, fn, True)(x, y)
     assert not logits.requires_grad and not phi.requires_grad
     assert float(abs(grad).sum()) > 0
+
+
+def _tiny_update_args():
+    import torch
+
+    rng = np.random.RandomState(0)
+    x0 = torch.tensor(rng.rand(4, 6).astype("float32"))
+    return (x0 + 0.01, torch.tensor([0.5, -0.5, 0.2, -0.1]),
+            torch.tensor(rng.randn(4, 6).astype("float32")), x0, x0,
+            torch.full((4,), float("inf")), torch.zeros(4))
+
+
+SETTINGS = dict(norm="linf", overshoot=1.05, alpha_max=0.1, step_back=0.9)
+
+
+def test_fuse_setting_rejects_unknown_values(monkeypatch):
+    from keras_dyart.backend import torch as torch_backend
+
+    monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "maybe")
+    with pytest.raises(ValueError, match="KERAS_DYART_TORCH_COMPILE"):
+        torch_backend.fuse(lambda: None)
+
+
+@pytest.mark.parametrize("mode, compiles", [("auto", False), ("0", False), ("1", True)])
+def test_fuse_compiles_only_when_asked_or_large(mode, compiles, monkeypatch):
+    # "auto" leaves batches under FUSE_MIN_ELEMENTS numbers eager (4 × 6 here).
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+    from keras_dyart.boundary import _fab_update
+
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        calls.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch_backend, "_compiled", {})
+    monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", mode)
+    torch_backend.fuse(_fab_update)(*_tiny_update_args(), **SETTINGS)
+    assert bool(calls) is compiles
+
+
+def test_fuse_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+    from keras_dyart.boundary import _fab_update
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: broken)
+    monkeypatch.setattr(torch_backend, "_compiled", {})
+    monkeypatch.setattr(torch_backend, "_failed", set())
+    monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "1")
+    fused = torch_backend.fuse(_fab_update)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        out = fused(*_tiny_update_args(), **SETTINGS)
+    expected = _fab_update(*_tiny_update_args(), **SETTINGS)
+    for a, b in zip(out, expected):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with warnings.catch_warnings():                    # later calls: eager, no new warning
+        warnings.simplefilter("error")
+        fused(*_tiny_update_args(), **SETTINGS)

@@ -1,6 +1,6 @@
 """The only backend-specific code: input gradients, the train-step hook and compiled calls.
 
-Each module (``jax``, ``tensorflow``, ``torch``) exposes the same three functions, the way
+Each module (``jax``, ``tensorflow``, ``torch``) exposes the same functions, the way
 Keras keeps one ``trainer.py`` per backend:
 
 - ``value_and_grad(f, x)``: per-row values of ``f`` and the gradient of their sum w.r.t. ``x``.
@@ -9,7 +9,10 @@ Keras keeps one ``trainer.py`` per backend:
 - ``compile_model_fn(model, fn, jit)``: a callable running ``fn(logits_fn, *args)`` with the
   model in inference mode, compiled where the backend allows;
 - ``unroll_loops()``: whether the iterations of a search or attack run faster written out one
-  after another than as a compiled loop (see `fori_loop`).
+  after another than as a compiled loop (see `fori_loop`);
+- ``fuse(fn)``: ``fn``, a function of tensors doing elementwise work only (the FAB update),
+  compiled into fused kernels where the backend would otherwise run it op by op: XLA on
+  TensorFlow, ``torch.compile`` on PyTorch (large batches), the identity under JAX's jit.
 """
 
 import importlib
@@ -57,6 +60,12 @@ def unroll_loops():
             f"KERAS_DYART_UNROLL must be 0 or 1 (or unset for the backend's choice); got "
             f"{os.environ['KERAS_DYART_UNROLL']!r}.")
     return current().unroll_loops()
+
+
+def fuse(fn):
+    """``fn`` (elementwise work between two network passes) compiled into fused kernels
+    where the backend runs it op by op and fusing is enabled; else ``fn`` itself."""
+    return current().fuse(fn)
 
 
 def fori_loop(lower, upper, body, init):

@@ -45,3 +45,14 @@ def unroll_loops():
     """Write loops out where there is no accelerator: the graph runtime runs a
     ``tf.while_loop`` body on CPU about 1.6× slower than the same ops unrolled."""
     return not _xla_helps()
+
+
+_fused = {}
+
+
+def fuse(fn):
+    """XLA for the elementwise work only (no convolutions, which XLA:CPU runs slowly): the
+    graph runtime runs each op as its own pass through memory, XLA fuses them."""
+    if fn not in _fused:
+        _fused[fn] = tf.function(fn, jit_compile=True, autograph=False)
+    return _fused[fn]
