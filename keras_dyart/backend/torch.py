@@ -61,7 +61,10 @@ def value_and_grad(f, x):
 def robust_train_step(model, parent_step, data):
     x, y, _ = unpack_x_y_sample_weight(data)
     with fast_layout():
-        model._prepare_robust_batch(lambda z: model(z, training=False), x, y)
+        # The inner examples are constants of the loss: no autograd graph for the search's
+        # forward passes (`value_and_grad` re-enables it for its own input gradients).
+        with torch.no_grad():
+            model._prepare_robust_batch(lambda z: model(z, training=False), x, y)
         return parent_step(data)
 
 
