@@ -15,9 +15,10 @@ The refinement (on by default) runs a few Illinois (safeguarded secant) steps on
 segment from x to the best point, so that the returned point lies on φ = 0 to tolerance rather
 than the overshoot's ~0.5 % past it.  It costs a few forward passes and no gradients.
 
-Everything between two network passes (record, step back, projection, mix) is one function,
-`_fab_update`, which the backend may compile into fused kernels (`keras_dyart.backend.fuse`):
-op by op it is some 80 passes through memory per iteration.
+Everything between two network passes (record, step back, projection, mix) is `_fab_update`,
+whose two pieces around the projection's one data-dependent exit the backend may compile into
+fused kernels (`keras_dyart.backend.fuse`): op by op it is some 80 passes through memory per
+iteration.
 
 Everything is batched with static shapes; points that are not searched are carried along and
 masked out at the end.
@@ -30,7 +31,7 @@ from keras import ops
 
 from keras_dyart import backend as dyart_backend
 from keras_dyart.margins import flat, lp_norm
-from keras_dyart.projection import project_to_hyperplane
+from keras_dyart.projection import newton_continue, newton_finish, newton_start
 
 _TINY = 1e-12
 
@@ -104,24 +105,46 @@ def _record(z, phi, x0, best, best_r, best_phi, norm):
             ops.where(better, phi, best_phi))
 
 
-def _fab_update(x1, phi1, g1, x0, best, best_r, best_phi, *, norm, overshoot, alpha_max,
-                step_back):
-    """One FAB iteration after its value-and-gradient: record x1, step back where φ < 0,
-    project x1 and x0 onto the linearisation's hyperplane, mix.  Elementwise work only (see
-    `keras_dyart.backend.fuse`); returns ``(x1_next, best, best_r, best_phi)``."""
-    n = ops.shape(x0)[0]
+def _fab_head(x1, phi1, g1, x0, best, best_r, best_phi, *, norm, step_back):
+    """Record x1, step back where φ < 0, and start projecting both points (see `_fab_update`)."""
     best, best_r, best_phi = _record(x1, phi1, x0, best, best_r, best_phi, norm)
     x1b = ops.where((phi1 < 0)[:, None], x0 + step_back * (x1 - x0), x1)
     c = ops.sum(g1 * x1, axis=-1) - phi1
     # Both points onto the same hyperplane in one batched projection (half the dispatched
     # ops of two calls; every row is independent, so the same result).
-    d12 = project_to_hyperplane(ops.concatenate([x1b, x0], axis=0),
-                                ops.concatenate([g1, g1], axis=0),
-                                ops.concatenate([c, c], axis=0), norm)
+    problem, state = newton_start(ops.concatenate([x1b, x0], axis=0),
+                                  ops.concatenate([g1, g1], axis=0),
+                                  ops.concatenate([c, c], axis=0), norm)
+    return best, best_r, best_phi, x1b, problem, state
+
+
+def _fab_tail(direction, room, aw, feasible, t, x1b, x0, *, norm, overshoot, alpha_max):
+    """Finish the projection and mix the two steps into the next iterate."""
+    n = ops.shape(x0)[0]
+    d12 = newton_finish(direction, room, aw, feasible, t, norm)
     n12 = lp_norm(d12, norm)
     d1, d2, n1, n2 = d12[:n], d12[n:], n12[:n], n12[n:]
     a = ops.clip(n1 / ops.maximum(n1 + n2, _TINY), 0.0, alpha_max)[:, None]
-    x1 = ops.clip((x1b + overshoot * d1) * (1 - a) + (x0 + overshoot * d2) * a, 0.0, 1.0)
+    return ops.clip((x1b + overshoot * d1) * (1 - a) + (x0 + overshoot * d2) * a, 0.0, 1.0)
+
+
+def _fab_update(x1, phi1, g1, x0, best, best_r, best_phi, *, norm, overshoot, alpha_max,
+                step_back, fuse=None):
+    """One FAB iteration after its value-and-gradient: record x1, step back where φ < 0,
+    project x1 and x0 onto the linearisation's hyperplane, mix.  Returns ``(x1_next, best,
+    best_r, best_phi)``.
+
+    Elementwise work only, in two pieces that ``fuse`` (`keras_dyart.backend.fuse`) may
+    compile, around the one step with a data-dependent exit (the projection's test that every
+    row has stopped, nearly always true already)."""
+    head, tail = (_fab_head, _fab_tail) if fuse is None else (fuse(_fab_head), fuse(_fab_tail))
+    best, best_r, best_phi, x1b, problem, state = head(
+        x1, phi1, g1, x0, best, best_r, best_phi, norm=norm, step_back=step_back)
+    t = newton_continue(problem, state)[1]
+    _, direction, room, _, aw, _, _, feasible = problem
+    # (only the tensors it reads: a compiled function checks each input on every call)
+    x1 = tail(direction, room, aw, feasible, t, x1b, x0, norm=norm, overshoot=overshoot,
+              alpha_max=alpha_max)
     return x1, best, best_r, best_phi
 
 
@@ -171,9 +194,8 @@ def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
     def dist(z):
         return lp_norm(z - x0, p)
 
-    update = dyart_backend.fuse(_fab_update)
     settings = dict(norm=p, overshoot=float(overshoot), alpha_max=float(alpha_max),
-                    step_back=float(step_back))
+                    step_back=float(step_back), fuse=dyart_backend.fuse)
 
     def one_run(x1, phi_x, best, best_r, best_phi, capture_phi_x):
         def body(i, carry):
@@ -181,8 +203,8 @@ def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
             phi1, g1 = vg(x1)
             if capture_phi_x:
                 phi_x = ops.where(i == 0, phi1, phi_x)
-            x1, best, best_r, best_phi = update(x1, phi1, g1, x0, best, best_r, best_phi,
-                                                **settings)
+            x1, best, best_r, best_phi = _fab_update(x1, phi1, g1, x0, best, best_r,
+                                                     best_phi, **settings)
             return x1, phi_x, best, best_r, best_phi
 
         carry = dyart_backend.fori_loop(0, n_iter, body, (x1, phi_x, best, best_r, best_phi))

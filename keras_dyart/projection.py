@@ -69,6 +69,22 @@ def project_to_hyperplane(x, w, c, norm="linf"):
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"`norm` must be 'linf' or 'l2'; got {norm!r}.")
+    problem, state = newton_start(x, w, c, norm)
+    _, direction, room, _, aw, _, _, feasible = problem
+    t = newton_continue(problem, state)[1]
+    return newton_finish(direction, room, aw, feasible, t, norm)
+
+
+# The projection in three stages, so that a backend that compiles elementwise work
+# (`keras_dyart.backend.fuse`) can fuse the first and the last without the host round trip
+# of the middle one, which tests whether every row has stopped:
+#   newton_start: the problem and the first `NEWTON_STEPS` steps, no data-dependent exit;
+#   newton_continue: Newton steps until every row has stopped (nearly always none);
+#   newton_finish: the step δ from t (and the parts of the problem it reads).
+# ``problem`` is (r, direction, room, cap, |w|, rate, breakpoints, feasible); ``state`` is
+# (k, t, slope, done).
+
+def newton_start(x, w, c, norm):
     x = ops.convert_to_tensor(x)
     w = ops.cast(w, x.dtype)
     c = ops.cast(c, x.dtype)
@@ -85,40 +101,54 @@ def project_to_hyperplane(x, w, c, norm="linf"):
     room = 0.5 * (1.0 + direction) - direction * x
     cap = aw * room                     # the progress of coordinate j once saturated
     if norm == "linf":                  # unit speed: the breakpoints are the rooms
-        speed, rate, breakpoints = None, aw, room
+        rate, breakpoints = aw, room
     else:
-        speed, rate = aw, aw * aw
+        rate = aw * aw
         breakpoints = room / ops.maximum(aw, _TINY)
     feasible = ops.sum(cap, axis=-1) >= r
+    problem = (r, direction, room, cap, aw, rate, breakpoints, feasible)
 
-    def slope_at(t):
-        # Σ rate_j over the coordinates still moving at t (b_j > t).
-        return ops.sum(rate * ops.cast(breakpoints > t[:, None], rate.dtype), axis=-1)
+    t0 = ops.zeros_like(r)
+    state = (ops.convert_to_tensor(0, "int32"), t0, _slope_at(problem, t0),
+             ~feasible | (r <= 0))
+    # The typical number of steps, written out: a step of a row that has stopped changes
+    # nothing.
+    for _ in range(NEWTON_STEPS):
+        state = _newton_step(problem, *state)
+    return problem, state
 
-    d = ops.shape(x)[-1]
+
+def _slope_at(problem, t):
+    # Σ rate_j over the coordinates still moving at t (b_j > t).
+    _, _, _, _, _, rate, breakpoints, _ = problem
+    return ops.sum(rate * ops.cast(breakpoints > t[:, None], rate.dtype), axis=-1)
+
+
+def _newton_step(problem, k, t, slope, done):
+    r, _, _, cap, _, rate, _, _ = problem
+    progress = ops.sum(ops.minimum(rate * t[:, None], cap), axis=-1)
+    step = ops.maximum(r - progress, 0.0) / ops.maximum(slope, _TINY)
+    t_next = ops.where(done, t, t + step)
+    slope_next = _slope_at(problem, t_next)
+    # The slope only falls when the step crossed a breakpoint (of a coordinate that moves);
+    # where it did not, the step stayed on one linear piece: t_next is the root.
+    return k + 1, t_next, slope_next, done | (slope_next >= slope)
+
+
+def newton_continue(problem, state):
+    d = ops.shape(problem[2])[-1]
 
     def cond(k, t, slope, done):
         return ops.logical_and(k <= d, ops.logical_not(ops.all(done)))
 
     def body(k, t, slope, done):
-        progress = ops.sum(ops.minimum(rate * t[:, None], cap), axis=-1)
-        step = ops.maximum(r - progress, 0.0) / ops.maximum(slope, _TINY)
-        t_next = ops.where(done, t, t + step)
-        slope_next = slope_at(t_next)
-        # The slope only falls when the step crossed a breakpoint (of a coordinate that
-        # moves); where it did not, the step stayed on one linear piece: t_next is the root.
-        return k + 1, t_next, slope_next, done | (slope_next >= slope)
+        return _newton_step(problem, k, t, slope, done)
 
-    t0 = ops.zeros_like(r)
-    state = (ops.convert_to_tensor(0, "int32"), t0, slope_at(t0), ~feasible | (r <= 0))
-    # The typical number of steps first, written out: a step of a row that has stopped
-    # changes nothing, and a loop with no data-dependent exit compiles into one fused graph
-    # (`keras_dyart.backend.fuse`); the loop then finishes the rare rows that need more.
-    for _ in range(NEWTON_STEPS):
-        state = body(*state)
-    _, t, _, _ = ops.while_loop(cond, body, state)
+    return ops.while_loop(cond, body, state)
 
-    if speed is None:   # infeasible rows go to the corner: every coordinate saturated
+
+def newton_finish(direction, room, aw, feasible, t, norm):
+    if norm == "linf":  # infeasible rows go to the corner: every coordinate saturated
         return direction * ops.minimum(ops.where(feasible, t, math.inf)[:, None], room)
-    step = direction * ops.minimum(t[:, None] * speed, room)
+    step = direction * ops.minimum(t[:, None] * aw, room)
     return ops.where(feasible[:, None], step, direction * room)
