@@ -1,14 +1,18 @@
 """Median step times per backend: clean, input gradient, PGD-AT, TRADES, DyART and its floor.
 
 Each backend runs in its own subprocess (Keras picks the backend at import). For each, after
-warm-up, the median over `--repeats` of:
+warm-up, the median over `--repeats` rounds (each round times every column once, so a drift
+in the machine's speed moves all columns alike) of:
 
 - clean: one compiled Keras train step (cross-entropy) on a batch;
 - grad: one compiled value-and-input-gradient pass of φ on the batch (inference mode), through
   `keras_dyart.backend.compile_model_fn(..., jit=True)`, i.e. each backend's default;
+- forward: one compiled forward pass of φ (inference mode);
 - pgd-at, trades: one PGD-AT / TRADES train step (10 inner steps each);
 - dyart: one DyART train step (`n_iter` FAB iterations, refinement, filter, loss);
 - floor: n_iter·grad + 2·clean, the least a DyART step can cost;
+- all passes: floor + grad + 5·forward, every network pass of the default DyART step (the
+  gradient at x̂ for the filter and weights, the last iterate's φ check, 4 refinement steps);
 - peak memory: the child process's peak resident set size (CPU) or peak device memory.
 
 Models: the small CNN on MNIST-5k at `--batch` (128), and a pre-activation ResNet
@@ -60,36 +64,57 @@ def median_time(fn, warm=2, reps=None):
         t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
     return float(np.median(times))
 
+# Median time of each callable, timed in rounds (one call of each per round), so that a
+# machine whose speed drifts during the run shifts every column alike.
+def interleaved(fns, warm=2, reps=None):
+    for fn in fns.values():
+        for _ in range(warm):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(reps or repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter(); fn(); times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
 def loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-def clean_time(clf, x, y):
+def clean_fn(clf, x, y):
     clf.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss())
-    return median_time(lambda: clf.train_on_batch(x, y))
+    return lambda: clf.train_on_batch(x, y)
 
-def grad_time(clf, x, y):
-    def grad_fn(logits_fn, xb, yb):
+def grad_fn(clf, x, y):
+    def fn(logits_fn, xb, yb):
         return B.value_and_grad(lambda z: soft_margin(logits_fn(z), yb), xb)
-    run = B.compile_model_fn(clf, grad_fn, jit=True)
-    return median_time(lambda: keras.ops.convert_to_numpy(run(x, y)[0]))
+    run = B.compile_model_fn(clf, fn, jit=True)
+    return lambda: keras.ops.convert_to_numpy(run(x, y)[0])
 
-def method_time(name, clf, x, y, reps=None, **kw):
+def forward_fn(clf, x, y):
+    run = B.compile_model_fn(clf, lambda logits_fn, xb, yb: soft_margin(logits_fn(xb), yb),
+                             jit=True)
+    return lambda: keras.ops.convert_to_numpy(run(x, y))
+
+def method_fn(name, clf, x, y, **kw):
     model = methods.get(name, clf, **kw)
     model.compile(optimizer=keras.optimizers.SGD(0.01, global_clipnorm=0.1))
-    return median_time(lambda: model.train_on_batch(x, y), warm=2, reps=reps), model
+    return lambda: model.train_on_batch(x, y)
+
+def dyart_fn(clf, x, y, n_iter):
+    return method_fn("dyart", clf, x, y, n_iter=n_iter, r0=0.6, eps_fab=0.3)
 
 def dyart_time(clf, x, y, n_iter, reps=None):
-    t, _ = method_time("dyart", clf, x, y, reps=reps, n_iter=n_iter, r0=0.6, eps_fab=0.3)
-    return t
+    return median_time(dyart_fn(clf, x, y, n_iter), warm=2, reps=reps)
 
 def row(name, clf, x, y, n_iter, extra=True):
-    r = {"model": name, "batch": int(x.shape[0]), "clean": clean_time(clf, x, y),
-         "grad": grad_time(clf, x, y)}
+    fns = {"clean": clean_fn(clf, x, y), "grad": grad_fn(clf, x, y),
+           "forward": forward_fn(clf, x, y)}
     if extra:
         eps = 0.3 if x.shape[-1] == 1 else 8 / 255
-        r["pgd_at"], _ = method_time("pgd-at", clf, x, y, eps=eps, step_size=eps / 4, steps=10)
-        r["trades"], _ = method_time("trades", clf, x, y, eps=eps, step_size=eps / 4, steps=10)
-    r["dyart"] = dyart_time(clf, x, y, n_iter)
+        fns["pgd_at"] = method_fn("pgd-at", clf, x, y, eps=eps, step_size=eps / 4, steps=10)
+        fns["trades"] = method_fn("trades", clf, x, y, eps=eps, step_size=eps / 4, steps=10)
+    fns["dyart"] = dyart_fn(clf, x, y, n_iter)
+    r = {"model": name, "batch": int(x.shape[0])}
+    r.update(interleaved(fns))
     return r
 
 x, y, _, _ = kd.datasets.load("mnist5k")
@@ -145,6 +170,9 @@ print(json.dumps(out))
 """
 
 
+REFINE_STEPS = 4   # DyARTModel's default refine_steps
+
+
 def slope(points):
     """Least-squares slope and intercept of (x, t) pairs."""
     n = len(points)
@@ -194,22 +222,30 @@ def main():
 
     threads = f"{args.threads} thread(s) per pool" if args.threads else "default threads"
     head = (f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {threads}, "
-            f"n_iter {args.n_iter}, median of {args.repeats} after 2 warm-up steps")
+            f"n_iter {args.n_iter}, median of {args.repeats} interleaved rounds after 2 "
+            f"warm-up steps")
     out = [f"Step times (s): {head}.", "",
-           "| backend | model | batch | clean | input grad | PGD-AT (10) | TRADES (10) | "
-           "DyART | floor | DyART / floor | DyART / clean | peak RSS (MiB) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| backend | model | batch | clean | input grad | forward | PGD-AT (10) | "
+           "TRADES (10) | DyART | floor | DyART / floor | all passes | DyART / all passes | "
+           "DyART / clean | peak RSS (MiB) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for m in r["rows"]:
             floor = args.n_iter * m["grad"] + 2 * m["clean"]
+            passes = floor + m["grad"] + (REFINE_STEPS + 1) * m["forward"]
             out.append(
                 f"| {r['backend']} | {m['model']} | {m['batch']} | {m['clean']:.4f} | "
-                f"{m['grad']:.4f} | {m.get('pgd_at', float('nan')):.3f} | "
+                f"{m['grad']:.4f} | {m['forward']:.4f} | "
+                f"{m.get('pgd_at', float('nan')):.3f} | "
                 f"{m.get('trades', float('nan')):.3f} | {m['dyart']:.3f} | {floor:.3f} | "
-                f"{m['dyart'] / floor:.2f} | {m['dyart'] / m['clean']:.1f} | "
-                f"{r['peak_rss_mib']:.0f} |")
+                f"{m['dyart'] / floor:.2f} | {passes:.3f} | {m['dyart'] / passes:.2f} | "
+                f"{m['dyart'] / m['clean']:.1f} | {r['peak_rss_mib']:.0f} |")
     out.append("")
-    out.append("floor = n_iter · input grad + 2 · clean.  Peak RSS is the whole child process "
+    out.append("floor = n_iter · input grad + 2 · clean (the issue's floor).  all passes = floor "
+               f"+ input grad + {REFINE_STEPS + 1} · forward: every network pass the default "
+               "DyART step makes (the gradient at x̂ for the filter and weights, the "
+               f"φ check of the last iterate and {REFINE_STEPS} refinement steps).  Columns "
+               "timed in interleaved rounds.  Peak RSS is the whole child process "
                "(every model of the row set, the framework included).")
     text = "\n".join(out) + "\n"
     if args.scaling and any("scaling" in r for r in results):
