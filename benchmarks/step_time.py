@@ -28,11 +28,10 @@ Usage: python benchmarks/step_time.py [--backends jax tensorflow torch] [--batch
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
+
+from _per_backend import run_per_backend
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -203,22 +202,13 @@ def main():
                                          "resnet_width", "resnet_blocks", "scaling",
                                          "attacks", "attack_points", "attack_iter",
                                          "threads")}
-    results = []
-    for backend in args.backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        if args.threads:
-            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-                       XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                                  + ("true" if args.threads > 1 else "false")).strip())
-        t0 = time.time()
-        res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], env=env,
-                             capture_output=True, text=True)
-        lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
-        if res.returncode or not lines:
-            print(f"{backend}: failed\n{res.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(lines[-1]))
-        print(f"{backend}: done in {time.time() - t0:.0f} s\n{lines[-1]}", file=sys.stderr)
+    extra_env = {}
+    if args.threads:
+        extra_env = dict(
+            OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+            XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                       + ("true" if args.threads > 1 else "false")).strip())
+    results = run_per_backend(CHILD, cfg, args.backends, extra_env, echo=True)
 
     threads = f"{args.threads} thread(s) per pool" if args.threads else "default threads"
     head = (f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {threads}, "

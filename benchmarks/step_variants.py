@@ -15,11 +15,10 @@ Usage: python benchmarks/step_variants.py [--backends tensorflow jax torch] [--r
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
+
+from _per_backend import run_per_backend
 
 CHILD = r"""
 import json, os, sys, time
@@ -87,18 +86,7 @@ def main():
                         default=os.path.join("benchmarks", "results", "step_variants.md"))
     args = parser.parse_args()
     cfg = {"n_iter": args.n_iter, "repeats": args.repeats}
-    results = []
-    for backend in args.backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        t0 = time.time()
-        res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], env=env,
-                             capture_output=True, text=True)
-        lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
-        if res.returncode or not lines:
-            print(f"{backend}: failed\n{res.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(lines[-1]))
-        print(f"{backend}: done in {time.time() - t0:.0f} s", file=sys.stderr)
+    results = run_per_backend(CHILD, cfg, args.backends)
 
     out = [f"DyART step variants (s): {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU "
            f"cores, n_iter {args.n_iter}, median of {args.repeats} interleaved rounds after "
