@@ -1,5 +1,5 @@
 """Run a benchmark's child program once per backend, each in its own process (Keras picks
-its backend at import), and collect the JSON line each child prints last."""
+its backend at import), and collect the JSON line each child prints last; print and write the table."""
 
 import json
 import os
@@ -26,3 +26,11 @@ def run_per_backend(child, cfg, backends, extra_env=None, echo=False):
         detail = f"\n{lines[-1]}" if echo else ""
         print(f"{backend}: done in {time.time() - t0:.0f} s{detail}", file=sys.stderr)
     return results
+
+
+def write_table(text, path):
+    """Print a benchmark's Markdown and write it to ``path`` (folders created)."""
+    print(text)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)

@@ -31,7 +31,7 @@ import argparse
 import os
 import time
 
-from _per_backend import run_per_backend
+from _per_backend import run_per_backend, write_table
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -267,10 +267,7 @@ def main():
                     f"{v:.0f}" if isinstance(v, float) else str(v)
                     for v in r["attacks"].values()) + " |")
         text += "\n".join(s) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_table(text, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import argparse
 import os
 import time
 
-from _per_backend import run_per_backend
+from _per_backend import run_per_backend, write_table
 
 CHILD = r"""
 import json, os, sys, time
@@ -103,10 +103,7 @@ def main():
             out.append(f"| {r['backend']} | {name} | {batch} | {floor:.3f} | "
                        f"{cell('default')} | {cell('unfused')} | {cell('no refinement')} |")
     text = "\n".join(out) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_table(text, args.out)
 
 
 if __name__ == "__main__":
