@@ -1,5 +1,5 @@
 """Run a benchmark's child program once per backend, each in its own process (Keras picks
-its backend at import), and collect the JSON line each child prints last; print and write the table."""
+its backend at import), and collect the JSON line each child prints last; write the table."""
 
 import json
 import os
