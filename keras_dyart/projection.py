@@ -85,6 +85,8 @@ def project_to_hyperplane(x, w, c, norm="linf"):
 # (k, t, slope, done).
 
 def newton_start(x, w, c, norm):
+    """The projection problem of ``x``, ``w``, ``c`` and the state after the first
+    `NEWTON_STEPS` Newton steps: ``(problem, state)`` (see above)."""
     x = ops.convert_to_tensor(x)
     w = ops.cast(w, x.dtype)
     c = ops.cast(c, x.dtype)
@@ -136,6 +138,7 @@ def _newton_step(problem, k, t, slope, done):
 
 
 def newton_continue(problem, state):
+    """Newton steps from ``state`` until every row has stopped (at most d + 1 in all)."""
     d = ops.shape(problem[2])[-1]
 
     def cond(k, t, slope, done):
@@ -148,6 +151,7 @@ def newton_continue(problem, state):
 
 
 def newton_finish(direction, room, aw, feasible, t, norm):
+    """The step δ of each row from the root ``t`` (the corner step where infeasible)."""
     if norm == "linf":  # infeasible rows go to the corner: every coordinate saturated
         return direction * ops.minimum(ops.where(feasible, t, math.inf)[:, None], room)
     step = direction * ops.minimum(t[:, None] * aw, room)

@@ -114,6 +114,8 @@ def _fuse_mode():
 
 
 def fuse(fn):
+    """``fn`` compiled by `torch.compile` when ``KERAS_DYART_TORCH_COMPILE`` asks for it
+    (``auto``: batches of at least `FUSE_MIN_ELEMENTS` numbers); else ``fn`` itself."""
     mode = _fuse_mode()
     if mode == "off":
         return fn
