@@ -129,21 +129,20 @@ def _fab_tail(direction, room, aw, feasible, t, x1b, x0, *, norm, overshoot, alp
 
 
 def _fab_update(x1, phi1, g1, x0, best, best_r, best_phi, *, norm, overshoot, alpha_max,
-                step_back, fuse=None):
+                step_back, head=_fab_head, tail=_fab_tail):
     """One FAB iteration after its value-and-gradient: record x1, step back where φ < 0,
     project x1 and x0 onto the linearisation's hyperplane, mix.  Returns ``(x1_next, best,
     best_r, best_phi)``.
 
-    Elementwise work only, in two pieces that ``fuse`` (`keras_dyart.backend.fuse`) may
-    compile, around the one step with a data-dependent exit (the projection's test that every
-    row has stopped, nearly always true already)."""
-    head, tail = (_fab_head, _fab_tail) if fuse is None else (fuse(_fab_head), fuse(_fab_tail))
+    Elementwise work only, in two pieces, ``head`` and ``tail`` (`_fab_head` and `_fab_tail`,
+    or those compiled by `keras_dyart.backend.fuse`), around the one step with a
+    data-dependent exit (the projection's test that every row has stopped, nearly always true
+    already)."""
     best, best_r, best_phi, x1b, problem, state = head(
         x1, phi1, g1, x0, best, best_r, best_phi, norm=norm, step_back=step_back)
     t = newton_continue(problem, state)[1]
-    _, direction, room, _, aw, _, _, feasible = problem
     # (only the tensors it reads: a compiled function checks each input on every call)
-    x1 = tail(direction, room, aw, feasible, t, x1b, x0, norm=norm, overshoot=overshoot,
+    x1 = tail(*problem.finish_parts(), t, x1b, x0, norm=norm, overshoot=overshoot,
               alpha_max=alpha_max)
     return x1, best, best_r, best_phi
 
@@ -195,7 +194,8 @@ def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
         return lp_norm(z - x0, p)
 
     settings = dict(norm=p, overshoot=float(overshoot), alpha_max=float(alpha_max),
-                    step_back=float(step_back), fuse=dyart_backend.fuse)
+                    step_back=float(step_back), head=dyart_backend.fuse(_fab_head),
+                    tail=dyart_backend.fuse(_fab_tail))
 
     def one_run(x1, phi_x, best, best_r, best_phi, capture_phi_x):
         def body(i, carry):

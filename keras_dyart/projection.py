@@ -33,6 +33,7 @@ row of the batch has stopped.
 """
 
 import math
+from typing import NamedTuple
 
 from keras import ops
 
@@ -70,9 +71,8 @@ def project_to_hyperplane(x, w, c, norm="linf"):
     if norm not in ("linf", "l2"):
         raise ValueError(f"`norm` must be 'linf' or 'l2'; got {norm!r}.")
     problem, state = newton_start(x, w, c, norm)
-    _, direction, room, _, aw, _, _, feasible = problem
     t = newton_continue(problem, state)[1]
-    return newton_finish(direction, room, aw, feasible, t, norm)
+    return newton_finish(*problem.finish_parts(), t, norm)
 
 
 # The projection in three stages, so that a backend that compiles elementwise work
@@ -81,8 +81,25 @@ def project_to_hyperplane(x, w, c, norm="linf"):
 #   newton_start: the problem and the first `NEWTON_STEPS` steps, no data-dependent exit;
 #   newton_continue: Newton steps until every row has stopped (nearly always none);
 #   newton_finish: the step δ from t (and the parts of the problem it reads).
-# ``problem`` is (r, direction, room, cap, |w|, rate, breakpoints, feasible); ``state`` is
-# (k, t, slope, done).
+# ``state`` is (k, t, slope, done).
+
+
+class NewtonProblem(NamedTuple):
+    """One batch of projection problems (every field per row or per coordinate)."""
+
+    r: object            # distance to the hyperplane along the flipped w, ≥ 0
+    direction: object    # ±1 (0 where w_j = 0): the way coordinate j moves
+    room: object         # how far it can move before the box face
+    cap: object          # its progress once saturated
+    aw: object           # |w_j|
+    rate: object         # its progress per unit of t while it moves
+    breakpoints: object  # the t at which it saturates
+    feasible: object     # the box meets the hyperplane
+
+    def finish_parts(self):
+        """The fields `newton_finish` reads, in its order."""
+        return self.direction, self.room, self.aw, self.feasible
+
 
 def newton_start(x, w, c, norm):
     """The projection problem of ``x``, ``w``, ``c`` and the state after the first
@@ -108,7 +125,7 @@ def newton_start(x, w, c, norm):
         rate = aw * aw
         breakpoints = room / ops.maximum(aw, _TINY)
     feasible = ops.sum(cap, axis=-1) >= r
-    problem = (r, direction, room, cap, aw, rate, breakpoints, feasible)
+    problem = NewtonProblem(r, direction, room, cap, aw, rate, breakpoints, feasible)
 
     t0 = ops.zeros_like(r)
     state = (ops.convert_to_tensor(0, "int32"), t0, _slope_at(problem, t0),
@@ -122,14 +139,13 @@ def newton_start(x, w, c, norm):
 
 def _slope_at(problem, t):
     # Σ rate_j over the coordinates still moving at t (b_j > t).
-    _, _, _, _, _, rate, breakpoints, _ = problem
-    return ops.sum(rate * ops.cast(breakpoints > t[:, None], rate.dtype), axis=-1)
+    moving = ops.cast(problem.breakpoints > t[:, None], problem.rate.dtype)
+    return ops.sum(problem.rate * moving, axis=-1)
 
 
 def _newton_step(problem, k, t, slope, done):
-    r, _, _, cap, _, rate, _, _ = problem
-    progress = ops.sum(ops.minimum(rate * t[:, None], cap), axis=-1)
-    step = ops.maximum(r - progress, 0.0) / ops.maximum(slope, _TINY)
+    progress = ops.sum(ops.minimum(problem.rate * t[:, None], problem.cap), axis=-1)
+    step = ops.maximum(problem.r - progress, 0.0) / ops.maximum(slope, _TINY)
     t_next = ops.where(done, t, t + step)
     slope_next = _slope_at(problem, t_next)
     # The slope only falls when the step crossed a breakpoint (of a coordinate that moves);
@@ -139,7 +155,7 @@ def _newton_step(problem, k, t, slope, done):
 
 def newton_continue(problem, state):
     """Newton steps from ``state`` until every row has stopped (at most d + 1 in all)."""
-    d = ops.shape(problem[2])[-1]
+    d = ops.shape(problem.room)[-1]
 
     def cond(k, t, slope, done):
         return ops.logical_and(k <= d, ops.logical_not(ops.all(done)))

@@ -159,15 +159,16 @@ def _update_inputs(seed=0, n=40, d=300):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fused_fab_update_matches_the_op_by_op_update(norm, monkeypatch):
     # PyTorch: torch.compile (forced on for this small batch); TensorFlow: XLA.
-    from keras_dyart.boundary import _fab_update
+    from keras_dyart.boundary import _fab_head, _fab_tail, _fab_update
 
     monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "1")
     args = [ops.convert_to_tensor(a) for a in _update_inputs()]
     settings = dict(norm=norm, overshoot=1.05, alpha_max=0.1, step_back=0.9)
-    assert dyart_backend.fuse(_fab_update) is not _fab_update
+    head, tail = dyart_backend.fuse(_fab_head), dyart_backend.fuse(_fab_tail)
+    assert head is not _fab_head and tail is not _fab_tail
     plain = [ops.convert_to_numpy(v) for v in _fab_update(*args, **settings)]
     out = [ops.convert_to_numpy(v)
-           for v in _fab_update(*args, **settings, fuse=dyart_backend.fuse)]
+           for v in _fab_update(*args, **settings, head=head, tail=tail)]
     for a, b in zip(plain, out):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     # the update moved points and recorded some successes: the comparison is not vacuous

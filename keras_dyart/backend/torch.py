@@ -83,7 +83,6 @@ def unroll_loops():
     return True
 
 
-
 # -- fused elementwise work (`keras_dyart.backend.fuse`) ------------------------------------
 
 # A FAB iteration's elementwise work (record, step back, projection, mix: ~80 ops over
