@@ -1,6 +1,11 @@
 """Model builders. Every builder returns a functional `keras.Model` that outputs logits.
 
-Inputs are images in [0, 1] (NHWC). A builder can put a per-channel standardisation inside
+Inputs are images in [0, 1] in the layout of ``data_format``: every builder takes one, and
+``None`` (the default) follows ``keras.config.image_data_format()``.  ``input_shape`` is
+``(height, width, channels)`` under ``"channels_last"`` and ``(channels, height, width)`` under
+``"channels_first"``; left out, it is the builder's default in that layout.  The weights have
+the same shapes in both layouts (Flatten keeps the channels-last order), so weights move from
+one to the other with ``set_weights``.  A builder can put a per-channel standardisation inside
 the model (``mean`` / ``std``), so attacks and margins keep working in the [0, 1] scale.
 
 ==========================  ==========================================  ====================
@@ -20,19 +25,77 @@ Rice et al.), trainable weights only: BatchNorm moving statistics are extra non-
 weights.  GroupNorm variants have the same trainable count.
 """
 
+import operator
+
 import keras
 from keras import layers
 
 NORMS = ("batch", "group")
+DATA_FORMATS = ("channels_last", "channels_first")
 
 
-def _check_classes_and_shape(num_classes, input_shape):
+def _data_format(data_format):
+    """``data_format`` checked; ``None``: ``keras.config.image_data_format()``."""
+    if data_format is None:
+        data_format = keras.config.image_data_format()
+    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
+        raise ValueError(
+            f"`data_format` must be one of {DATA_FORMATS} (or None for "
+            f"keras.config.image_data_format()); got {data_format!r}.")
+    return data_format.lower()
+
+
+def _layer_format(data_format):
+    """The layout the layers compute in.  TensorFlow runs channels-first convolutions and
+    pooling only on a GPU ("The Conv2D op currently only supports the NHWC tensor format on
+    the CPU"); without one, a channels-first model transposes its input once (a ``Permute``
+    after the input) and computes channels-last.  Same input shape, same weights."""
+    if data_format == "channels_first" and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            return "channels_last"
+    return data_format
+
+
+def _layer_input(inputs, data_format, layer_format):
+    if data_format != layer_format:
+        return layers.Permute((2, 3, 1))(inputs)           # (C, H, W) -> (H, W, C)
+    return inputs
+
+
+def _channel_axis(data_format):
+    return 1 if data_format == "channels_first" else -1
+
+
+def _check_classes_and_shape(num_classes, input_shape, data_format, default_hwc):
+    """``input_shape`` in the layout of ``data_format`` (``None``: ``default_hwc`` there)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"`num_classes` must be an integer >= 2; got {num_classes!r}.")
-    if len(tuple(input_shape)) != 3:
+    first = data_format == "channels_first"
+    layout = "(channels, height, width)" if first else "(height, width, channels)"
+    if input_shape is None:
+        h, w, c = default_hwc
+        return (c, h, w) if first else (h, w, c)
+    try:
+        shape = tuple(operator.index(v) for v in input_shape
+                      if not isinstance(v, bool))            # ints, NumPy ints; no bools
+    except TypeError:
+        shape = None
+    if shape is None or len(shape) != 3 or len(tuple(input_shape)) != 3 or min(shape) < 1:
         raise ValueError(
-            f"`input_shape` must be (height, width, channels); got {input_shape!r}.")
-    return tuple(input_shape)
+            f"`input_shape` must be {layout} for data_format {data_format!r}; "
+            f"got {input_shape!r}.")
+    # A shape written for the other layout would build a model that runs on the wrong axes
+    # without an error ((28, 28, 1) read as 28 channels of 28 x 1): refuse the obvious cases.
+    channels, other = (shape[0], shape[-1]) if first else (shape[-1], shape[0])
+    if other in (1, 3) and channels > 4 and shape[1] > 4:
+        other_layout = "(height, width, channels)" if first else "(channels, height, width)"
+        raise ValueError(
+            f"`input_shape` {shape!r} looks like {other_layout}, but data_format is "
+            f"{data_format!r}, which expects {layout}; pass the shape in that layout or "
+            f"the matching `data_format`.")
+    return shape
 
 
 def _positive_int(value, arg, minimum=1):
@@ -41,12 +104,14 @@ def _positive_int(value, arg, minimum=1):
     return value
 
 
-def _norm_factory(norm, groups, bn_momentum, epsilon):
+def _norm_factory(norm, groups, bn_momentum, epsilon, data_format="channels_last"):
+    axis = _channel_axis(data_format)
     if norm == "batch":
-        return lambda: layers.BatchNormalization(momentum=bn_momentum, epsilon=epsilon)
+        return lambda: layers.BatchNormalization(axis=axis, momentum=bn_momentum,
+                                                 epsilon=epsilon)
     if norm == "group":
         _positive_int(groups, "groups")
-        return lambda: layers.GroupNormalization(groups=groups, epsilon=epsilon)
+        return lambda: layers.GroupNormalization(groups=groups, axis=axis, epsilon=epsilon)
     raise ValueError(f"`norm` must be one of {NORMS}; got {norm!r}.")
 
 
@@ -60,11 +125,12 @@ def _activation(activation):
     return lambda: layers.Activation(activation)
 
 
-def _stem(inputs, mean, std):
+def _stem(inputs, mean, std, data_format="channels_last"):
     """Optional per-channel standardisation (x - mean) / std, kept inside the model."""
     if mean is None and std is None:
         return inputs
-    channels = inputs.shape[-1]
+    axis = _channel_axis(data_format)
+    channels = inputs.shape[axis]
     mean = [0.0] * channels if mean is None else list(mean)
     std = [1.0] * channels if std is None else list(std)
     if len(mean) != channels or len(std) != channels:
@@ -73,36 +139,44 @@ def _stem(inputs, mean, std):
             f"got mean={mean!r}, std={std!r}.")
     if min(std) <= 0:
         raise ValueError(f"`std` must be positive; got {std!r}.")
-    return layers.Normalization(mean=mean, variance=[s * s for s in std])(inputs)
+    return layers.Normalization(axis=axis, mean=mean, variance=[s * s for s in std])(inputs)
 
 
-def _conv(filters, kernel, stride, h):
+def _conv(filters, kernel, stride, h, data_format="channels_last"):
     """A bias-free convolution padded like PyTorch's ``padding=kernel // 2``."""
     if stride > 1 and kernel > 1:
-        h = layers.ZeroPadding2D(kernel // 2)(h)
+        h = layers.ZeroPadding2D(kernel // 2, data_format=data_format)(h)
         return layers.Conv2D(filters, kernel, strides=stride, padding="valid",
-                             use_bias=False)(h)
-    return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False)(h)
+                             use_bias=False, data_format=data_format)(h)
+    return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                         data_format=data_format)(h)
 
 
-def small_cnn(num_classes=10, input_shape=(28, 28, 1), name="small_cnn"):
+def small_cnn(num_classes=10, input_shape=None, name="small_cnn", data_format=None):
     """Small CNN for MNIST-sized inputs: conv 32 → pool → conv 64 → pool → dense 128 → logits.
+
+    Args:
+        num_classes: number of logits.
+        input_shape: ``(28, 28, 1)`` by default, ``(1, 28, 28)`` under ``"channels_first"``.
+        data_format: ``"channels_last"`` or ``"channels_first"``; ``None``:
+            ``keras.config.image_data_format()``.
 
     >>> model = small_cnn()
     >>> model.output_shape
     (None, 10)
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an integer >= 2; got {num_classes!r}.")
-    if len(tuple(input_shape)) != 3:
-        raise ValueError(
-            f"`input_shape` must be (height, width, channels); got {input_shape!r}.")
-    inputs = keras.Input(shape=tuple(input_shape))
-    h = layers.Conv2D(32, 3, activation="relu")(inputs)
-    h = layers.MaxPooling2D(2)(h)
-    h = layers.Conv2D(64, 3, activation="relu")(h)
-    h = layers.MaxPooling2D(2)(h)
-    h = layers.Flatten()(h)
+    data_format = _data_format(data_format)
+    input_shape = _check_classes_and_shape(num_classes, input_shape, data_format, (28, 28, 1))
+    inputs = keras.Input(shape=input_shape)
+    layer_format = _layer_format(data_format)
+    h = _layer_input(inputs, data_format, layer_format)
+    data_format = layer_format
+    h = layers.Conv2D(32, 3, activation="relu", data_format=data_format)(h)
+    h = layers.MaxPooling2D(2, data_format=data_format)(h)
+    h = layers.Conv2D(64, 3, activation="relu", data_format=data_format)(h)
+    h = layers.MaxPooling2D(2, data_format=data_format)(h)
+    # Flatten reads channels-first maps in channels-last order: the same dense weights.
+    h = layers.Flatten(data_format=data_format)(h)
     h = layers.Dense(128, activation="relu")(h)
     outputs = layers.Dense(num_classes)(h)
     return keras.Model(inputs, outputs, name=name)
@@ -111,9 +185,9 @@ def small_cnn(num_classes=10, input_shape=(28, 28, 1), name="small_cnn"):
 # -- Wide ResNet ---------------------------------------------------------------------------
 
 
-def wide_resnet(depth=28, width=10, num_classes=10, input_shape=(32, 32, 3),
+def wide_resnet(depth=28, width=10, num_classes=10, input_shape=None,
                 activation="relu", norm="batch", groups=16, dropout=0.0, bn_momentum=0.9,
-                epsilon=1e-5, mean=None, std=None, name=None):
+                epsilon=1e-5, mean=None, std=None, name=None, data_format=None):
     """Wide ResNet WRN-``depth``-``width`` (Zagoruyko & Komodakis, 2016), pre-activation.
 
     Three groups of ``(depth - 4) / 6`` blocks with 16·width, 32·width and 64·width channels
@@ -127,7 +201,8 @@ def wide_resnet(depth=28, width=10, num_classes=10, input_shape=(32, 32, 3),
         depth: total depth; ``depth - 4`` must be a positive multiple of 6 (28, 34, 70, ...).
         width: widening factor k (10 in WRN-28-10).
         num_classes: number of logits.
-        input_shape: ``(height, width, channels)``.
+        input_shape: ``(height, width, channels)``, ``(32, 32, 3)`` by default;
+            ``(channels, height, width)`` under ``"channels_first"``.
         activation: any Keras activation name or callable (``"relu"``, ``"swish"``, ...).
         norm: ``"batch"`` (BatchNormalization) or ``"group"`` (GroupNormalization).
         groups: number of groups for ``norm="group"``; must divide 16 and 16·width.
@@ -135,11 +210,18 @@ def wide_resnet(depth=28, width=10, num_classes=10, input_shape=(32, 32, 3),
         bn_momentum: BatchNorm moving-average momentum (0.9 is PyTorch's default 0.1).
         epsilon: normalisation epsilon.
         mean, std: optional per-channel standardisation applied inside the model.
+        data_format: ``"channels_last"`` or ``"channels_first"``; ``None``:
+            ``keras.config.image_data_format()``.
 
     >>> wide_resnet(depth=10, width=1, input_shape=(16, 16, 3)).output_shape
     (None, 10)
     """
-    input_shape = _check_classes_and_shape(num_classes, input_shape)
+    data_format = _data_format(data_format)
+    input_shape = _check_classes_and_shape(num_classes, input_shape, data_format, (32, 32, 3))
+    inputs = keras.Input(shape=input_shape)
+    layer_format = _layer_format(data_format)
+    stem_input = _layer_input(inputs, data_format, layer_format)
+    data_format = layer_format
     depth = _positive_int(depth, "depth", 10)
     if (depth - 4) % 6:
         raise ValueError(f"`depth` must be 6·n + 4 (10, 16, 22, 28, 34, ...); got {depth!r}.")
@@ -149,31 +231,34 @@ def wide_resnet(depth=28, width=10, num_classes=10, input_shape=(32, 32, 3),
             f"`groups` must divide the channel counts 16 and {16 * width}; got {groups!r}.")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1); got {dropout!r}.")
-    make_norm = _norm_factory(norm, groups, bn_momentum, epsilon)
+    make_norm = _norm_factory(norm, groups, bn_momentum, epsilon, data_format)
     make_act = _activation(activation)
     n = (depth - 4) // 6
+    axis = _channel_axis(data_format)
 
-    inputs = keras.Input(shape=input_shape)
-    h = _conv(16, 3, 1, _stem(inputs, mean, std))
+    def conv(filters, kernel, stride, h):
+        return _conv(filters, kernel, stride, h, data_format)
+
+    h = conv(16, 3, 1, _stem(stem_input, mean, std, data_format))
     for channels, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
         for i in range(n):
             s = stride if i == 0 else 1
             o = make_act()(make_norm()(h))
-            shortcut = h if (s == 1 and h.shape[-1] == channels) else _conv(
+            shortcut = h if (s == 1 and h.shape[axis] == channels) else conv(
                 channels, 1, s, o)
-            r = _conv(channels, 3, s, o)
+            r = conv(channels, 3, s, o)
             r = make_act()(make_norm()(r))
             if dropout:
                 r = layers.Dropout(dropout)(r)
-            r = _conv(channels, 3, 1, r)
+            r = conv(channels, 3, 1, r)
             h = layers.Add()([shortcut, r])
     h = make_act()(make_norm()(h))
-    h = layers.GlobalAveragePooling2D()(h)
+    h = layers.GlobalAveragePooling2D(data_format=data_format)(h)
     outputs = layers.Dense(num_classes)(h)
     return keras.Model(inputs, outputs, name=name or f"wrn_{depth}_{width}")
 
 
-def wrn_28_10(num_classes=10, input_shape=(32, 32, 3), activation="swish", norm="batch",
+def wrn_28_10(num_classes=10, input_shape=None, activation="swish", norm="batch",
               **kwargs):
     """WRN-28-10 with swish, the DyART CIFAR-10 model: 36,479,194 trainable weights (10
     classes), as the published 36.5 M. Other arguments as `wide_resnet`."""
@@ -181,7 +266,7 @@ def wrn_28_10(num_classes=10, input_shape=(32, 32, 3), activation="swish", norm=
                        activation=activation, norm=norm, **kwargs)
 
 
-def wrn_34_10(num_classes=10, input_shape=(32, 32, 3), activation="relu", norm="batch",
+def wrn_34_10(num_classes=10, input_shape=None, activation="relu", norm="batch",
               **kwargs):
     """WRN-34-10 (the TRADES / MART model): 46,160,474 trainable weights (10 classes)."""
     return wide_resnet(34, 10, num_classes=num_classes, input_shape=input_shape,
@@ -192,8 +277,13 @@ def wrn_34_10(num_classes=10, input_shape=(32, 32, 3), activation="relu", norm="
 
 
 def _resnet(preact, blocks, width, num_classes, input_shape, activation, norm, groups,
-            bn_momentum, epsilon, mean, std, name):
-    input_shape = _check_classes_and_shape(num_classes, input_shape)
+            bn_momentum, epsilon, mean, std, name, data_format):
+    data_format = _data_format(data_format)
+    input_shape = _check_classes_and_shape(num_classes, input_shape, data_format, (32, 32, 3))
+    inputs = keras.Input(shape=input_shape)
+    layer_format = _layer_format(data_format)
+    stem_input = _layer_input(inputs, data_format, layer_format)
+    data_format = layer_format
     width = _positive_int(width, "width")
     blocks = tuple(blocks)
     if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
@@ -202,41 +292,44 @@ def _resnet(preact, blocks, width, num_classes, input_shape, activation, norm, g
                          f"got {blocks!r}.")
     if norm == "group" and width % groups:
         raise ValueError(f"`groups` must divide `width` ({width}); got {groups!r}.")
-    make_norm = _norm_factory(norm, groups, bn_momentum, epsilon)
+    make_norm = _norm_factory(norm, groups, bn_momentum, epsilon, data_format)
     make_act = _activation(activation)
+    axis = _channel_axis(data_format)
 
-    inputs = keras.Input(shape=input_shape)
-    h = _conv(width, 3, 1, _stem(inputs, mean, std))
+    def conv(filters, kernel, stride, h):
+        return _conv(filters, kernel, stride, h, data_format)
+
+    h = conv(width, 3, 1, _stem(stem_input, mean, std, data_format))
     if not preact:
         h = make_act()(make_norm()(h))
     for stage, count in enumerate(blocks):
         channels = width * 2 ** stage
         for i in range(count):
             s = 2 if (stage > 0 and i == 0) else 1
-            project = s != 1 or h.shape[-1] != channels
+            project = s != 1 or h.shape[axis] != channels
             if preact:
                 # PreActBlock: act(norm(x)) feeds both the residual and a projection.
                 o = make_act()(make_norm()(h))
-                shortcut = _conv(channels, 1, s, o) if project else h
-                r = _conv(channels, 3, s, o)
-                r = _conv(channels, 3, 1, make_act()(make_norm()(r)))
+                shortcut = conv(channels, 1, s, o) if project else h
+                r = conv(channels, 3, s, o)
+                r = conv(channels, 3, 1, make_act()(make_norm()(r)))
                 h = layers.Add()([shortcut, r])
             else:
                 # BasicBlock: conv-norm-act-conv-norm, add, act.
-                shortcut = make_norm()(_conv(channels, 1, s, h)) if project else h
-                r = make_act()(make_norm()(_conv(channels, 3, s, h)))
-                r = make_norm()(_conv(channels, 3, 1, r))
+                shortcut = make_norm()(conv(channels, 1, s, h)) if project else h
+                r = make_act()(make_norm()(conv(channels, 3, s, h)))
+                r = make_norm()(conv(channels, 3, 1, r))
                 h = make_act()(layers.Add()([shortcut, r]))
     if preact:
         h = make_act()(make_norm()(h))
-    h = layers.GlobalAveragePooling2D()(h)
+    h = layers.GlobalAveragePooling2D(data_format=data_format)(h)
     outputs = layers.Dense(num_classes)(h)
     return keras.Model(inputs, outputs, name=name)
 
 
-def preact_resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=(32, 32, 3),
+def preact_resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=None,
                   activation="relu", norm="batch", groups=32, bn_momentum=0.9, epsilon=1e-5,
-                  mean=None, std=None, name="preact_resnet"):
+                  mean=None, std=None, name="preact_resnet", data_format=None):
     """Pre-activation ResNet (He et al., 2016) for small images.
 
     A 3×3 stem with ``width`` channels, stages of ``blocks[i]`` pre-activation basic blocks
@@ -249,13 +342,14 @@ def preact_resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=(32
         width: channels of the stem and the first stage (64).
         norm, groups: ``"batch"`` or ``"group"`` (``groups`` must divide ``width``).
 
-    The other arguments are those of `wide_resnet`.
+    The other arguments are those of `wide_resnet` (``input_shape`` ``(32, 32, 3)`` by
+    default, ``(3, 32, 32)`` under ``"channels_first"``).
     """
     return _resnet(True, blocks, width, num_classes, input_shape, activation, norm, groups,
-                   bn_momentum, epsilon, mean, std, name)
+                   bn_momentum, epsilon, mean, std, name, data_format)
 
 
-def preact_resnet18(num_classes=10, input_shape=(32, 32, 3), **kwargs):
+def preact_resnet18(num_classes=10, input_shape=None, **kwargs):
     """PreAct ResNet-18, the DyART Tiny-ImageNet model: 11,172,170 trainable weights for 10
     classes, 11,269,640 for Tiny-ImageNet's 200 at 64×64. Arguments as `preact_resnet`."""
     kwargs.setdefault("name", "preact_resnet18")
@@ -263,18 +357,18 @@ def preact_resnet18(num_classes=10, input_shape=(32, 32, 3), **kwargs):
                          **kwargs)
 
 
-def resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=(32, 32, 3),
+def resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=None,
            activation="relu", norm="batch", groups=32, bn_momentum=0.9, epsilon=1e-5,
-           mean=None, std=None, name="resnet"):
+           mean=None, std=None, name="resnet", data_format=None):
     """ResNet with basic blocks for small images (3×3 stem, no max-pool), post-activation.
 
     Arguments as `preact_resnet`; ``blocks=(2, 2, 2, 2)`` is the CIFAR ResNet-18.
     """
     return _resnet(False, blocks, width, num_classes, input_shape, activation, norm, groups,
-                   bn_momentum, epsilon, mean, std, name)
+                   bn_momentum, epsilon, mean, std, name, data_format)
 
 
-def resnet18(num_classes=10, input_shape=(32, 32, 3), **kwargs):
+def resnet18(num_classes=10, input_shape=None, **kwargs):
     """CIFAR ResNet-18: 11,173,962 trainable weights for 10 classes. Arguments as `resnet`."""
     kwargs.setdefault("name", "resnet18")
     return resnet((2, 2, 2, 2), num_classes=num_classes, input_shape=input_shape, **kwargs)

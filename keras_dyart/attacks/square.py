@@ -13,8 +13,13 @@ draws ⌊U·(h − s)⌋, so its windows never touch the last row or column once
 The window positions, signs and stripes are drawn with NumPy from ``seed`` and passed in, so
 every backend sees the same queries.  The queries run in compiled chunks of fixed length
 (``chunk``); between chunks the points already fooled are dropped, as the reference does.
-Inputs are channels-last images ``(N, H, W, C)``; ``(N, H, W)`` and flat ``(N, D)`` inputs
-are treated as ``(N, H, W, 1)`` and ``(N, D, 1, 1)``.
+Images follow ``data_format`` (``keras.config.image_data_format()`` unless given):
+``(N, H, W, C)`` channels-last or ``(N, C, H, W)`` channels-first.  Channels-first batches are
+transposed to ``(N, H, W, C)`` on the host and back inside the compiled step before each
+model call, so the windows always cover the spatial axes and every random draw is the same
+for both layouts: the same network on the same images gives the same points either way.
+``(N, H, W)`` and flat ``(N, D)`` inputs are treated as ``(N, H, W, 1)`` and
+``(N, D, 1, 1)`` in both layouts.
 
 L2 follows the reference's L2 variant: the start is a grid of "meta pseudo-Gaussian" blocks
 scaled to norm eps; each query picks two windows of odd side s >= 3, moves the perturbation
@@ -26,6 +31,7 @@ in, so the compiled step has static shapes.
 
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -34,6 +40,7 @@ from keras_dyart import backend as dyart_backend
 from keras_dyart.attacks import _common as C
 
 P_INIT = 0.8
+DATA_FORMATS = ("channels_last", "channels_first")
 
 
 def p_selection(i, p_init=P_INIT):
@@ -45,16 +52,32 @@ def p_selection(i, p_init=P_INIT):
     return p_init
 
 
-def _as_image(shape):
+def _data_format(data_format):
+    """``data_format`` checked; ``None``: ``keras.config.image_data_format()``."""
+    if data_format is None:
+        data_format = keras.config.image_data_format()
+    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
+        raise ValueError(
+            f"`data_format` must be one of {DATA_FORMATS} (or None for "
+            f"keras.config.image_data_format()); got {data_format!r}.")
+    return data_format.lower()
+
+
+def _as_image(shape, data_format="channels_last"):
+    """``(H, W, C)`` of a batch of shape ``shape`` in ``data_format``."""
+    shape = tuple(shape)
     if len(shape) == 4:
+        if data_format == "channels_first":
+            return shape[2], shape[3], shape[1]
         return shape[1:]
     if len(shape) == 3:
         return shape[1:] + (1,)
     if len(shape) == 2:
         return (shape[1], 1, 1)
+    layout = "(N, C, H, W)" if data_format == "channels_first" else "(N, H, W, C)"
     raise ValueError(
-        f"`x` must have shape (N, H, W, C), (N, H, W) or (N, D) for the Square attack; got "
-        f"shape {shape}.")
+        f"`x` must have shape {layout}, (N, H, W) or (N, D) for the Square attack "
+        f"(data_format {data_format!r}); got shape {shape}.")
 
 
 def square_chunk(logits_fn, x, y, x_best, margin_best, eps, side, top, left, signs):
@@ -211,7 +234,7 @@ def _margin_fn(logits_fn, z, y):
 
 
 def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chunk=100,
-           batch_size=500, seed=0, jit=True, progress=None):
+           batch_size=500, seed=0, jit=True, progress=None, data_format=None):
     """Square Attack adversarial examples (margin loss, one restart, as in AutoAttack).
 
     Args:
@@ -223,6 +246,10 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
         chunk: queries per compiled call; fooled points are dropped between chunks.
         batch_size, seed, jit: as for the other attacks.  ``progress(done, total)`` is
             called after each chunk with the number of queries done.
+        data_format: ``"channels_last"`` (``x`` is ``(N, H, W, C)``) or
+            ``"channels_first"`` (``(N, C, H, W)``); ``None`` (default):
+            ``keras.config.image_data_format()``.  The squares cover the spatial axes either
+            way, and the same seed draws the same queries for both layouts.
 
     Returns:
         ``(x_adv, success)`` as NumPy arrays, ``x_adv`` in the ball and the box.
@@ -235,13 +262,23 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
     chunk = _checks.positive(chunk, "chunk", integer=True)
     batch_size = _checks.positive(batch_size, "batch_size", integer=True)
     p_init = _checks.in_range(p_init, "p_init", 0.0, 1.0)
-    h, w, c = _as_image(x.shape)
-    xi = x.reshape((len(x), h, w, c))
+    data_format = _data_format(data_format)
+    h, w, c = _as_image(x.shape, data_format)
     shape = x.shape
+    # The attack works on (N, H, W, C); a channels-first batch is transposed here and its
+    # points are transposed back before every model call and at the end.
+    transpose = len(shape) == 4 and data_format == "channels_first"
+    xi = x.transpose(0, 2, 3, 1) if transpose else x.reshape((len(x), h, w, c))
+    xi = np.ascontiguousarray(xi)
     rng = np.random.RandomState(seed)
 
+    def to_model(z):
+        if transpose:
+            return ops.transpose(z, (0, 3, 1, 2))
+        return ops.reshape(z, (-1,) + shape[1:])
+
     def logits_img(logits_fn):
-        return lambda z: logits_fn(ops.reshape(z, (-1,) + shape[1:]))
+        return lambda z: logits_fn(to_model(z))
 
     def init_fn(logits_fn, xb, yb, stripes, e):
         xb, stripes, e = (ops.convert_to_tensor(v, "float32") for v in (xb, stripes, e))
@@ -252,8 +289,10 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
         step = square_chunk if norm == "linf" else square_l2_chunk
         return step(logits_img(logits_fn), *args)
 
-    run_init = C.compiled(model, ("square-init",), init_fn, jit)
-    run = C.compiled(model, ("square", norm), chunk_fn, jit)
+    # The compiled functions close over the layout and the input shape: both are in the key.
+    layout = (data_format if transpose else "channels_last", shape[1:])
+    run_init = C.compiled(model, ("square-init",) + layout, init_fn, jit)
+    run = C.compiled(model, ("square", norm) + layout, chunk_fn, jit)
 
     if norm == "linf":
         # The initial stripes: one sign per column and channel, per point.
@@ -311,5 +350,6 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
         done += q
         if progress is not None:
             progress(done, n_queries)
-    x_adv = C.guard(x_best.reshape(shape), x, eps, norm)
+    x_best = x_best.transpose(0, 3, 1, 2) if transpose else x_best.reshape(shape)
+    x_adv = C.guard(np.ascontiguousarray(x_best), x, eps, norm)
     return x_adv, C.predict_labels(model, x_adv, batch_size) != y
