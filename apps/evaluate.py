@@ -13,6 +13,7 @@ import json
 import os
 from typing import List, Optional
 
+import click
 import typer
 
 
@@ -102,8 +103,11 @@ def _resolve_target(target):
         config = {}
         cfg = os.path.join(target, "config.json")
         if os.path.isfile(cfg):
-            with open(cfg) as f:
-                config = json.load(f)
+            try:
+                with open(cfg) as f:
+                    config = json.load(f)
+            except (OSError, ValueError) as err:
+                raise typer.BadParameter(f"TARGET: cannot read {cfg}: {err}") from None
         return path, config, target
     if os.path.isfile(target) and target.endswith(".keras"):
         return target, {}, os.path.dirname(os.path.abspath(target))
@@ -113,33 +117,35 @@ def _resolve_target(target):
 
 
 def evaluate(
-    target: str = typer.Argument(..., help="Run directory (its averaged.keras, else "
-                                           "model.keras, and config.json) or a .keras file."),
+    target: str = typer.Argument(..., metavar="TARGET", hidden=True),
     attack: str = typer.Option(
-        "autoattack", help="autoattack, pgd, pgd-cw, apgd-ce, apgd-dlr, apgd-t, fab-t, square, "
-                           "or several joined by commas (run in order, worst case)."),
+        "autoattack", metavar="NAME", help="Attack(s), comma-joined (docs/cli.md)."),
     eps: Optional[List[str]] = typer.Option(
-        None, help="Radius; repeat for several (8/255 accepted). Default: the run's "
-                   "evaluation radii, else 0.1, 0.2, 0.3."),
-    n: int = typer.Option(1000, "--n", help="Test points to evaluate (the first N)."),
+        None, metavar="EPS", help="Radius; repeat. Default: the run's."),
+    n: int = typer.Option(1000, "--n", metavar="N", help="Test points (the first N)."),
     dataset: Optional[str] = typer.Option(
-        None, help="Data set of the test points (default: the run's, else mnist5k)."),
+        None, metavar="NAME", help="Data set. Default: the run's, else mnist5k."),
     data_path: Optional[str] = typer.Option(
-        None, "--data-path", help="Path for svhn, tinyimagenet or npz data sets."),
-    norm: Optional[str] = typer.Option(None, help="linf or l2 (default: the run's, else "
-                                                  "linf)."),
-    batch_size: int = typer.Option(500, "--batch-size", help="Points per compiled call."),
-    seed: int = typer.Option(0, help="Seed of the attacks' random draws."),
+        None, "--data-path", metavar="PATH", help="Files of svhn, tinyimagenet or npz."),
+    norm: Optional[str] = typer.Option(None, metavar="NORM",
+                                       help="linf or l2. Default: the run's."),
+    batch_size: int = typer.Option(500, "--batch-size", metavar="N",
+                                   help="Points per compiled call."),
+    seed: int = typer.Option(0, metavar="N", help="Seed of the attacks."),
     n_iter: Optional[int] = typer.Option(
-        None, "--n-iter", help="Iterations of APGD and FAB-T (AutoAttack: 100)."),
+        None, "--n-iter", metavar="N", help="APGD and FAB-T iterations (100)."),
     n_queries: Optional[int] = typer.Option(
-        None, "--n-queries", help="Queries of Square (AutoAttack: 5000)."),
-    margins: bool = typer.Option(False, "--margins/--no-margins",
-                                 help="Also write the FAB-T margins report (CSV, PNG)."),
-    out: Optional[str] = typer.Option(None, help="Directory for the outputs (default: the "
-                                                 "run directory or the .keras file's)."),
+        None, "--n-queries", metavar="N", help="Square queries (5000)."),
+    margins: bool = typer.Option(False, "--margins/--no-margins", show_default=False,
+                                 help="Also write FAB-T margins (off)."),
+    out: Optional[str] = typer.Option(None, metavar="DIR",
+                                      help="Output folder. Default: TARGET's."),
 ):
-    """Evaluate robustness: clean accuracy and robust accuracy per attack and eps."""
+    """Evaluate robustness: clean and robust accuracy per attack and eps.
+
+    TARGET is a run directory (its averaged.keras, else model.keras, and config.json) or
+    a .keras file.  Writes eval_ATTACK.json and .csv next to it (or to --out).
+    """
     from keras_dyart import _checks
 
     model_path, config, out_dir = _resolve_target(target)
@@ -160,6 +166,20 @@ def evaluate(
         from keras_dyart.attacks.autoattack import resolve
 
         resolve(attack)
+        from keras_dyart import datasets
+
+        name = dataset or config.get("dataset") or "mnist5k"
+        if name not in datasets.DATASETS:
+            raise ValueError(f"`--dataset` must be one of {list(datasets.DATASETS)}; got "
+                             f"{name!r}.")
+        if data_path is not None and not os.path.exists(data_path):
+            raise ValueError(f"`--data-path`: no such file or folder {data_path!r}.")
+        if data_path is None and name == config.get("dataset"):
+            data_path = config.get("data_path")
+        if name in ("svhn", "tinyimagenet", "npz") and not data_path:
+            raise ValueError(f"`--data-path`: --dataset {name} needs its files.")
+        if out is not None and os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"`--out` {out!r} is a file; give a folder.")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 
@@ -168,11 +188,19 @@ def evaluate(
     import keras_dyart  # noqa: F401  (registers DyARTModel for loading)
     from keras_dyart import datasets
 
-    name = dataset or config.get("dataset") or "mnist5k"
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as err:  # noqa: BLE001  (Keras raises many kinds for a bad file)
+        raise typer.BadParameter(f"TARGET: cannot load {model_path!r}: {err}") from None
     kwargs = {"path": data_path} if data_path else {}
-    _, _, x_test, y_test = datasets.load(name, **kwargs)
+    try:
+        if name == "npz":       # the test images and labels of one .npz (keys x, y)
+            x_test, y_test = datasets.load_npz(data_path)
+        else:
+            _, _, x_test, y_test = datasets.load(name, **kwargs)
+    except Exception as err:  # noqa: BLE001  (downloads and readers raise many kinds)
+        raise click.ClickException(f"cannot load --dataset {name}: {err}") from None
     x_test, y_test = x_test[:n], y_test[:n]
-    model = keras.saving.load_model(model_path, compile=False)
     typer.echo(f"{model_path}: {len(x_test)} {name} test points, {keras.backend.backend()} "
                f"backend")
     run_evaluation(model, x_test, y_test, out or out_dir, attack=attack, epsilons=epsilons,

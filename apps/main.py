@@ -13,8 +13,10 @@ app = typer.Typer(
     name="keras-dyart",
     help="Robust training by margins for Keras 3: DyART, baselines, boundary dynamics and "
          "attack-based evaluation. The backend is chosen with KERAS_BACKEND "
-         "(tensorflow, jax or torch).",
+         "(tensorflow, jax or torch). Every option: docs/cli.md.",
     no_args_is_help=True,
+    # Plain help: paragraphs wrapped to the terminal, one line per option, no type column.
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )

@@ -3,11 +3,13 @@ evaluation, into a run directory that can be resumed."""
 
 import contextlib
 import csv
+import inspect
 import json
 import os
 import time
 from typing import List, Optional
 
+import click
 import typer
 
 METHODS = ("clean", "pgd-at", "trades", "mart", "mma", "dyart")
@@ -28,6 +30,96 @@ def _method_kwargs(method, *, norm, seed, train_eps, train_step, train_steps, kl
         "dyart": {"norm": norm, "beta": beta, "lam": lam, "alpha": alpha, "r0": r0,
                   "n_iter": n_iter, "eps_fab": eps_fab, "random_start": random_start},
     }[method] | ({} if method == "clean" else {"seed": seed})
+
+
+def option_defaults():
+    """The default of every `train` option by parameter name: the settings of a run whose
+    config.json lacks them."""
+    return {name: param.default.default
+            for name, param in inspect.signature(train).parameters.items()}
+
+
+def method_kwargs_from_config(method, config, *, norm=None, train_eps=None):
+    """`_method_kwargs` from a run's recorded settings (config.json, over
+    `option_defaults`): the method exactly as `train` built it.  ``norm`` and
+    ``train_eps`` (with step 2.5 × eps / steps) replace the run's."""
+    from keras_dyart import _checks
+
+    s = {**option_defaults(), **{k: v for k, v in config.items() if v is not None}}
+    if train_eps is not None:
+        s["train_eps"], s["train_step"] = train_eps, None
+    eps = _checks.parse_eps(s["train_eps"], "train_eps")
+    step = (2.5 * eps / s["train_steps"] if s["train_step"] is None
+            else _checks.parse_eps(s["train_step"], "train_step"))
+    return _method_kwargs(
+        method, norm=norm or s["norm"], seed=s["seed"], train_eps=eps, train_step=step,
+        train_steps=s["train_steps"], kl_beta=s["kl_beta"],
+        d_max=_checks.parse_eps(s["d_max"], "d_max"), clean_weight=s["clean_weight"],
+        n_iter=s["n_iter"], beta=s["beta"], lam=s["lam"], alpha=s["alpha"], r0=s["r0"],
+        eps_fab=_checks.parse_eps(s["eps_fab"], "eps_fab"), random_start=s["random_start"])
+
+
+def method_optimizer(total_steps, settings):
+    """The optimizer of the method stage (`recipe.build_optimizer`) for ``total_steps``
+    steps from a run's settings (the keys of config.json: lr, momentum, weight_decay,
+    weight_decay_mode, clipnorm, schedule, lr_warmup, ema_tau, ema_warmup; missing ones
+    take `option_defaults`).  `train` and `keras-dyart dynamics` both build it here."""
+    from keras_dyart import recipe
+
+    s = {**option_defaults(), **{k: v for k, v in settings.items() if v is not None}}
+    return recipe.build_optimizer(
+        total_steps, learning_rate=s["lr"], momentum=s["momentum"],
+        weight_decay=s["weight_decay"], global_clipnorm=s["clipnorm"] or None,
+        lr_warmup=s["lr_warmup"], ema_tau=s["ema_tau"], ema_warmup=s["ema_warmup"],
+        schedule=s["schedule"], weight_decay_mode=s["weight_decay_mode"])
+
+
+#: Files a run directory holds: written by `train` (and by `evaluate` and `dynamics` on
+#: the run); `--overwrite` removes them before the new run starts.
+RUN_FILES = ("config.json", "burn_in.keras", "model.keras", "averaged.keras", "best.keras",
+             "history.csv", "history_burn_in.csv", "history_method.csv", "metrics.json")
+RUN_FOLDERS = ("backup", "dynamics")
+RUN_PATTERNS = ("eval_*.json", "eval_*.csv", "margins.*", "best.keras.*", ".tmp-*")
+
+
+def _finished(out):
+    """Whether ``out`` holds a finished run (metrics.json or model.keras)."""
+    return any(os.path.exists(os.path.join(out, n)) for n in ("metrics.json", "model.keras"))
+
+
+def _check_out(out, resume, overwrite):
+    """Refuse an --out that is a file, a finished run (without --overwrite) or an
+    interrupted one (without --resume or --overwrite)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"`--out` {out!r} is a file; give a directory.")
+    if resume or overwrite or not os.path.isdir(out):
+        return
+    if _finished(out):
+        raise ValueError(f"`--out` {out!r} holds a finished run (metrics.json or "
+                         "model.keras); pass --overwrite to replace it or choose another "
+                         "directory.")
+    if os.path.exists(os.path.join(out, "backup")):
+        raise ValueError(f"`--out` {out!r} holds an interrupted run (backup/); pass "
+                         "--resume to continue it, --overwrite to replace it, or choose "
+                         "another directory.")
+
+
+def _clear_run(out):
+    """Remove the files of an earlier run from ``out`` (`RUN_FILES`, `RUN_FOLDERS`,
+    `RUN_PATTERNS`); other files stay."""
+    import glob
+    import shutil
+
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    for name in RUN_FOLDERS:
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    for pattern in RUN_PATTERNS:
+        for path in glob.glob(os.path.join(out, pattern)):
+            if os.path.isfile(path):
+                os.remove(path)
 
 
 def _steps(data):
@@ -137,115 +229,95 @@ _RESUME_KEYS = ("method", "backend", "seed", "dataset", "model", "epochs", "burn
 
 def train(
     preset: Optional[str] = typer.Option(
-        None, "--preset", callback=_preset_callback, is_eager=True,
-        help="A published recipe (see `keras-dyart presets`): its data set, model, "
-             "epochs, optimizer, DyART settings, augmentation and evaluation radius become "
-             "the defaults; options given on the command line still win."),
+        None, "--preset", callback=_preset_callback, is_eager=True, metavar="NAME",
+        help="A published recipe (keras-dyart presets) as the defaults."),
     method: str = typer.Option(
-        "dyart", help="Training method after the burn-in: " + ", ".join(METHODS) + "."),
-    epochs: int = typer.Option(8, help="Epochs of the method after the burn-in."),
-    burn_in: int = typer.Option(3, "--burn-in", help="Clean (cross-entropy) epochs first."),
+        "dyart", metavar="NAME", help="Method after the burn-in: " + ", ".join(METHODS) + "."),
+    epochs: int = typer.Option(8, metavar="N", help="Epochs of the method."),
+    burn_in: int = typer.Option(3, "--burn-in", metavar="N",
+                                help="Clean epochs first."),
     init: Optional[str] = typer.Option(
-        None, "--init", help="Start from this .keras checkpoint (a classifier or a run's "
-                             "model.keras) instead of a burn-in; --burn-in is ignored."),
+        None, "--init", metavar="FILE",
+        help="Start from this .keras file (no burn-in)."),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the interrupted run in --out (same options): "
-                                "restores weights, optimizer, averages, seeds and epoch."),
+        False, "--resume", help="Continue the interrupted run in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a finished run in --out."),
     eps: Optional[List[str]] = typer.Option(
-        None, help="PGD-40 evaluation radius; repeat for several (text such as 8/255 is "
-                   "accepted). Default: 0.1, 0.2, 0.3."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Training batch size."),
-    seed: int = typer.Option(0, help="Seed of weights, shuffling and attacks."),
+        None, metavar="EPS", help="PGD radius; repeat (default 0.1, 0.2, 0.3)."),
+    batch_size: int = typer.Option(128, "--batch-size", metavar="N", help="Batch size."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed."),
     out: Optional[str] = typer.Option(
-        None, help="Run directory to write. Default: runs/<method>-<backend>-<time>."),
+        None, metavar="DIR", help="Run directory (default: a new one in runs/)."),
     dataset: str = typer.Option(
-        "mnist5k", help="Data set: mnist5k (embedded), cifar10, cifar100 (downloaded by "
-                        "Keras), svhn, tinyimagenet (need --data-path)."),
+        "mnist5k", metavar="NAME", help="Data set (docs/cli.md)."),
     data_path: Optional[str] = typer.Option(
-        None, "--data-path", help="Directory of svhn (.mat files) or tinyimagenet."),
+        None, "--data-path", metavar="DIR", help="Folder of svhn or tinyimagenet."),
     extra_data: Optional[str] = typer.Option(
-        None, "--extra-data", help="Extra-data .npz (keys image, label) for a preset that "
-                                   "mixes generated images into every batch."),
+        None, "--extra-data", metavar="FILE", help="Extra-data .npz of a preset."),
     model: str = typer.Option(
-        "small-cnn", help="Architecture: small-cnn, wide-resnet, wrn-28-10, wrn-34-10, "
-                          "preact-resnet18, resnet18."),
+        "small-cnn", metavar="NAME", help="Architecture."),
     distribute: bool = typer.Option(
-        False, "--distribute/--no-distribute",
-        help="Data-parallel over all accelerators (else all CPU devices): "
-             "keras.distribution.DataParallel on JAX, tf.distribute.MirroredStrategy on "
-             "TensorFlow; not available on PyTorch."),
-    lr: float = typer.Option(0.05, help="Peak SGD learning rate (Nesterov momentum)."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
+        False, "--distribute/--no-distribute", show_default=False,
+        help="Data-parallel on JAX or TensorFlow (off)."),
+    lr: float = typer.Option(0.05, metavar="X", help="Peak SGD learning rate."),
+    momentum: float = typer.Option(0.9, metavar="X", help="SGD (Nesterov) momentum."),
     weight_decay: float = typer.Option(
-        5e-4, "--weight-decay", help="Weight decay (none on biases and normalisation "
-                                     "parameters)."),
+        5e-4, "--weight-decay", metavar="X", help="Weight decay."),
     weight_decay_mode: str = typer.Option(
-        "coupled", "--weight-decay-mode",
-        help="coupled: added to the clipped gradient, as PyTorch's SGD and the reference "
-             "code do (momentum amplifies it about 10x); decoupled: Keras's w <- w - "
-             "lr*wd*w."),
+        "coupled", "--weight-decay-mode", metavar="MODE",
+        help="coupled or decoupled."),
     clipnorm: float = typer.Option(
-        1.0, help="Global gradient-norm clip of the method stage (0: none). 1.0 on MNIST: "
-                  "the CIFAR recipe's 0.1 stalls the margins there (eps-0.3 robust "
-                  "accuracy 0.43 against 0.77), none diverges. The clean burn-in is not "
-                  "clipped: clipping slows clean training, and only the robust terms "
-                  "need it."),
+        1.0, metavar="X", help="Gradient clip (0: none)."),
     schedule: str = typer.Option(
-        "constant", help="Learning-rate schedule of the method stage: constant, cosine "
-                         "(with --lr-warmup; the CIFAR recipe) or step (÷10 at 50 % and "
-                         "75 % of the steps)."),
+        "constant", metavar="NAME", help="constant/cosine/step."),
     lr_warmup: float = typer.Option(
-        0.025, "--lr-warmup", help="Share of the method's steps with a linear learning-rate "
-                                   "warm-up before the cosine decay."),
-    ema_tau: float = typer.Option(
-        0.995, "--ema-tau", help="τ of the weight average (EMA); decay min(τ, (1+t)/(10+t))."),
+        0.025, "--lr-warmup", metavar="X", help="Cosine warm-up share."),
+    ema_tau: float = typer.Option(0.995, "--ema-tau", metavar="X",
+                                  help="τ of the weight average."),
     ema_warmup: float = typer.Option(
-        0.025, "--ema-warmup", help="Share of the method's steps before averaging starts."),
-    norm: str = typer.Option("linf", help="Threat model of margins and attacks: linf or l2."),
+        0.025, "--ema-warmup", metavar="X", help="Average warm-up share."),
+    norm: str = typer.Option("linf", metavar="NORM", help="Threat model: linf or l2."),
     train_eps: str = typer.Option(
-        "0.3", "--train-eps", help="PGD-AT/TRADES/MART: radius of the inner attack."),
+        "0.3", "--train-eps", metavar="EPS", help="PGD-AT/TRADES/MART radius."),
     train_step: Optional[str] = typer.Option(
-        None, "--train-step", help="PGD-AT/TRADES/MART: inner step size. Default: "
-                                   "2.5 × train-eps / train-steps."),
+        None, "--train-step", metavar="EPS",
+        help="PGD-AT/TRADES/MART step (2.5 eps/steps)."),
     train_steps: int = typer.Option(
-        10, "--train-steps", help="PGD-AT/TRADES/MART: inner attack steps."),
+        10, "--train-steps", metavar="N", help="PGD-AT/TRADES/MART steps."),
     kl_beta: float = typer.Option(
-        6.0, "--kl-beta", help="TRADES/MART: weight β of the KL term."),
-    d_max: str = typer.Option("0.4", "--d-max", help="MMA: margin hinge d_max."),
+        6.0, "--kl-beta", metavar="X", help="TRADES/MART: KL weight β."),
+    d_max: str = typer.Option("0.4", "--d-max", metavar="EPS",
+                              help="MMA: margin hinge."),
     clean_weight: float = typer.Option(
-        1 / 3, "--clean-weight", help="MMA: weight of the clean cross-entropy."),
-    lam: float = typer.Option(1000.0, help="DyART weight λ of the robust term."),
-    alpha: float = typer.Option(3.0, help="DyART α of h'(r) = exp(-α r)."),
-    r0: float = typer.Option(0.6, help="DyART r0: margins beyond it get no robust term."),
-    eps_fab: str = typer.Option("0.3", "--eps-fab", help="FAB random-start radius scale."),
-    beta: float = typer.Option(5.0, help="DyART/MMA: soft-margin temperature β."),
-    n_iter: int = typer.Option(20, "--n-iter", help="DyART/MMA: FAB iterations per step."),
+        1 / 3, "--clean-weight", metavar="X", show_default="1/3",
+        help="MMA: clean-loss weight."),
+    lam: float = typer.Option(1000.0, metavar="X", help="DyART: robust weight λ."),
+    alpha: float = typer.Option(3.0, metavar="X", help="DyART: α in exp(-α r)."),
+    r0: float = typer.Option(0.6, metavar="X", help="DyART: margin cut-off."),
+    eps_fab: str = typer.Option("0.3", "--eps-fab", metavar="EPS",
+                                help="DyART: FAB start scale."),
+    beta: float = typer.Option(5.0, metavar="X", help="DyART/MMA: soft-margin β."),
+    n_iter: int = typer.Option(20, "--n-iter", metavar="N",
+                               help="DyART/MMA: FAB iterations."),
     random_start: bool = typer.Option(
-        False, "--random-start/--no-random-start",
-        help="Start FAB at random (as the reference code) instead of at x."),
+        False, "--random-start/--no-random-start", show_default=False,
+        help="DyART: random FAB start (off)."),
     eval_every: int = typer.Option(
-        0, "--eval-every", help="Every N epochs, attack the averaged model (PGD-40, CW "
-                                "loss, first --eval-n test points, largest --eps) and keep "
-                                "the best as best.keras; 0: off."),
+        0, "--eval-every", metavar="N", help="Keep best.keras (0: off)."),
     limit: Optional[int] = typer.Option(
-        None, help="Use only the first N training points (quick runs)."),
-    eval_n: int = typer.Option(1000, "--eval-n", help="Test points to evaluate."),
-    pgd_steps: int = typer.Option(40, "--pgd-steps", help="PGD steps of the evaluation."),
-    verbose: int = typer.Option(1, help="Keras progress: 0 silent, 1 bars, 2 one line."),
+        None, metavar="N", help="Use only the first N training points."),
+    eval_n: int = typer.Option(1000, "--eval-n", metavar="N", help="Test points to evaluate."),
+    pgd_steps: int = typer.Option(40, "--pgd-steps", metavar="N",
+                                  help="PGD steps of the evaluation."),
+    verbose: int = typer.Option(1, metavar="N", help="0 silent, 1 bars, 2 one line."),
 ):
-    """Train a method (clean burn-in first, or --init) with the recipe and evaluate it.
+    """Train a method (clean burn-in first, or --init) and evaluate it.
 
-    The method stage uses SGD with Nesterov momentum, a constant learning rate (or, with
-    --schedule cosine, cosine decay after a linear warm-up), weight decay except on biases
-    and normalisation parameters, global gradient-norm clipping and an average (EMA) of the
-    weights; the *averaged* model is evaluated with PGD-40 (CE) by the code of `keras-dyart
-    evaluate` and saved as averaged.keras.
-
-    Writes config.json, model.keras (the method model with its optimizer state),
-    averaged.keras, history.csv and metrics.json to the run directory and prints clean and
-    robust accuracy. While the method trains, backup/ holds the state after each epoch:
-    rerun the same command with --resume to continue an interrupted run. The defaults train
-    the small CNN on MNIST-5k in a few minutes on a CPU (MNIST's eps 0.3 L∞ threat model).
+    The method stage runs the recipe (SGD, weight decay, clipping, weight average); the
+    averaged model is evaluated with PGD.  Writes config.json, burn_in.keras, model.keras,
+    averaged.keras, history.csv and metrics.json to the run directory.  Resume an
+    interrupted run with --resume.  Every option: docs/cli.md.
     """
     from keras_dyart import _checks
 
@@ -274,6 +346,28 @@ def train(
             raise ValueError(f"`--weight-decay-mode` must be one of {list(modes)}; got "
                              f"{weight_decay_mode!r}.")
         norm = _checks.norm_name(norm, "--norm")
+        _checks.positive(lr, "--lr")
+        _checks.in_range(momentum, "--momentum", 0.0, 1.0)
+        for value, name in ((lam, "--lam"), (alpha, "--alpha")):
+            _checks.positive(value, name, allow_zero=True)
+        for value, name in ((r0, "--r0"), (beta, "--beta")):
+            _checks.positive(value, name)
+        _checks.positive(n_iter, "--n-iter", integer=True)
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"`--verbose` must be 0, 1 or 2; got {verbose!r}.")
+        from keras_dyart import architectures, datasets
+
+        if model not in architectures.BUILDERS:
+            raise ValueError(f"`--model` must be one of {sorted(architectures.BUILDERS)}; "
+                             f"got {model!r}.")
+        names = [d for d in datasets.DATASETS if d != "npz"]
+        if dataset not in names:
+            raise ValueError(f"`--dataset` must be one of {names}; got {dataset!r}.")
+        if data_path is not None and not os.path.isdir(data_path):
+            raise ValueError(f"`--data-path` must be an existing folder; got {data_path!r}.")
+        if dataset in ("svhn", "tinyimagenet") and data_path is None:
+            raise ValueError(f"`--data-path`: --dataset {dataset} needs the folder of its "
+                             "files.")
         for value, name in ((epochs, "--epochs"), (burn_in, "--burn-in"),
                             (eval_every, "--eval-every")):
             _checks.positive(value, name, integer=True, allow_zero=True)
@@ -290,6 +384,11 @@ def train(
             raise ValueError("`--epochs` and `--burn-in` are both 0: nothing to train.")
         if resume and not out:
             raise ValueError("`--resume` needs `--out`: the run directory to continue.")
+        if resume and overwrite:
+            raise ValueError("`--overwrite` and `--resume` exclude each other: replace the "
+                             "run in --out, or continue it.")
+        if out is not None:
+            _check_out(out, resume, overwrite)
         preset_dict = None
         if preset is not None:
             from keras_dyart import presets
@@ -366,15 +465,13 @@ def train(
         if os.path.exists(os.path.join(out, "metrics.json")):
             raise typer.BadParameter(f"`--resume`: the run in {out!r} is complete "
                                      "(metrics.json exists).")
-    elif os.path.exists(backup_dir):
-        raise typer.BadParameter(
-            f"`--out` {out!r} holds an interrupted run (backup/); pass --resume to continue "
-            "it or choose another directory.")
-    io.write_json(config_path, config)
 
     keras.utils.set_random_seed(seed)
-    x_train, y_train, x_test, y_test, extra = _load_data(
-        dataset, data_path, extra_data, preset_dict, uint8=augment is not None)
+    try:
+        x_train, y_train, x_test, y_test, extra = _load_data(
+            dataset, data_path, extra_data, preset_dict, uint8=augment is not None)
+    except Exception as err:  # noqa: BLE001  (downloads and readers raise many kinds)
+        raise click.ClickException(f"cannot load --dataset {dataset}: {err}") from None
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
     x_test, y_test = x_test[:eval_n], y_test[:eval_n]
@@ -401,10 +498,16 @@ def train(
         typer.echo(f"data parallel over {distribute_mod.num_replicas(strategy)} devices")
     with scope:
         if init is not None:
-            classifier = _load_init(init)
+            try:
+                classifier = _load_init(init)
+            except Exception as err:  # noqa: BLE001  (Keras raises many kinds)
+                raise typer.BadParameter(f"`--init`: cannot load {init!r}: {err}") from None
         else:
             classifier = architectures.get(model, num_classes=num_classes,
                                            input_shape=x_train.shape[1:], **model_kwargs)
+        if overwrite:
+            _clear_run(out)
+        io.write_json(config_path, config)
         if burn_in and resume and os.path.exists(burn_in_path):
             typer.echo(f"burn-in: restored from {burn_in_path}")
             classifier = _load_init(burn_in_path)
@@ -429,11 +532,8 @@ def train(
             d_max=d_max_value, clean_weight=clean_weight, n_iter=n_iter, beta=beta, lam=lam,
             alpha=alpha, r0=r0, eps_fab=eps_fab_value, random_start=random_start))
         batches = batches_for(seed, with_extra=True)
-        robust.compile(optimizer=recipe.build_optimizer(
-            max(epochs, 1) * _steps(batches), learning_rate=lr, momentum=momentum,
-            weight_decay=weight_decay, global_clipnorm=clipnorm or None, lr_warmup=lr_warmup,
-            ema_tau=ema_tau, ema_warmup=ema_warmup, schedule=schedule,
-            weight_decay_mode=weight_decay_mode), metrics=["accuracy"])
+        robust.compile(optimizer=method_optimizer(max(epochs, 1) * _steps(batches), config),
+                       metrics=["accuracy"])
         if epochs:
             typer.echo(f"{method}: {epochs} epochs")
             if not resume and os.path.exists(method_history):
