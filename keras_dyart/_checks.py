@@ -64,32 +64,15 @@ def in_range(value, arg, low, high):
     return value
 
 
-def images(x, arg="x"):
-    """Check a batch of inputs: float, finite, non-empty, values in [0, 1]."""
-    x = np.asarray(x)
-    if x.ndim < 2:
-        raise ValueError(
-            f"`{arg}` must be a batch of inputs with shape (N, ...); got shape {x.shape}.")
-    if x.shape[0] == 0:
-        raise ValueError(f"`{arg}` is empty (shape {x.shape}); expected at least one input.")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(
-            f"`{arg}` must hold floats in [0, 1]; got dtype {x.dtype}. "
-            "Divide 0-255 pixels by 255 first.")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"`{arg}` contains NaN or inf values.")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"`{arg}` must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}].")
-    return x.astype("float32", copy=False)
-
-
 def labels(y, n, num_classes=None, arg="y"):
     """Check integer class labels of length ``n`` in [0, num_classes)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise ValueError(
+            f"`{arg}` must hold integer class indices of shape (N,); got shape {y.shape}, "
+            f"which looks like one-hot labels: pass np.argmax({arg}, axis=-1) instead.")
     if y.ndim != 1:
         raise ValueError(f"`{arg}` must be a 1-D array of class indices; got shape {y.shape}.")
     if y.shape[0] != n:
@@ -114,3 +97,110 @@ def logits_shape(shape, n, arg="model"):
             f"`{arg}` must output logits of shape (N, K) with K >= 2 classes; for "
             f"{n} inputs it returned shape {shape}.")
     return int(shape[1])
+
+
+def bounds(value, arg="bounds"):
+    """Check input bounds ``(lower, upper)``: two finite numbers with lower < upper."""
+    try:
+        lo, hi = value
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{arg}` must be a pair (lower, upper) of numbers, such as (0, 1) or (0, 255); "
+            f"got {value!r}.") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= hi:
+        raise ValueError(
+            f"`{arg}` must be two finite numbers with lower < upper; got {value!r}.")
+    return (lo, hi)
+
+
+def _bounds_text(lo, hi):
+    return f"[{lo:g}, {hi:g}]"
+
+
+def input_values(x, arg="x", box=(0.0, 1.0)):
+    """Check the values of a batch of inputs against the model's input bounds ``box``.
+
+    ``x`` is a NumPy array (a batch or a whole data set).  Integer pixels, NaN/inf and values
+    outside ``box`` fail with a message that names ``arg`` and says what to do.
+    """
+    lo, hi = box
+    if x.ndim < 2:
+        raise ValueError(
+            f"`{arg}` must be a batch of inputs with shape (N, ...); got shape {x.shape}.")
+    if x.shape[0] == 0:
+        raise ValueError(f"`{arg}` is empty (shape {x.shape}); expected at least one input.")
+    if not np.issubdtype(x.dtype, np.floating):
+        hint = ("Divide 0-255 pixels by 255 first" if (lo, hi) == (0.0, 1.0) else
+                "Cast them to float32 first")
+        raise ValueError(
+            f"`{arg}` must hold floats in {_bounds_text(lo, hi)} (the model's input bounds); "
+            f"got dtype {x.dtype}. {hint}, or declare the model's bounds, e.g. "
+            f"bounds=(0, 255) for a model that rescales 0-255 pixels itself.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"`{arg}` contains NaN or inf values.")
+    xmin, xmax = float(x.min()), float(x.max())
+    if xmin < lo or xmax > hi:
+        hint = (" (0-255 pixels? divide them by 255, or declare bounds=(0, 255))"
+                if (lo, hi) == (0.0, 1.0) and xmax > 1.0 else "")
+        raise ValueError(
+            f"`{arg}` must lie in the model's input bounds {_bounds_text(lo, hi)}; got values "
+            f"in [{xmin:.4g}, {xmax:.4g}]{hint}.")
+    return x
+
+
+def images(x, arg="x", box=(0.0, 1.0)):
+    """Check a batch of inputs: float, finite, non-empty, values within ``box``
+    (default [0, 1]).  Returns float32."""
+    x = input_values(np.asarray(x), arg, box)
+    return x.astype("float32", copy=False)
+
+
+def logits_output(out, n, arg="classifier"):
+    """Check one batch of a classifier's output: a single tensor of logits ``(N, K)``,
+    K >= 2, not probabilities.  Returns K."""
+    if isinstance(out, (dict, list, tuple)):
+        raise ValueError(
+            f"`{arg}` must return one tensor of logits (N, K); it returned a "
+            f"{type(out).__name__} of {len(out)} outputs. Wrap it so that it returns only "
+            f"the class logits.")
+    out = np.asarray(out, dtype="float64")
+    k = logits_shape(out.shape, n, arg)
+    if n and np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError(
+            f"`{arg}` returns probabilities (every row is non-negative and sums to 1): it "
+            f"must return logits. Remove the final softmax (e.g. Dense(K) instead of "
+            f"Dense(K, activation='softmax')); margins of probabilities are not the "
+            f"margins that the method and the attacks assume.")
+    return k
+
+
+_PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
+                       "binary_crossentropy", "sparsecategoricalcrossentropy",
+                       "categoricalcrossentropy", "binarycrossentropy")
+
+
+def logits_loss(loss, arg="loss"):
+    """Refuse a cross-entropy that expects probabilities (``from_logits=False``): the robust
+    models' classifiers output logits."""
+    name, from_logits = None, None
+    if isinstance(loss, str):
+        name, from_logits = loss, False
+    elif hasattr(loss, "get_config"):
+        try:
+            config = loss.get_config()
+        except Exception:  # noqa: BLE001 - a custom loss without a usable config
+            config = {}
+        name = type(loss).__name__
+        from_logits = config.get("from_logits")
+    elif callable(loss):
+        name = getattr(loss, "__name__", "")
+        if name.lower() in _PROBABILITY_LOSSES:
+            from_logits = False
+    if from_logits is False and str(name).lower().replace("_", "") in {
+            n.replace("_", "") for n in _PROBABILITY_LOSSES}:
+        raise ValueError(
+            f"`{arg}`={loss!r} computes cross-entropy on probabilities (from_logits=False), "
+            f"but the classifier outputs logits. Leave `loss` unset (cross-entropy on "
+            f"logits) or pass keras.losses.SparseCategoricalCrossentropy(from_logits=True).")
+    return loss

@@ -257,6 +257,12 @@ def _check_model(model, arg="model"):
             f"`{arg}` must be a Keras model that outputs logits; got {type(model).__name__}.")
     if not model.trainable_variables:
         raise ValueError(f"`{arg}` has no trainable variables; build it first.")
+    bounds = tuple(getattr(model, "bounds", (0.0, 1.0)))
+    if bounds != (0.0, 1.0):
+        raise ValueError(
+            f"`{arg}` has input bounds {bounds}; the boundary-dynamics analysis measures "
+            f"margins and speeds of inputs in [0, 1] only. Analyse its classifier behind a "
+            f"Rescaling layer that maps [0, 1] to those bounds.")
 
 
 class _Analyzer:
@@ -283,11 +289,15 @@ class _Analyzer:
         cache = model.__dict__.setdefault("_dyart_dynamics_cache", {})
         key = (tuple(sorted(settings.items())), bool(jit))
         if key not in cache:
+            # float32 logits whatever the dtype policy (a mixed-precision network keeps its
+            # own compute in 16 bits; the search and the speeds do not).
             def search(logits_fn, x, y):
-                return _search_fn(logits_fn, x, y, **settings)
+                return _search_fn(lambda z: ops.cast(logits_fn(z), "float32"), x, y,
+                                  **settings)
 
             def phi(logits_fn, x, y):
-                return _phi_fn(logits_fn, x, y, settings["beta"])
+                return _phi_fn(lambda z: ops.cast(logits_fn(z), "float32"), x, y,
+                               settings["beta"])
 
             cache[key] = (dyart_backend.compile_model_fn(model, search, jit),
                           dyart_backend.compile_model_fn(model, phi, jit))

@@ -8,9 +8,10 @@ FAB-T, the per-point minimal distance.  The report prints as a table and writes 
 `margins_report` estimates every point's minimal adversarial distance with FAB-T and writes a
 CSV and a PNG histogram with the share of points below each eps.
 
-Inputs live in [0, 1]; the model's input bounds are [0, 1] (put any normalisation inside the
-model).  Works with any Keras model that outputs logits, `DyARTModel` or plain, built or
-loaded from ``.keras``.
+Inputs live in the model's input bounds: ``bounds=(lower, upper)``, foolbox's convention,
+default the model's own (a robust model's ``bounds``) or (0, 1); eps and distances are in
+those units.  Works with any Keras model that outputs logits, `DyARTModel` or plain, built or
+loaded from ``.keras``.  The attacks run in float32 whatever the dtype policy.
 """
 
 import os
@@ -27,6 +28,36 @@ from keras_dyart.attacks.fab import fab_t
 
 def _eps_key(e):
     return f"{e:.6g}"
+
+
+class ByEps(dict):
+    """A dict keyed by eps (floats) that also takes the radius as the user wrote it:
+    ``report.robust_accuracy["8/255"]``, ``[8 / 255]`` or ``["0.0313725"]``."""
+
+    def _key(self, key):
+        if dict.__contains__(self, key):
+            return key
+        try:
+            value = _checks.parse_eps(key, "eps")
+        except ValueError:
+            raise KeyError(key) from None
+        for e in self:
+            if abs(e - value) <= 1e-6 * max(abs(e), 1e-12):
+                return e
+        raise KeyError(key)
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, self._key(key))
+
+    def __contains__(self, key):
+        try:
+            self._key(key)
+        except KeyError:
+            return False
+        return True
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
 
 def _eps_list(epsilons, arg="epsilons"):
@@ -156,7 +187,7 @@ def _parent(path):
 
 
 def evaluate(model, x, y, attack="autoattack", epsilons=(8 / 255,), *, norm="linf",
-             batch_size=500, seed=0, jit=True, options=None, progress=None):
+             batch_size=500, seed=0, jit=True, options=None, progress=None, bounds=None):
     """Evaluate robustness under one attack or AutoAttack at several radii.
 
     Args:
@@ -171,9 +202,12 @@ def evaluate(model, x, y, attack="autoattack", epsilons=(8 / 255,), *, norm="lin
             every backend sees the same noise).
         options: per-attack keyword arguments, e.g. ``{"square": {"n_queries": 1000}}``.
         progress: optional ``progress(attack, eps, done, total)``.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, else (0, 1)); ``x`` must lie in them and eps is in their units.
 
     Returns:
-        A `RobustnessReport`.
+        A `RobustnessReport`; ``report.robust_accuracy`` is indexed by eps as a number or
+        as the text given (``report.robust_accuracy["8/255"]``).
 
     Example:
 
@@ -197,22 +231,24 @@ def evaluate(model, x, y, attack="autoattack", epsilons=(8 / 255,), *, norm="lin
         name = "autoattack"
     else:
         name = ",".join(attacks)
-    x = _checks.images(x)
+    box = C.model_bounds(model, bounds)
+    x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     _checks.positive(batch_size, "batch_size", integer=True)
     k = C.num_classes(model, x)
     _checks.labels(y, len(x), num_classes=k)
     out = run_sequence(model, x, y, epsilons, norm=norm, attacks=attacks,
                        batch_size=batch_size, seed=seed, jit=jit, options=options,
-                       progress=progress)
+                       progress=progress, bounds=box)
     robust = np.stack([out["robust"][e] for e in epsilons], axis=1)
     broken = [[out["broken_by"][e][i] for e in epsilons] for i in range(len(x))]
     return RobustnessReport(
         attack=name, attacks=list(attacks),
         norm=norm, epsilons=epsilons, n=len(x),
         clean_accuracy=float(np.mean(out["clean_pred"] == y)),
-        robust_accuracy={e: float(np.mean(out["robust"][e])) for e in epsilons},
-        accuracy_after=out["after"], labels=y, predictions=out["clean_pred"],
+        robust_accuracy=ByEps({e: float(np.mean(out["robust"][e])) for e in epsilons}),
+        accuracy_after={a: ByEps(acc) for a, acc in out["after"].items()},
+        labels=y, predictions=out["clean_pred"],
         robust=robust, broken_by=broken, distance=out["distance"],
         seconds=out["seconds"], adversarials=out["x_adv"])
 
@@ -298,21 +334,28 @@ class MarginsReport:
 
 
 def margins_report(model, x, y, *, norm="linf", epsilons=(), n_iter=100,
-                   n_target_classes=9, batch_size=500, seed=0, jit=True, progress=None):
+                   n_target_classes=9, batch_size=500, seed=0, jit=True, progress=None,
+                   bounds=None):
     """Per-point minimal adversarial distance by FAB-T (all targets, refined).
 
     Args:
         epsilons: radii at which to report the share of points below (and draw lines).
         n_iter, n_target_classes: FAB-T budget (AutoAttack's: 100 and 9).
         progress: optional ``progress(done, total)`` over the targets.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, else (0, 1)); distances are in their units.
 
     Returns:
         A `MarginsReport`; ``.to_csv(path)``, ``.plot(path)`` (PNG), ``.share_below(eps)``.
     """
     norm = _checks.norm_name(norm)
     epsilons = _eps_list(epsilons) if len(list(epsilons)) else []
-    x = _checks.images(x)
+    lo, hi = box = C.model_bounds(model, bounds)
+    x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
+    if box != (0.0, 1.0):
+        model, x = C.UnitBoxModel(model, box), (x - lo) / (hi - lo)
     _, dist = fab_t(model, x, y, norm=norm, n_iter=n_iter, n_target_classes=n_target_classes,
                     batch_size=batch_size, seed=seed, jit=jit, progress=progress)
+    dist = dist * (hi - lo)
     return MarginsReport(norm=norm, distance=dist, labels=y, epsilons=epsilons)

@@ -36,7 +36,7 @@ class DyARTModel(RobustModel):
     `.keras` saving work as for any Keras model; `evaluate()` reports plain cross-entropy.
 
     Args:
-        classifier: any Keras model or layer mapping inputs in [0, 1] to logits ``(N, K)``.
+        classifier: any Keras model or layer mapping inputs to logits ``(N, K)``.
         norm: threat model of the margins, ``"linf"`` (default) or ``"l2"``.
         beta: temperature of the soft margin (default 5).
         lam: weight λ of the robust term (default 1000, the BatchNorm recipe; 400 for
@@ -55,6 +55,13 @@ class DyARTModel(RobustModel):
         alpha_max: FAB's largest bias towards the original point, α_max (default 0.1).
         step_back: FAB's step back towards x after a success, β (default 0.9).
         seed: seed of the random starts.
+        bounds: ``(lower, upper)`` of the inputs (default ``(0, 1)``); ``r0``, ``alpha``
+            (per unit of length), ``eps_fab`` and the logged margins are in these units.
+            The weights divide by the gradient norm in the unit box, so with lengths
+            converted (``r0·s``, ``alpha/s``, ``eps_fab·s`` for ``s = upper − lower``) the
+            same ``lam`` trains the same model whatever the bounds.
+
+    The search, margins and weights run in float32 whatever the dtype policy.
 
     Each step logs ``loss``, ``ce_loss``, ``robust_loss`` (the λ-weighted term, so
     ``loss = ce_loss + robust_loss`` plus any regularisation), ``boundary_fraction`` (share
@@ -89,17 +96,9 @@ class DyARTModel(RobustModel):
         self.step_back = _checks.in_range(step_back, "step_back", 0.0, 1.0)
         self.margin_tracker = keras.metrics.Mean(name="mean_margin")
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """As `keras.Model.fit`; NumPy inputs are checked first (in [0, 1], finite, labels
-        within the classifier's classes), since the boundary search assumes the box [0, 1]."""
-        if isinstance(x, np.ndarray):
-            x = _checks.images(x, "x")
-            if y is not None:
-                out = self.classifier.compute_output_shape((None,) + x.shape[1:])
-                num_classes = _checks.logits_shape((len(x),) + tuple(out)[1:], len(x),
-                                                   "classifier")
-                y = _checks.labels(y, len(x), num_classes, "y")
-        return super().fit(x, y, *args, **kwargs)
+    @property
+    def train_only_metrics(self):
+        return [*self.term_trackers, self.margin_tracker]
 
     # -- the boundary search --------------------------------------------------------------
 
@@ -112,24 +111,37 @@ class DyARTModel(RobustModel):
         y = ops.cast(y, "int32")
 
         def phi(z):
-            return soft_margin(logits_fn(z), y, self.beta)
+            return soft_margin(ops.cast(logits_fn(z), "float32"), y, self.beta)
 
         def phi_and_grad(z):
             return dyart_backend.value_and_grad(phi, z)
 
+        # The search runs in the unit box (`to_unit`); lengths go back to input units.
+        scale = self.input_scale
+
+        def phi_unit(u):
+            return phi(self.from_unit(u))
+
+        u = self.to_unit(ops.cast(x, "float32"))
         out = find_boundary_points(
-            phi_and_grad, phi, x, norm=self.norm, n_iter=self.n_iter,
-            overshoot=self.overshoot, alpha_max=self.alpha_max, step_back=self.step_back,
-            random_start=self.random_start, eps_fab=self.eps_fab, restarts=self.restarts,
-            refine=self.refine, refine_steps=self.refine_steps, seed=self.seed_generator)
-        x_hat = ops.stop_gradient(out["x_hat"])
+            lambda z: dyart_backend.value_and_grad(phi_unit, z), phi_unit, u, norm=self.norm,
+            n_iter=self.n_iter, overshoot=self.overshoot, alpha_max=self.alpha_max,
+            step_back=self.step_back, random_start=self.random_start,
+            eps_fab=self.eps_fab / scale, restarts=self.restarts, refine=self.refine,
+            refine_steps=self.refine_steps, seed=self.seed_generator)
+        u_hat = ops.stop_gradient(out["x_hat"])
+        x_hat = self.from_unit(u_hat)
         phi_hat, grad_hat = phi_and_grad(x_hat)
+        margin = out["margin"] * scale
         usable = out["found"]
         if self.use_filter:
-            usable = usable & quality_filter(x, x_hat, phi_hat, grad_hat, self.norm)
-        weights = dyart_weights(out["margin"], grad_hat, usable, self.norm, self.alpha,
+            # in the unit box, where its thresholds are set
+            usable = usable & quality_filter(u, u_hat, phi_hat, grad_hat * scale, self.norm)
+        # w = h'(R)/‖∇φ‖_q with the gradient in the unit box: λ and the weights do not depend
+        # on the units of the inputs (R, r0 and α are in input units, so h'(R) does not).
+        weights = dyart_weights(margin, grad_hat * scale, usable, self.norm, self.alpha,
                                 self.r0)
-        return {"x_hat": x_hat, "usable": usable, "margin": out["margin"],
+        return {"x_hat": x_hat, "usable": usable, "margin": margin,
                 "weights": ops.stop_gradient(weights), "phi_hat": phi_hat,
                 "grad_hat": grad_hat}
 
@@ -143,7 +155,7 @@ class DyARTModel(RobustModel):
         weights = inner["weights"]
         if sample_weight is not None:
             weights = weights * ops.cast(ops.reshape(sample_weight, (-1,)), weights.dtype)
-        logits_hat = self(inner["x_hat"], training=True)
+        logits_hat = self.train_logits(inner["x_hat"])
         robust = self.lam * robust_term(logits_hat, y, weights, self.beta)
         usable = ops.cast(inner["usable"], "float32")
         n_usable = ops.sum(usable)

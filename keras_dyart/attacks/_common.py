@@ -7,8 +7,11 @@ same seed gives the same noise on every backend), and a final guard that puts ev
 point inside the eps ball and the box [0, 1] *exactly* in float64 arithmetic.
 """
 
+import functools
+import inspect
 import weakref
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -31,8 +34,97 @@ def compiled(model, key, fn, jit):
         return dyart_backend.compile_model_fn(model, fn, jit)
     full_key = (key, bool(jit))
     if full_key not in per_model:
-        per_model[full_key] = dyart_backend.compile_model_fn(model, fn, jit)
+        per_model[full_key] = dyart_backend.compile_model_fn(model, _float32_logits(fn), jit)
     return per_model[full_key]
+
+
+def _float32_logits(fn):
+    """``fn`` seeing float32 logits: the attacks run in float32 whatever the dtype policy
+    (a ``mixed_float16`` network keeps its own compute in 16 bits)."""
+    def run(logits_fn, *args):
+        return fn(lambda z: ops.cast(logits_fn(z), "float32"), *args)
+
+    run.__name__ = getattr(fn, "__name__", "attack")
+    return run
+
+
+def model_bounds(model, bounds=None, arg="bounds"):
+    """The input box of an attack: ``bounds`` if given, else the model's own ``bounds``
+    (a robust model's), else (0, 1)."""
+    from keras_dyart import _checks
+
+    if bounds is None:
+        bounds = getattr(model, "bounds", (0.0, 1.0))
+    return _checks.bounds(bounds, arg)
+
+
+def with_bounds(returns="success"):
+    """Let an attack written for inputs in [0, 1] take ``bounds=(lower, upper)``.
+
+    The decorated attack ``attack(model, x, y, ...)`` gains a keyword ``bounds`` (default:
+    the model's own ``bounds``, else (0, 1)).  Other bounds run the attack on the unit box
+    (`UnitBoxModel`, ``eps`` and ``stop_at`` divided by ``upper − lower``); the points come
+    back in input units, guarded in the eps ball and the box.  ``returns``: what the attack's
+    second output is, ``"success"`` (re-checked on the returned points) or ``"distance"``
+    (scaled back to input units).
+    """
+    def decorate(attack):
+        signature = inspect.signature(attack)
+
+        @functools.wraps(attack)
+        def run(model, x, y, *args, bounds=None, **kwargs):
+            box = model_bounds(model, bounds)
+            if box == (0.0, 1.0):
+                return attack(model, x, y, *args, **kwargs)
+            from keras_dyart import _checks
+
+            lo, hi = box
+            scale = hi - lo
+            x = _checks.images(x, box=box)
+            bound = signature.bind(model, x, y, *args, **kwargs)
+            a = bound.arguments
+            norm = _checks.norm_name(a.get("norm", signature.parameters["norm"].default))
+            eps = a.get("eps")
+            eps = None if eps is None else _checks.parse_eps(eps)
+            if eps is not None:
+                a["eps"] = eps / scale
+            if a.get("stop_at") is not None:
+                a["stop_at"] = np.asarray(a["stop_at"], "float64") / scale
+            a["model"], a["x"] = UnitBoxModel(model, box), (x - lo) / scale
+            u_adv, second = attack(*bound.args, **bound.kwargs)
+            x_adv = guard(lo + scale * np.asarray(u_adv, "float64"), x,
+                          np.inf if eps is None else eps, norm, box)
+            if returns == "distance":
+                return x_adv, second * scale
+            batch = a.get("batch_size", signature.parameters["batch_size"].default)
+            return x_adv, predict_labels(model, x_adv, batch) != np.asarray(y)
+
+        run.__signature__ = signature.replace(parameters=[
+            *signature.parameters.values(),
+            inspect.Parameter("bounds", inspect.Parameter.KEYWORD_ONLY, default=None)])
+        return run
+
+    return decorate
+
+
+class UnitBoxModel(keras.Model):
+    """``model`` seen from the unit box: ``call(u) = model(lower + (upper − lower)·u)``.
+
+    The attacks are written for inputs in [0, 1]; a model whose inputs live in other bounds
+    is attacked through this view, with eps divided by ``upper − lower``.  It holds no
+    variables of its own (the model's are its variables).
+    """
+
+    def __init__(self, model, bounds, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.lower, self.upper = (float(b) for b in bounds)
+        if getattr(model, "built", False):
+            self.built = True
+
+    def call(self, u, training=False):
+        scale = self.upper - self.lower
+        return self.model(self.lower + scale * u, training=training)
 
 
 def rows(v, ndim):
@@ -126,22 +218,24 @@ def unit_noise(rng, shape, norm):
     return (t / np.maximum(m, TINY).reshape((-1,) + (1,) * (len(shape) - 1))).astype("float32")
 
 
-def guard(x_adv, x, eps, norm):
-    """Return float32 points inside the ``eps`` ball around ``x`` and inside [0, 1], exactly.
+def guard(x_adv, x, eps, norm, box=(0.0, 1.0)):
+    """Return float32 points inside the ``eps`` ball around ``x`` and inside ``box``
+    (default [0, 1]), exactly.
 
     Computations in float32 can overshoot the radius by an ulp; this pulls such points in,
     checking in float64.  ``eps`` is a scalar or one value per row (``inf``: box only).
     """
+    b_lo, b_hi = (float(b) for b in box)
     x_adv = np.asarray(x_adv, "float32")
     x = np.asarray(x, "float32")
     n = len(x)
     e = np.broadcast_to(np.asarray(eps, "float64"), (n,)).reshape(
         (-1,) + (1,) * (x.ndim - 1))
-    out = np.clip(x_adv, 0.0, 1.0).astype("float32")
+    out = np.clip(x_adv, b_lo, b_hi).astype("float32")
     x64 = x.astype("float64")
     if norm == "linf":
-        lo = np.maximum(x64 - e, 0.0)
-        hi = np.minimum(x64 + e, 1.0)
+        lo = np.maximum(x64 - e, b_lo)
+        hi = np.minimum(x64 + e, b_hi)
         out = np.clip(out.astype("float64"), lo, hi).astype("float32")
         for _ in range(4):
             o64 = out.astype("float64")
@@ -161,7 +255,7 @@ def guard(x_adv, x, eps, norm):
         # Shrink a little more each round: rounding to float32 can undo a tiny shrink.
         scale = np.where(bad, e_row / np.maximum(r, TINY) * (1 - 1e-7 * 4.0 ** k), 1.0)
         scaled = (x64 + d * scale.reshape(e.shape)).astype("float32")
-        out = np.clip(scaled, 0.0, 1.0).astype("float32")
+        out = np.clip(scaled, b_lo, b_hi).astype("float32")
     bad = np.sqrt(((out.astype("float64") - x64).reshape(n, -1) ** 2).sum(axis=1)) > e_row
     out[bad] = x[bad]
     return out

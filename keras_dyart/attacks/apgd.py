@@ -168,6 +168,7 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
             "step_size": carry[8]}
 
 
+@C.with_bounds(returns="success")
 def apgd(model, x, y, eps, *, norm="linf", loss="ce", n_iter=100, restarts=1,
          n_target_classes=9, batch_size=500, seed=0, jit=True, progress=None):
     """APGD adversarial examples (APGD-CE, APGD-DLR or targeted APGD-T).
@@ -186,6 +187,8 @@ def apgd(model, x, y, eps, *, norm="linf", loss="ce", n_iter=100, restarts=1,
         progress: optional callable ``progress(n_done, n_total)`` after each batch.
 
     Only points still correctly classified are attacked by each run.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, else (0, 1)); x and every length are in their units.
 
     Returns:
         ``(x_adv, success)`` as NumPy arrays: ``x_adv`` lies in the eps ball and in [0, 1]

@@ -67,7 +67,7 @@ def _single(name, model, x, y, eps, norm, seed, batch_size, jit, options, progre
 
 
 def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_size=500,
-                 seed=0, jit=True, options=None, progress=None):
+                 seed=0, jit=True, options=None, progress=None, bounds=None):
     """Run ``attacks`` in order at every eps, each on the points still robust.
 
     Args:
@@ -75,6 +75,8 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
             ``{"square": {"n_queries": 1000}, "apgd-t": {"n_iter": 50}}``.
         progress: optional ``progress(attack, eps, done, total)`` (``eps`` is None for FAB-T,
             which serves every eps at once).
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, else (0, 1)); ``x`` must lie in them and every eps is in their units.
 
     Returns:
         dict with ``clean_pred`` (N,), ``robust`` {eps: bool (N,)}, ``x_adv`` {eps: array},
@@ -83,10 +85,15 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
         did not run).
     """
     norm = _checks.norm_name(norm)
-    x = _checks.images(x)
+    box = C.model_bounds(model, bounds)
+    x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     attacks = resolve(attacks)
     epsilons = [_checks.parse_eps(e, "epsilons") for e in epsilons]
+    if box != (0.0, 1.0):
+        return _in_unit_box(model, x, y, epsilons, box, norm=norm, attacks=attacks,
+                            batch_size=batch_size, seed=seed, jit=jit, options=options,
+                            progress=progress)
     options = dict(options or {})
     unknown = [k for k in options if k not in ATTACKS]
     if unknown:
@@ -147,15 +154,41 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
             "seconds": seconds, "distance": distance}
 
 
+def _in_unit_box(model, x, y, epsilons, box, *, norm, batch_size, progress, **kwargs):
+    """`run_sequence` on a model whose inputs live in ``box``: the attacks run in the unit
+    box (`keras_dyart.attacks._common.UnitBoxModel`, eps / (upper − lower)); the points
+    come back in input units, guarded in the eps ball and the box, and are checked again on
+    the model itself."""
+    lo, hi = box
+    scale = hi - lo
+    unit_eps = {e: e / scale for e in epsilons}
+    unit_progress = None if progress is None else (
+        lambda a, e, d, t: progress(a, None if e is None else e * scale, d, t))
+    out = run_sequence(C.UnitBoxModel(model, box), (x - lo) / scale, y,
+                       list(unit_eps.values()), norm=norm, batch_size=batch_size,
+                       progress=unit_progress, bounds=(0.0, 1.0), **kwargs)
+    robust, x_adv, broken = {}, {}, {}
+    for e, u in unit_eps.items():
+        x_adv[e] = C.guard(lo + scale * out["x_adv"][u], x, e, norm, box)
+        wrong = C.predict_labels(model, x_adv[e], batch_size) != y
+        robust[e] = out["robust"][u] & ~wrong
+        broken[e] = out["broken_by"][u]
+    after = {a: {e: acc[unit_eps[e]] for e in epsilons} for a, acc in out["after"].items()}
+    return {"clean_pred": out["clean_pred"], "robust": robust, "x_adv": x_adv,
+            "broken_by": broken, "after": after, "seconds": out["seconds"],
+            "distance": out["distance"] * scale}
+
+
 def autoattack(model, x, y, eps, *, norm="linf", attacks=STANDARD, batch_size=500, seed=0,
-               jit=True, options=None, progress=None):
+               jit=True, options=None, progress=None, bounds=None):
     """AutoAttack "standard" (or any list of ``attacks``) at one radius.
 
-    Returns ``(x_adv, success)`` as NumPy arrays: ``x_adv`` in the eps ball and [0, 1];
-    ``success`` True where it is misclassified (including clean errors).
+    ``bounds``: the model's input box (default: the model's own ``bounds``, else (0, 1));
+    ``eps`` is in its units.  Returns ``(x_adv, success)`` as NumPy arrays: ``x_adv`` in the
+    eps ball and the box; ``success`` True where it is misclassified (including clean errors).
     """
     eps = _checks.parse_eps(eps)
     out = run_sequence(model, x, y, [eps], norm=norm, attacks=attacks,
                        batch_size=batch_size, seed=seed, jit=jit, options=options,
-                       progress=progress)
+                       progress=progress, bounds=bounds)
     return out["x_adv"][eps], ~out["robust"][eps]

@@ -121,6 +121,7 @@ def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", e
     return {"x_adv": ops.reshape(best, shape), "found": found, "distance": dist}
 
 
+@C.with_bounds(returns="distance")
 def fab_t(model, x, y, *, norm="linf", n_iter=100, n_target_classes=9, restarts=1,
           eps=None, stop_at=None, refine=True, batch_size=500, seed=0, jit=True,
           progress=None):
@@ -140,6 +141,8 @@ def fab_t(model, x, y, *, norm="linf", n_iter=100, n_target_classes=9, restarts=
             its eps).  ``None`` runs every target on every point.
         refine: put each point just past the decision boundary (see the module docstring).
         batch_size, seed, jit: as for the other attacks.  ``progress(done, total)``.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, else (0, 1)); x and every length are in their units.
 
     Returns:
         ``(x_adv, distance)`` as NumPy arrays: ``x_adv`` is misclassified wherever

@@ -79,6 +79,7 @@ def _noise(rng, shape, eps, norm):
     return (g * eps * r).astype("float32")
 
 
+@C.with_bounds(returns="success")
 def pgd(model, x, y, eps, *, norm="linf", steps=40, rel_step=0.1, loss="ce",
         random_start=True, restarts=1, batch_size=250, seed=0, jit=True, progress=None):
     """PGD adversarial examples for a logits model.
@@ -99,6 +100,8 @@ def pgd(model, x, y, eps, *, norm="linf", steps=40, rel_step=0.1, loss="ce",
             every backend).
         jit: compile the attack step (default True).
         progress: optional callable ``progress(n_done)`` called after each batch.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, else (0, 1)); x and every length are in their units.
 
     Returns:
         ``(x_adv, success)`` as NumPy arrays: adversarial inputs inside the ball and the box

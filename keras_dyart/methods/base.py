@@ -70,6 +70,23 @@ def cross_entropy(logits, y):
     return ops.sparse_categorical_crossentropy(ops.cast(y, "int32"), logits, from_logits=True)
 
 
+def ascend_in_box(model, value, x, eps, step_size, steps, norm, kind="uniform", start=True):
+    """PGD ascent of a per-sample ``value(z)`` in the eps ball around ``x`` and ``model``'s
+    input box, from a random start (``kind``: see `random_start`; ``start=False``: from x).
+
+    ``eps`` and ``step_size`` are in input units; the ascent runs in the unit box
+    (`RobustModel.to_unit`), where `pgd_ascent`'s box is [0, 1].  Returns the last iterate,
+    a constant, in input units.
+    """
+    scale = model.input_scale
+    u = model.to_unit(x)
+    eps, step_size = eps / scale, step_size / scale
+    u0 = random_start(u, eps, norm, model.seed_generator, kind=kind) if start else u
+    u_adv = pgd_ascent(lambda z: value(model.from_unit(z)), u, u0, eps, step_size, steps,
+                       norm)
+    return model.from_unit(u_adv)
+
+
 @keras.saving.register_keras_serializable(package="keras_dyart")
 def check_attack(eps, step_size, steps, norm):
     """Validate the inner attack's hyper-parameters; returns them normalised."""
@@ -91,6 +108,7 @@ class KLAttackModel(RobustModel):
                                                                        norm)
 
     def ascend(self, value, x):
-        """``steps`` PGD steps ascending ``value`` from the Gaussian start."""
-        start = random_start(x, self.eps, self.norm, self.seed_generator, kind="gaussian")
-        return pgd_ascent(value, x, start, self.eps, self.step_size, self.steps, self.norm)
+        """``steps`` PGD steps ascending ``value`` from the Gaussian start (in the unit box,
+        see `RobustModel.to_unit`)."""
+        return ascend_in_box(self, value, x, self.eps, self.step_size, self.steps, self.norm,
+                             kind="gaussian")

@@ -65,7 +65,7 @@ class MARTModel(KLAttackModel):
         return {"x_adv": self.ascend(lambda z: attack_loss(logits_fn(z), y, "ce"), x)}
 
     def objective(self, x, y, y_pred, sample_weight, inner):
-        logits_adv = self(inner["x_adv"], training=True)
+        logits_adv = self.train_logits(inner["x_adv"])
         boost, weighted_kl = mart_terms(y_pred, logits_adv, y)
         # The compiled loss (cross-entropy) on the adversarial logits, plus the boost.
         bce = (self.keras_loss(x, y, logits_adv, sample_weight)

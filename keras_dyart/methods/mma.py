@@ -79,20 +79,24 @@ class MMAModel(RobustModel):
         def phi(z):
             return soft_margin(logits_fn(z), y, self.margin_beta)
 
+        def phi_unit(u):        # the search runs in the unit box (`to_unit`)
+            return phi(self.from_unit(u))
+
         out = find_boundary_points(
-            lambda z: dyart_backend.value_and_grad(phi, z), phi, x, norm=self.norm,
-            n_iter=self.n_iter, refine=self.refine_steps > 0,
+            lambda z: dyart_backend.value_and_grad(phi_unit, z), phi_unit, self.to_unit(x),
+            norm=self.norm, n_iter=self.n_iter, refine=self.refine_steps > 0,
             refine_steps=self.refine_steps, seed=self.seed_generator)
         correct = ops.argmax(logits_fn(x), axis=-1) == y
         at_x = correct & (out["phi_x"] <= 0)
-        usable = correct & (at_x | (out["found"] & (out["margin"] < self.d_max)))
-        margin = ops.where(at_x, 0.0, out["margin"])
-        return {"x_hat": out["x_hat"], "usable": usable, "wrong": ~correct,
+        found_margin = out["margin"] * self.input_scale
+        usable = correct & (at_x | (out["found"] & (found_margin < self.d_max)))
+        margin = ops.where(at_x, 0.0, found_margin)
+        return {"x_hat": self.from_unit(out["x_hat"]), "usable": usable, "wrong": ~correct,
                 "margin": margin}
 
     def objective(self, x, y, y_pred, sample_weight, inner):
         ce = self.clean_weight * self.keras_loss(x, y, y_pred, sample_weight)
-        logits_hat = self(inner["x_hat"], training=True)
+        logits_hat = self.train_logits(inner["x_hat"])
         terms = mma_terms(y_pred, logits_hat, y, inner["usable"], inner["wrong"])
         margin_loss = (1 - self.clean_weight) * weighted_mean(terms, sample_weight)
         usable = ops.cast(inner["usable"], "float32")

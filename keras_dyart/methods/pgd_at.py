@@ -3,7 +3,7 @@
 import keras
 
 from keras_dyart.attacks.pgd import attack_loss
-from keras_dyart.methods.base import RobustModel, check_attack, pgd_ascent, random_start
+from keras_dyart.methods.base import RobustModel, ascend_in_box, check_attack
 
 
 @keras.saving.register_keras_serializable(package="keras_dyart")
@@ -42,10 +42,8 @@ class PGDATModel(RobustModel):
         self.random_start = bool(random_start)
 
     def inner(self, logits_fn, x, y):
-        start = (random_start(x, self.eps, self.norm, self.seed_generator)
-                 if self.random_start else x)
-        x_adv = pgd_ascent(lambda z: attack_loss(logits_fn(z), y, "ce"), x, start, self.eps,
-                           self.step_size, self.steps, self.norm)
+        x_adv = ascend_in_box(self, lambda z: attack_loss(logits_fn(z), y, "ce"), x, self.eps,
+                              self.step_size, self.steps, self.norm, start=self.random_start)
         return {"x_adv": x_adv}
 
     def objective(self, x, y, y_pred, sample_weight, inner):

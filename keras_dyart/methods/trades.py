@@ -48,6 +48,6 @@ class TRADESModel(KLAttackModel):
 
     def objective(self, x, y, y_pred, sample_weight, inner):
         ce = self.keras_loss(x, y, y_pred, sample_weight)
-        logits_adv = self(inner["x_adv"], training=True)
+        logits_adv = self.train_logits(inner["x_adv"])
         kl = self.beta * weighted_mean(kl_divergence(y_pred, logits_adv), sample_weight)
         return {"loss": ce + kl, "ce_loss": ce, "kl_loss": kl}

@@ -1,0 +1,94 @@
+"""The first batch of any input pipeline, for checking it before training starts.
+
+`fit`, `evaluate` and the validation data of the robust models accept what Keras accepts:
+NumPy arrays and backend tensors, a `tf.data.Dataset`, a `keras.utils.PyDataset`, a Python
+generator or a `torch.utils.data.DataLoader`.  `peek` returns the first batch of each as NumPy
+arrays (without consuming it: a generator is handed back as a new generator that yields the
+peeked batch first), so that `keras_dyart._checks` can check the values the model will see,
+whatever the pipeline.
+"""
+
+import itertools
+import types
+
+import numpy as np
+from keras.utils import unpack_x_y_sample_weight
+
+# Rows of an in-memory array checked before training (the whole array for NumPy).
+_ARRAY_ROWS = None
+
+
+def _to_numpy(value):
+    if value is None:
+        return None
+    if isinstance(value, (dict, list, tuple)):
+        return value
+    if hasattr(value, "detach"):               # torch tensors
+        value = value.detach().cpu()
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        try:
+            return np.asarray(value.numpy())
+        except Exception:  # noqa: BLE001 - fall back to the array protocol
+            pass
+    return np.asarray(value)
+
+
+def _kind(x):
+    module = type(x).__module__
+    if module.startswith("tensorflow") and hasattr(x, "take") and hasattr(x, "element_spec"):
+        return "tf.data"
+    if module.startswith("torch.utils.data"):
+        return "torch"
+    try:
+        import keras
+
+        if isinstance(x, keras.utils.PyDataset):
+            return "pydataset"
+    except AttributeError:  # pragma: no cover - Keras without PyDataset
+        pass
+    if isinstance(x, types.GeneratorType):
+        return "generator"
+    if isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype")):
+        return "array"
+    return "other"
+
+
+def peek(x, y=None):
+    """The first batch of ``x`` (and ``y`` for arrays) as NumPy, and ``x`` to train on.
+
+    Returns ``(x_batch, y_batch, x)``: ``x_batch`` / ``y_batch`` are NumPy arrays (or the
+    structure the pipeline yields, for dict or tuple inputs; ``y_batch`` is None where the
+    pipeline yields no labels); ``x`` is the input to hand on (a fresh generator that yields
+    the peeked batch first, for generators; ``x`` itself otherwise).
+    """
+    kind = _kind(x)
+    if kind == "other":                 # dict inputs, lists, ...: Keras's own checks apply
+        return None, None, x
+    if kind == "array":
+        xs = x if _ARRAY_ROWS is None else x[:_ARRAY_ROWS]
+        ys = y if (y is None or _ARRAY_ROWS is None) else y[:_ARRAY_ROWS]
+        return _to_numpy(xs), _to_numpy(ys), x
+    if kind == "tf.data":
+        batch = next(iter(x.take(1)))
+    elif kind == "pydataset":
+        batch = x[0]
+    elif kind == "torch":
+        batch = next(iter(x))
+    else:  # a generator
+        try:
+            batch = next(x)
+        except StopIteration:
+            raise ValueError("`x` is an empty generator: it yielded no batch.") from None
+        rest = x
+
+        def replay():
+            yield from itertools.chain([batch], rest)
+
+        x = replay()
+    if isinstance(batch, dict):
+        return batch, None, x
+    if isinstance(batch, list):
+        batch = tuple(batch)
+    bx, by, _ = unpack_x_y_sample_weight(batch) if isinstance(batch, tuple) else (
+        batch, None, None)
+    return _to_numpy(bx), _to_numpy(by), x
