@@ -231,7 +231,7 @@ class RobustModel(keras.Model):
             return ops.cast(logits_fn(z), "float32")
 
         self._batch_input_errors = self._input_errors(x)
-        inner = self.inner(logits32, ops.cast(x, "float32"), ops.cast(y, "int32"))
+        inner = self.inner(logits32, ops.cast(x, "float32"), _class_indices(y))
         if inner is not None:
             inner = {k: ops.stop_gradient(v) for k, v in inner.items()}
         self._inner = inner
@@ -261,7 +261,7 @@ class RobustModel(keras.Model):
         if not training or inner is None:
             return super().compute_loss(x=x, y=y, y_pred=y_pred,
                                         sample_weight=sample_weight, training=training)
-        terms = self.objective(x, ops.cast(y, "int32"), ops.cast(y_pred, "float32"),
+        terms = self.objective(x, _class_indices(y), ops.cast(y_pred, "float32"),
                                sample_weight, inner)
         loss = terms.pop("loss")
         for tracker in self.term_trackers:
@@ -325,6 +325,11 @@ def _checks_classifier_structure(classifier):
             "logits. Remove the final activation (e.g. Dense(K) instead of Dense(K, "
             "activation='softmax')); margins and attacks on probabilities are not those the "
             "methods assume. Apply the softmax at prediction time if you need probabilities.")
+
+
+def _class_indices(y):
+    """Labels as int32 of shape (N,): Keras takes (N, 1) too."""
+    return ops.reshape(ops.cast(y, "int32"), (-1,))
 
 
 def _without(out, names):

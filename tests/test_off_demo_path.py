@@ -463,3 +463,20 @@ def test_single_attacks_take_bounds(name):
     np.testing.assert_array_equal(a_ok, b_ok)
     assert b_adv.min() >= 0 and b_adv.max() <= 255
     assert np.abs(b_adv - x * 255).max() <= 0.1 * 255
+
+
+@pytest.mark.parametrize("method", ["dyart", "trades", "mma"])
+def test_labels_shaped_n_by_1_train_like_n(method):
+    x, y, w = _data()
+    build = {"dyart": lambda c: kd.DyARTModel(c, n_iter=3, r0=0.5),
+             "trades": lambda c: kd.TRADESModel(c, steps=2),
+             "mma": lambda c: kd.MMAModel(c, n_iter=3)}[method]
+    weights = []
+    for labels in (y, y[:, None]):
+        keras.utils.set_random_seed(0)
+        model = build(_linear(w))
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        model.fit(x, labels, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        weights.append(model.classifier.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
