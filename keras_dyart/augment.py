@@ -19,13 +19,24 @@ import numpy as np
 from keras import ops
 
 
+def _data_format(data_format):
+    """``data_format`` checked; ``None``: ``keras.config.image_data_format()``."""
+    if data_format is None:
+        data_format = keras.config.image_data_format()
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(
+            "`data_format` must be 'channels_last' or 'channels_first' (or None for "
+            f"keras.config.image_data_format()); got {data_format!r}.")
+    return data_format
+
+
 def _check_pad(pad):
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"`pad` must be an integer >= 0; got {pad!r}.")
     return int(pad)
 
 
-def random_crop_flip(images, pad=4, flip=True, rng=None):
+def random_crop_flip(images, pad=4, flip=True, rng=None, data_format=None):
     """Randomly crop (after zero padding by ``pad``) and horizontally flip each image.
 
     Equivalent to torchvision's ``RandomCrop(size, padding=pad)`` followed by
@@ -34,20 +45,28 @@ def random_crop_flip(images, pad=4, flip=True, rng=None):
     range (padding is 0).
 
     Args:
-        images: NHWC array (any dtype).
+        images: a batch of images, NHWC or NCHW by ``data_format`` (any dtype).
         pad: zero padding on every side before cropping back to the original size.
         flip: also mirror left-right with probability ½.
         rng: a `numpy.random.Generator`, a seed, or None (fresh entropy).
+        data_format: ``"channels_last"`` (NHWC) or ``"channels_first"`` (NCHW); None:
+            ``keras.config.image_data_format()``.  The same draws crop and flip the same
+            pixels in either layout.
 
     >>> x = np.ones((2, 8, 8, 3), "float32")
     >>> random_crop_flip(x, pad=2, rng=0).shape
     (2, 8, 8, 3)
     """
     images = np.asarray(images)
+    first = _data_format(data_format) == "channels_first"
     if images.ndim != 4:
-        raise ValueError(
-            f"`images` must be a batch of shape (N, height, width, channels); got shape "
-            f"{images.shape}.")
+        layout = "(N, channels, height, width)" if first else "(N, height, width, channels)"
+        raise ValueError(f"`images` must be a batch of shape {layout}; got shape "
+                         f"{images.shape}.")
+    if first:
+        out = random_crop_flip(np.transpose(images, (0, 2, 3, 1)), pad, flip, rng,
+                               "channels_last")
+        return np.ascontiguousarray(np.transpose(out, (0, 3, 1, 2)))
     pad = _check_pad(pad)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     n, h, w, _ = images.shape
@@ -70,6 +89,8 @@ def random_crop_flip(images, pad=4, flip=True, rng=None):
 class RandomCropFlip(keras.layers.Layer):
     """Per-image random crop (zero padding ``pad``) and horizontal flip, in `keras.ops`.
 
+    Images are NHWC or NCHW by ``data_format`` (None: ``keras.config.image_data_format()``).
+
     Active only with ``training=True`` (identity otherwise), like Keras's random
     preprocessing layers.  Works on every backend and inside a compiled function; shapes
     stay static (the crop is a gather with per-image indices).
@@ -79,16 +100,23 @@ class RandomCropFlip(keras.layers.Layer):
     (2, 8, 8, 3)
     """
 
-    def __init__(self, pad=4, flip=True, seed=None, **kwargs):
+    def __init__(self, pad=4, flip=True, seed=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.pad = _check_pad(pad)
         self.flip = bool(flip)
         self.seed = seed
+        self.data_format = _data_format(data_format)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=False):
         if not training:
             return images
+        if self.data_format == "channels_first":
+            out = self._crop_flip(ops.transpose(images, (0, 2, 3, 1)))
+            return ops.transpose(out, (0, 3, 1, 2))
+        return self._crop_flip(images)
+
+    def _crop_flip(self, images):
         shape = ops.shape(images)
         n, h, w, c = shape[0], images.shape[1], images.shape[2], images.shape[3]
         if h is None or w is None or c is None:
@@ -117,5 +145,6 @@ class RandomCropFlip(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"pad": self.pad, "flip": self.flip, "seed": self.seed})
+        config.update({"pad": self.pad, "flip": self.flip, "seed": self.seed,
+                       "data_format": self.data_format})
         return config

@@ -415,7 +415,8 @@ class Batches(keras.utils.PyDataset):
             x = _pixels(x, "float32")
         if self.augment:
             x = random_crop_flip(x, self.pad,
-                                 rng=np.random.default_rng((self.seed, self.epoch, index, 1)))
+                                 rng=np.random.default_rng((self.seed, self.epoch, index, 1)),
+                                 data_format="channels_last")     # the loaders' layout
         return np.ascontiguousarray(x, "float32"), y
 
     def on_epoch_end(self):

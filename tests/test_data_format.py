@@ -206,3 +206,23 @@ def test_compiled_calls_and_input_gradients_agree_across_layouts():
     v_f, g_f = grad(first, xf)
     np.testing.assert_allclose(v_f, v_l, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(g_f, to_nchw(g_l), rtol=1e-3, atol=1e-5)
+
+
+def test_augmentation_follows_the_data_format():
+    from keras_dyart import augment
+
+    rng = np.random.RandomState(0)
+    nhwc = rng.uniform(size=(4, 6, 5, 3)).astype("float32")
+    nchw = np.transpose(nhwc, (0, 3, 1, 2))
+    a = augment.random_crop_flip(nhwc, pad=2, rng=7, data_format="channels_last")
+    b = augment.random_crop_flip(nchw, pad=2, rng=7, data_format="channels_first")
+    np.testing.assert_array_equal(b, np.transpose(a, (0, 3, 1, 2)))
+    layer_last = augment.RandomCropFlip(pad=2, seed=3, data_format="channels_last")
+    layer_first = augment.RandomCropFlip(pad=2, seed=3, data_format="channels_first")
+    out_last = keras.ops.convert_to_numpy(layer_last(nhwc, training=True))
+    out_first = keras.ops.convert_to_numpy(layer_first(nchw, training=True))
+    np.testing.assert_array_equal(out_first, np.transpose(out_last, (0, 3, 1, 2)))
+    assert augment.RandomCropFlip.from_config(layer_first.get_config()).data_format == \
+        "channels_first"
+    with pytest.raises(ValueError, match="`data_format`"):
+        augment.random_crop_flip(nhwc, data_format="nhwc")
