@@ -441,9 +441,9 @@ def test_a_later_bad_batch_fails_at_the_end_of_its_epoch(bad):
     assert "input_errors" not in history.history
 
 
-@pytest.mark.parametrize("name", ["pgd", "apgd", "fab_t"])
+@pytest.mark.parametrize("name", ["pgd", "apgd", "fab_t", "square"])
 def test_single_attacks_take_bounds(name):
-    from keras_dyart.attacks import apgd, fab_t, pgd
+    from keras_dyart.attacks import apgd, fab_t, pgd, square
 
     x, y, w = _data()
     unit, pixels = _linear(w), _linear(w, rescale=1 / 255)
@@ -456,7 +456,8 @@ def test_single_attacks_take_bounds(name):
         np.testing.assert_allclose(b_dist[found], 255 * a_dist[found], rtol=1e-3)
         assert b_adv.min() >= 0 and b_adv.max() <= 255
         return
-    attack = {"pgd": pgd, "apgd": lambda *a, **k: apgd(*a, n_iter=10, **k)}[name]
+    attack = {"pgd": pgd, "apgd": lambda *a, **k: apgd(*a, n_iter=10, **k),
+              "square": lambda *a, **k: square(*a, n_queries=50, **k)}[name]
     a_adv, a_ok = attack(unit, x, y, 0.1)
     b_adv, b_ok = attack(pixels, x * 255, y, 0.1 * 255, bounds=(0, 255))
     assert 0 < a_ok.mean() < 1

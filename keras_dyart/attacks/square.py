@@ -233,6 +233,7 @@ def _margin_fn(logits_fn, z, y):
                        ops.cast(ops.convert_to_tensor(y), "int32"))
 
 
+@C.with_bounds(returns="success")
 def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chunk=100,
            batch_size=500, seed=0, jit=True, progress=None, data_format=None):
     """Square Attack adversarial examples (margin loss, one restart, as in AutoAttack).
@@ -250,6 +251,8 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
             ``"channels_first"`` (``(N, C, H, W)``); ``None`` (default):
             ``keras.config.image_data_format()``.  The squares cover the spatial axes either
             way, and the same seed draws the same queries for both layouts.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, else (0, 1)); x and eps are in their units.
 
     Returns:
         ``(x_adv, success)`` as NumPy arrays, ``x_adv`` in the ball and the box.
