@@ -13,11 +13,13 @@ def _per255(value):
 
 
 def presets(
-    name: Optional[str] = typer.Argument(
-        None, help="Show every setting of this preset (default: a summary of all)."),
+    name: Optional[str] = typer.Argument(None, metavar="NAME", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="Print the settings as JSON."),
 ):
-    """List the presets (the published DyART recipes) with their settings."""
+    """List the presets (the published DyART recipes) with their settings.
+
+    NAME: show every setting of that preset (default: a summary of all).
+    """
     from rich.console import Console
     from rich.table import Table
 
