@@ -10,6 +10,7 @@ from fractions import Fraction
 import numpy as np
 
 NORMS = ("linf", "l2")
+DATA_FORMATS = ("channels_last", "channels_first")
 
 
 def norm_name(norm, arg="norm"):
@@ -20,6 +21,20 @@ def norm_name(norm, arg="norm"):
     if key not in aliases and key.lower() not in aliases:
         raise ValueError(f"`{arg}` must be one of {NORMS}; got {norm!r}.")
     return aliases.get(key, aliases.get(key.lower()))
+
+
+def data_format(value, arg="data_format"):
+    """The image layout: ``"channels_last"`` or ``"channels_first"``; ``None``:
+    ``keras.config.image_data_format()``."""
+    if value is None:
+        import keras
+
+        value = keras.config.image_data_format()
+    if not isinstance(value, str) or value.lower() not in DATA_FORMATS:
+        raise ValueError(
+            f"`{arg}` must be one of {DATA_FORMATS} (or None for "
+            f"keras.config.image_data_format()); got {value!r}.")
+    return value.lower()
 
 
 def parse_eps(value, arg="eps"):

@@ -30,19 +30,9 @@ import operator
 import keras
 from keras import layers
 
+from keras_dyart import _checks
+
 NORMS = ("batch", "group")
-DATA_FORMATS = ("channels_last", "channels_first")
-
-
-def _data_format(data_format):
-    """``data_format`` checked; ``None``: ``keras.config.image_data_format()``."""
-    if data_format is None:
-        data_format = keras.config.image_data_format()
-    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
-        raise ValueError(
-            f"`data_format` must be one of {DATA_FORMATS} (or None for "
-            f"keras.config.image_data_format()); got {data_format!r}.")
-    return data_format.lower()
 
 
 def _layer_format(data_format):
@@ -56,6 +46,16 @@ def _layer_format(data_format):
         if not tf.config.list_physical_devices("GPU"):
             return "channels_last"
     return data_format
+
+
+def _image_input(num_classes, input_shape, data_format, default_hwc):
+    """A builder's ``keras.Input`` in the layout of ``data_format`` and the tensor its
+    layers start from; returns ``(inputs, tensor, layer_format)``."""
+    data_format = _checks.data_format(data_format)
+    input_shape = _check_classes_and_shape(num_classes, input_shape, data_format, default_hwc)
+    inputs = keras.Input(shape=input_shape)
+    layer_format = _layer_format(data_format)
+    return inputs, _layer_input(inputs, data_format, layer_format), layer_format
 
 
 def _layer_input(inputs, data_format, layer_format):
@@ -165,12 +165,8 @@ def small_cnn(num_classes=10, input_shape=None, name="small_cnn", data_format=No
     >>> model.output_shape
     (None, 10)
     """
-    data_format = _data_format(data_format)
-    input_shape = _check_classes_and_shape(num_classes, input_shape, data_format, (28, 28, 1))
-    inputs = keras.Input(shape=input_shape)
-    layer_format = _layer_format(data_format)
-    h = _layer_input(inputs, data_format, layer_format)
-    data_format = layer_format
+    inputs, h, data_format = _image_input(num_classes, input_shape, data_format,
+                                            (28, 28, 1))
     h = layers.Conv2D(32, 3, activation="relu", data_format=data_format)(h)
     h = layers.MaxPooling2D(2, data_format=data_format)(h)
     h = layers.Conv2D(64, 3, activation="relu", data_format=data_format)(h)
@@ -216,12 +212,8 @@ def wide_resnet(depth=28, width=10, num_classes=10, input_shape=None,
     >>> wide_resnet(depth=10, width=1, input_shape=(16, 16, 3)).output_shape
     (None, 10)
     """
-    data_format = _data_format(data_format)
-    input_shape = _check_classes_and_shape(num_classes, input_shape, data_format, (32, 32, 3))
-    inputs = keras.Input(shape=input_shape)
-    layer_format = _layer_format(data_format)
-    stem_input = _layer_input(inputs, data_format, layer_format)
-    data_format = layer_format
+    inputs, stem_input, data_format = _image_input(num_classes, input_shape, data_format,
+                                            (32, 32, 3))
     depth = _positive_int(depth, "depth", 10)
     if (depth - 4) % 6:
         raise ValueError(f"`depth` must be 6·n + 4 (10, 16, 22, 28, 34, ...); got {depth!r}.")
@@ -278,12 +270,8 @@ def wrn_34_10(num_classes=10, input_shape=None, activation="relu", norm="batch",
 
 def _resnet(preact, blocks, width, num_classes, input_shape, activation, norm, groups,
             bn_momentum, epsilon, mean, std, name, data_format):
-    data_format = _data_format(data_format)
-    input_shape = _check_classes_and_shape(num_classes, input_shape, data_format, (32, 32, 3))
-    inputs = keras.Input(shape=input_shape)
-    layer_format = _layer_format(data_format)
-    stem_input = _layer_input(inputs, data_format, layer_format)
-    data_format = layer_format
+    inputs, stem_input, data_format = _image_input(num_classes, input_shape, data_format,
+                                            (32, 32, 3))
     width = _positive_int(width, "width")
     blocks = tuple(blocks)
     if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 1

@@ -18,16 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-
-def _data_format(data_format):
-    """``data_format`` checked; ``None``: ``keras.config.image_data_format()``."""
-    if data_format is None:
-        data_format = keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(
-            "`data_format` must be 'channels_last' or 'channels_first' (or None for "
-            f"keras.config.image_data_format()); got {data_format!r}.")
-    return data_format
+from keras_dyart import _checks
 
 
 def _check_pad(pad):
@@ -58,7 +49,7 @@ def random_crop_flip(images, pad=4, flip=True, rng=None, data_format=None):
     (2, 8, 8, 3)
     """
     images = np.asarray(images)
-    first = _data_format(data_format) == "channels_first"
+    first = _checks.data_format(data_format) == "channels_first"
     if images.ndim != 4:
         layout = "(N, channels, height, width)" if first else "(N, height, width, channels)"
         raise ValueError(f"`images` must be a batch of shape {layout}; got shape "
@@ -105,7 +96,7 @@ class RandomCropFlip(keras.layers.Layer):
         self.pad = _check_pad(pad)
         self.flip = bool(flip)
         self.seed = seed
-        self.data_format = _data_format(data_format)
+        self.data_format = _checks.data_format(data_format)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=False):

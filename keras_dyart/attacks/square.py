@@ -40,7 +40,6 @@ from keras_dyart import backend as dyart_backend
 from keras_dyart.attacks import _common as C
 
 P_INIT = 0.8
-DATA_FORMATS = ("channels_last", "channels_first")
 
 
 def p_selection(i, p_init=P_INIT):
@@ -50,17 +49,6 @@ def p_selection(i, p_init=P_INIT):
         if i > bound:
             return p_init / div
     return p_init
-
-
-def _data_format(data_format):
-    """``data_format`` checked; ``None``: ``keras.config.image_data_format()``."""
-    if data_format is None:
-        data_format = keras.config.image_data_format()
-    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
-        raise ValueError(
-            f"`data_format` must be one of {DATA_FORMATS} (or None for "
-            f"keras.config.image_data_format()); got {data_format!r}.")
-    return data_format.lower()
 
 
 def _as_image(shape, data_format="channels_last"):
@@ -265,7 +253,7 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
     chunk = _checks.positive(chunk, "chunk", integer=True)
     batch_size = _checks.positive(batch_size, "batch_size", integer=True)
     p_init = _checks.in_range(p_init, "p_init", 0.0, 1.0)
-    data_format = _data_format(data_format)
+    data_format = _checks.data_format(data_format)
     h, w, c = _as_image(x.shape, data_format)
     shape = x.shape
     # The attack works on (N, H, W, C); a channels-first batch is transposed here and its
