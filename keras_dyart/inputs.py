@@ -14,10 +14,6 @@ import types
 import numpy as np
 from keras.utils import unpack_x_y_sample_weight
 
-# Rows of an in-memory array checked before training (the whole array for NumPy).
-_ARRAY_ROWS = None
-
-
 def _to_numpy(value):
     if value is None:
         return None
@@ -64,10 +60,8 @@ def peek(x, y=None):
     kind = _kind(x)
     if kind == "other":                 # dict inputs, lists, ...: Keras's own checks apply
         return None, None, x
-    if kind == "array":
-        xs = x if _ARRAY_ROWS is None else x[:_ARRAY_ROWS]
-        ys = y if (y is None or _ARRAY_ROWS is None) else y[:_ARRAY_ROWS]
-        return _to_numpy(xs), _to_numpy(ys), x
+    if kind == "array":                  # in memory: checked whole
+        return _to_numpy(x), _to_numpy(y), x
     if kind == "tf.data":
         batch = next(iter(x.take(1)))
     elif kind == "pydataset":
