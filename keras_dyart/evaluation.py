@@ -350,12 +350,10 @@ def margins_report(model, x, y, *, norm="linf", epsilons=(), n_iter=100,
     """
     norm = _checks.norm_name(norm)
     epsilons = _eps_list(epsilons) if len(list(epsilons)) else []
-    lo, hi = box = C.model_bounds(model, bounds)
+    box = C.model_bounds(model, bounds)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
-    if box != (0.0, 1.0):
-        model, x = C.UnitBoxModel(model, box), (x - lo) / (hi - lo)
+    # fab_t takes the bounds itself (`attacks._common.with_bounds`): distances in their units
     _, dist = fab_t(model, x, y, norm=norm, n_iter=n_iter, n_target_classes=n_target_classes,
-                    batch_size=batch_size, seed=seed, jit=jit, progress=progress)
-    dist = dist * (hi - lo)
+                    batch_size=batch_size, seed=seed, jit=jit, progress=progress, bounds=box)
     return MarginsReport(norm=norm, distance=dist, labels=y, epsilons=epsilons)

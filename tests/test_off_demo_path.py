@@ -481,3 +481,13 @@ def test_labels_shaped_n_by_1_train_like_n(method):
         weights.append(model.classifier.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_margins_report_in_pixel_units():
+    x, y, w = _data()
+    a = kd.margins_report(_linear(w), x, y, n_iter=10, n_target_classes=2)
+    b = kd.margins_report(_linear(w, rescale=1 / 255), x * 255, y, n_iter=10,
+                          n_target_classes=2, bounds=(0, 255))
+    found = np.isfinite(a.distance) & (a.distance > 0)
+    assert found.mean() > 0.5
+    np.testing.assert_allclose(b.distance[found], 255 * a.distance[found], rtol=1e-3)

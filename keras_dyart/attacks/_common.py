@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dyart import _checks
 from keras_dyart import backend as dyart_backend
 
 TINY = 1e-12
@@ -51,8 +52,6 @@ def _float32_logits(fn):
 def model_bounds(model, bounds=None, arg="bounds"):
     """The input box of an attack: ``bounds`` if given, else the model's own ``bounds``
     (a robust model's), else (0, 1)."""
-    from keras_dyart import _checks
-
     if bounds is None:
         bounds = getattr(model, "bounds", (0.0, 1.0))
     return _checks.bounds(bounds, arg)
@@ -76,8 +75,6 @@ def with_bounds(returns="success"):
             box = model_bounds(model, bounds)
             if box == (0.0, 1.0):
                 return attack(model, x, y, *args, **kwargs)
-            from keras_dyart import _checks
-
             lo, hi = box
             scale = hi - lo
             x = _checks.images(x, box=box)
