@@ -6,7 +6,7 @@ import json
 import math
 import os
 import re
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import typer
 
@@ -17,18 +17,18 @@ FORMS = ("exact", "finite-difference")
 BURN_IN, MODEL, AVERAGED = "burn_in.keras", "model.keras", "averaged.keras"
 
 
-def _natural(path):
+def _natural(path: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
 
 
-def is_train_run(run_dir):
+def is_train_run(run_dir: str) -> bool:
     """Whether ``run_dir`` is a run directory of `keras-dyart train` (it holds one of
     burn_in.keras, model.keras, averaged.keras)."""
     return os.path.isdir(run_dir) and any(
         os.path.isfile(os.path.join(run_dir, n)) for n in (BURN_IN, MODEL, AVERAGED))
 
 
-def find_checkpoints(run_dir, averaged=False):
+def find_checkpoints(run_dir: str, averaged: bool = False) -> list[str]:
     """The ``.keras`` files of a run in training order; a single file is its own list.
 
     A run directory of `keras-dyart train`: ``burn_in.keras``, then
@@ -47,19 +47,12 @@ def find_checkpoints(run_dir, averaged=False):
     return sorted(glob.glob(os.path.join(run_dir, "*.keras")), key=_natural) + inner
 
 
-def _config(run_dir):
-    path = os.path.join(run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir),
-                        "config.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"`RUN_DIR`: cannot read {path}: {err}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"`RUN_DIR`: {path} is not a run's config.json (not a JSON object).")
-    return config
+def _config(run_dir: str) -> dict:
+    """The config.json next to ``run_dir`` (a folder or a .keras file); ``{}`` if none."""
+    from keras_dyart_apps.run_dir import read_config
+
+    folder = run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir)
+    return read_config(os.path.join(folder, "config.json"), "RUN_DIR")
 
 
 def _load(path):
@@ -83,7 +76,7 @@ def _method_of(model):
     return next((name for name, cls in methods.METHODS.items() if type(model) is cls), None)
 
 
-def hyper_parameters(model):
+def hyper_parameters(model) -> dict[str, Any]:
     """A method model's own settings: ``seed`` and its ``hyper_parameters`` (as saved in
     its config); ``{}`` for a classifier."""
     if _method_of(model) is None:
@@ -92,51 +85,54 @@ def hyper_parameters(model):
     return {k: config[k] for k in ("seed", *model.hyper_parameters)}
 
 
-def segment_model(checkpoint, config, method=None, eps=None, norm=None):
+def segment_model(checkpoint: str, config: Mapping[str, Any], method: Optional[str] = None,
+                  eps: Optional[float] = None) -> tuple[Any, str]:
     """``(model, method)``: the method model that a segment trains from ``checkpoint``.
 
     A checkpoint that is a method model of ``method`` (a run's ``model.keras``) is reused
-    as loaded, with its own settings (``eps`` replaces its attack radius and step,
-    step = 2.5 eps / steps).  Otherwise the classifier inside is wrapped in ``method`` with
-    the settings the run recorded (``config``, over `keras-dyart train`'s defaults), built
-    by the same code as `train`.
+    as loaded, with its own settings (``eps`` replaces its attack radius, with the step
+    `settings.default_step`).  Otherwise the classifier inside is wrapped in ``method``
+    with the settings the run recorded (``config``, over `keras-dyart train`'s defaults),
+    through `settings.method_kwargs`, as `train` builds it.  Either way the method keeps
+    the run's threat model (``--norm`` sets only the measurement's).
     """
     from keras_dyart import methods
-    from keras_dyart_apps import train
+    from keras_dyart_apps import settings
 
     loaded = _load(checkpoint)
     own = _method_of(loaded)
     method = method or own or config.get("method") or "dyart"
-    if eps is not None and method not in ("pgd-at", "trades", "mart"):
+    if eps is not None and method not in settings.ATTACK_METHODS:
         raise ValueError(f"`--eps` sets the attack radius of pgd-at, trades and mart "
                          f"segments; this segment's method is {method!r}.")
     if own == method:
         if eps is None:
             return loaded, method
-        settings = hyper_parameters(loaded)
-        settings.update(eps=eps, step_size=2.5 * eps / settings["steps"])
-        return methods.get(method, loaded.classifier, **settings), method
+        kwargs = hyper_parameters(loaded)
+        kwargs.update(eps=eps, step_size=settings.default_step(eps, kwargs["steps"]))
+        return methods.get(method, loaded.classifier, **kwargs), method
     classifier = getattr(loaded, "classifier", loaded)
-    kwargs = train.method_kwargs_from_config(method, config, norm=norm, train_eps=eps)
+    kwargs = settings.method_kwargs(method, settings.run_settings(config, train_eps=eps))
     return methods.get(method, classifier, **kwargs), method
 
 
-def segment_optimizer(config, steps, lr=None):
+def segment_optimizer(config: Mapping[str, Any], steps: int, lr: Optional[float] = None
+                      ) -> tuple[Any, Optional[str]]:
     """``(optimizer, note)``: the run's method-stage optimizer (`keras-dyart train`'s
-    `train.method_optimizer`: clip, weight decay and its mode, momentum, learning rate) for
-    a segment of ``steps`` steps.  A cosine or step schedule is replaced by its peak
-    learning rate (the run's schedule has decayed to about 0 by its end); ``note`` says
-    so, else it is None.  ``lr`` replaces the learning rate."""
-    from keras_dyart_apps import train
+    `settings.method_optimizer`: clip, weight decay and its mode, momentum, learning
+    rate) for a segment of ``steps`` steps.  A cosine or step schedule is replaced by its
+    peak learning rate (the run's schedule has decayed to about 0 by its end); ``note``
+    says so, else it is None.  ``lr`` replaces the learning rate."""
+    from keras_dyart_apps import settings
 
-    settings = {**config, "schedule": "constant"}
+    run = {**config, "schedule": "constant"}
     if lr is not None:
-        settings["lr"] = lr
+        run["lr"] = lr
     note = None
     if config.get("schedule", "constant") != "constant":
         note = (f"the run's {config['schedule']} schedule is replaced by its peak learning "
-                f"rate {settings.get('lr', train.option_defaults()['lr']):g}")
-    return train.method_optimizer(steps, settings), note
+                f"rate {run.get('lr', settings.option_defaults()['lr']):g}")
+    return settings.method_optimizer(steps, run), note
 
 
 _SCALARS = ("n_usable", "n_vulnerable", "conflict_share", "mean_speed",
@@ -295,7 +291,7 @@ def dynamics(
             raise ValueError(f"`--out` {out!r} is a file, not a folder.")
         segment = steps is not None or len(checkpoints) < 2
         if segment:
-            model, method = segment_model(checkpoints[-1], config, method, eps_value, norm)
+            model, method = segment_model(checkpoints[-1], config, method, eps_value)
         elif method is not None or eps_value is not None or lr is not None:
             raise ValueError("`--method`, `--eps` and `--lr` set a training segment; add "
                              "`--steps N` to train one.")
@@ -366,6 +362,6 @@ def dynamics(
     return rows
 
 
-def register(app):
+def register(app: typer.Typer) -> None:
     """Add the ``dynamics`` command to the `keras-dyart` Typer app."""
     app.command("dynamics")(dynamics)

@@ -9,15 +9,14 @@ table.  ``--margins`` also writes the FAB-T margins report (``margins.csv``, ``m
 `run_evaluation` is the same code for other commands (e.g. the end of ``keras-dyart train``).
 """
 
-import json
 import os
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import click
 import typer
 
 
-def _progress_callback(bar):
+def _progress_callback(bar) -> Callable[[str, Optional[float], int, int], None]:
     """A ``progress(attack, eps, done, total)`` callback drawing one bar per attack and eps."""
     from keras_dyart.attacks.autoattack import NAMES
 
@@ -33,7 +32,7 @@ def _progress_callback(bar):
     return update
 
 
-def print_report(report):
+def print_report(report) -> None:
     """Print a `RobustnessReport` as a rich table."""
     from rich.console import Console
     from rich.table import Table
@@ -56,9 +55,11 @@ def print_report(report):
                                        for a, s in report.seconds.items()))
 
 
-def run_evaluation(model, x, y, out_dir, *, attack="autoattack", epsilons=(0.1, 0.2, 0.3),
-                   norm="linf", batch_size=500, seed=0, options=None, margins=False,
-                   show=True, table=True):
+def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
+                   epsilons: Sequence[float] = (0.1, 0.2, 0.3), norm: str = "linf",
+                   batch_size: int = 500, seed: int = 0,
+                   options: Optional[dict[str, dict[str, Any]]] = None,
+                   margins: bool = False, show: bool = True, table: bool = True):
     """Evaluate, write ``eval_<attack>.json`` / ``.csv`` (and the margins report) to
     ``out_dir``, show progress bars (``show``) and print the table (``show`` and
     ``table``).  Returns the `RobustnessReport`."""
@@ -89,7 +90,7 @@ def run_evaluation(model, x, y, out_dir, *, attack="autoattack", epsilons=(0.1, 
     return report
 
 
-def _resolve_target(target):
+def _resolve_target(target: str) -> tuple[str, dict, str]:
     """``(model_path, config, out_dir)`` for a run directory or a .keras file."""
     if os.path.isdir(target):
         # The averaged (EMA) model is the run's final model, the one `train` reports.
@@ -100,14 +101,12 @@ def _resolve_target(target):
             raise typer.BadParameter(
                 f"TARGET must be a run directory holding averaged.keras or model.keras, or "
                 f"a .keras file; {target!r} has neither.")
-        config = {}
-        cfg = os.path.join(target, "config.json")
-        if os.path.isfile(cfg):
-            try:
-                with open(cfg) as f:
-                    config = json.load(f)
-            except (OSError, ValueError) as err:
-                raise typer.BadParameter(f"TARGET: cannot read {cfg}: {err}") from None
+        from keras_dyart_apps.run_dir import read_config
+
+        try:
+            config = read_config(os.path.join(target, "config.json"), "TARGET")
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
         return path, config, target
     if os.path.isfile(target) and target.endswith(".keras"):
         return target, {}, os.path.dirname(os.path.abspath(target))
@@ -140,7 +139,7 @@ def evaluate(
                                  help="Also write FAB-T margins (off)."),
     out: Optional[str] = typer.Option(None, metavar="DIR",
                                       help="Output folder. Default: TARGET's."),
-):
+) -> None:
     """Evaluate robustness: clean and robust accuracy per attack and eps.
 
     TARGET is a run directory (its averaged.keras, else model.keras, and config.json) or
@@ -208,5 +207,6 @@ def evaluate(
                    margins=margins)
 
 
-def register(app):
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to the `keras-dyart` Typer app."""
     app.command("evaluate")(evaluate)

@@ -35,7 +35,8 @@ for _name in COMMANDS:
         importlib.import_module(f"keras_dyart_apps.{_name}").register(app)
 
 
-def main():
+def main() -> None:
+    """Run the `keras-dyart` command line."""
     app()
 
 

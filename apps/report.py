@@ -1,14 +1,20 @@
 """Shared pieces of the commands: history rows, PGD metrics and the printed table."""
 
+from __future__ import annotations
 
-def history_rows(history, phase, first_epoch):
+from typing import Any, Mapping, Sequence
+
+
+def history_rows(history: Mapping[str, Sequence[float]], phase: str, first_epoch: int
+                 ) -> list[dict[str, Any]]:
     """Turn a Keras ``History.history`` dict into CSV rows with epoch and phase."""
     n = len(next(iter(history.values()))) if history else 0
     return [{"epoch": first_epoch + i + 1, "phase": phase,
              **{k: float(v[i]) for k, v in history.items()}} for i in range(n)]
 
 
-def pgd_metrics(model, x, y, epsilons, out_dir, norm="linf", steps=40, seed=0):
+def pgd_metrics(model, x, y, epsilons: Sequence[float], out_dir: str, norm: str = "linf",
+                steps: int = 40, seed: int = 0) -> dict[str, Any]:
     """Clean accuracy and PGD robust accuracy (CE loss, uniform start, step eps/10), through
     the same code as `keras-dyart evaluate` (which also writes ``eval_pgd.json``/``.csv`` to
     ``out_dir``).
@@ -26,7 +32,7 @@ def pgd_metrics(model, x, y, epsilons, out_dir, norm="linf", steps=40, seed=0):
                                                 for e in rep.epsilons}}}
 
 
-def print_metrics(metrics, title="results"):
+def print_metrics(metrics: Mapping[str, Any], title: str = "results") -> None:
     """Print clean and robust accuracy as a table."""
     from rich.console import Console
     from rich.table import Table

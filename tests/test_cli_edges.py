@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keras_dyart_apps.main import app
-from keras_dyart_apps.train import _clear_run
+from keras_dyart_apps.run_dir import clear_run
 
 runner = CliRunner()
 
@@ -81,7 +81,7 @@ def test_clear_run_removes_only_run_files(tmp_path):
         (tmp_path / name).write_text("x")
     (tmp_path / "backup").mkdir()
     (tmp_path / "dynamics").mkdir()
-    _clear_run(str(tmp_path))
+    clear_run(str(tmp_path))
     assert os.listdir(tmp_path) == ["notes.txt"]
 
 

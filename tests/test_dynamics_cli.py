@@ -212,7 +212,7 @@ def test_segment_continues_the_run(app, tmp_path, mnist5k):
 def test_segment_from_a_classifier_uses_the_runs_settings(tmp_path, mnist5k):
     # A classifier checkpoint (burn_in.keras) is wrapped in the run's method with the
     # settings config.json records, by `train`'s own code; the optimizer is `train`'s.
-    from keras_dyart_apps import train
+    from keras_dyart_apps import settings
     from keras_dyart_apps.dynamics import hyper_parameters, segment_model, segment_optimizer
 
     path = str(tmp_path / "burn_in.keras")
@@ -229,5 +229,5 @@ def test_segment_from_a_classifier_uses_the_runs_settings(tmp_path, mnist5k):
                                        "norm": "linf"}
     optimizer, note = segment_optimizer({**config, "schedule": "cosine"}, 10)
     assert "cosine" in note and float(optimizer.learning_rate) == pytest.approx(0.02)
-    assert optimizer.get_config() == train.method_optimizer(
+    assert optimizer.get_config() == settings.method_optimizer(
         10, {**config, "schedule": "constant"}).get_config()
