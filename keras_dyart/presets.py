@@ -7,9 +7,15 @@ Each preset holds everything a training run needs, with the names our API uses:
 - ``method`` and ``dyart``: keyword arguments of `keras_dyart.DyARTModel`;
 - ``burn_in_epochs``: clean training before DyART starts (the run is initialised from it);
 - ``epochs``, ``batch_size``, ``optimizer``, ``schedule``, ``global_clipnorm`` (clip of the
-  global gradient norm), ``ema``, ``augment``, ``extra_data``: the training loop;
-- ``evaluation``: the attacks used during and after training;
-- ``source``: where the settings come from.
+  global gradient norm), ``ema``: the arguments of `keras_dyart.recipe.build_optimizer`
+  (`optimizer_kwargs` maps them), the one recipe that `keras-dyart train` also runs;
+- ``augment``, ``extra_data``: the input pipeline (`pipeline_kwargs`);
+- ``evaluation``: the PGD radius, step and steps during training (`averaged_checkpoint`)
+  and the radius of the final evaluation;
+- ``description``, ``source``: what the preset is and where its settings come from.
+
+Every setting is read by `build_model`, `optimizer_kwargs`, `pipeline_kwargs`,
+`averaged_checkpoint` or `keras-dyart train --preset`.
 
 Radii are floats in the [0, 1] pixel scale (``16 / 255``); `keras-dyart presets` prints
 them as fractions of 255.
@@ -18,24 +24,30 @@ them as fractions of 255.
 'wrn-28-10'
 """
 
+from __future__ import annotations
+
 import copy
 
-import keras
-
+# PGD on the averaged model during training (steps, CW loss); the PGD-AT baselines of
+# `keras-dyart train --preset` train with this radius and step.
 _EVALUATION = {
-    "during_training": {"attack": "pgd", "steps": 40, "loss": "cw", "eps": "8/255",
-                        "step_size": "2/255", "on": "ema"},
-    "final": {"attack": "autoattack", "version": "standard", "eps": "8/255"},
+    "during_training": {"steps": 40, "loss": "cw", "eps": "8/255", "step_size": "2/255"},
+    "final": {"eps": "8/255"},
 }
 
+# SGD of the recipe: no weight decay on biases and normalisation weights
+# (`keras_dyart.recipe.NO_DECAY`); the decay is PyTorch's (coupled), as in the reference
+# code and in `keras-dyart train`.
 _SGD = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
-        "weight_decay": 5e-4, "no_weight_decay_on": ["normalization"]}
+        "weight_decay": 5e-4, "weight_decay_mode": "coupled"}
 
-# 'cosinew' of the reference code: one-cycle cosine, linear warm-up over 2.5 % of epochs.
-_COSINE = {"name": "cosine", "warmup": "linear", "warmup_fraction": 0.025}
+# 'cosinew' of the reference code: cosine decay after a linear warm-up (from 0) over 2.5 %
+# of the steps.
+_COSINE = {"name": "cosine", "warmup_fraction": 0.025}
 
-_EMA = {"tau": 0.995, "decay": "min(tau, (1 + t) / (10 + t))", "warmup_fraction": 0.025,
-        "copy_batchnorm_statistics": True}
+# The weight average: decay min(tau, (1 + t) / (10 + t)) after a warm-up that copies the
+# weights (`keras_dyart.recipe.ema_decay`); BatchNorm statistics are the raw model's.
+_EMA = {"tau": 0.995, "warmup_fraction": 0.025}
 
 _AUGMENT = {"random_crop_pad": 4, "horizontal_flip": True}
 
@@ -78,9 +90,8 @@ PRESETS = {
         model_kwargs={"+": {"norm": "group", "groups": 16}},
         dyart={"+": {"alpha": 8.0, "lam": 400.0}},
         epochs=100,
-        schedule={"name": "step", "boundaries_fraction": [0.5, 0.75], "factor": 0.1},
+        schedule={"name": "step"},
         global_clipnorm=None,
-        ema={"+": {"copy_batchnorm_statistics": False}},
         source="scripts/Cifar10_DyART.sh (GroupNorm block) of the authors' code"),
     "cifar10-wrn28-10-extra": _variant(
         _CIFAR10,
@@ -105,19 +116,19 @@ PRESETS = {
 }
 
 
-def names():
+def names() -> list[str]:
     """The preset names, sorted."""
     return sorted(PRESETS)
 
 
-def get(name):
+def get(name: str) -> dict:
     """A deep copy of preset ``name`` (edit it freely)."""
     if name not in PRESETS:
         raise ValueError(f"`preset` must be one of {names()}; got {name!r}.")
     return copy.deepcopy(PRESETS[name])
 
 
-def flatten(preset, prefix=""):
+def flatten(preset: dict, prefix: str = "") -> dict:
     """``{"dyart.lam": 1000.0, ...}``: a preset as dotted keys, for tables and overrides."""
     out = {}
     for key, value in preset.items():
@@ -132,7 +143,8 @@ def _preset(preset):
     return get(preset) if isinstance(preset, str) else copy.deepcopy(preset)
 
 
-def build_model(preset, model=None, model_kwargs=None, dyart=None):
+def build_model(preset, model: str | None = None, model_kwargs: dict | None = None,
+                dyart: dict | None = None):
     """The preset's classifier wrapped in a `DyARTModel`, not compiled.
 
     Args:
@@ -141,8 +153,7 @@ def build_model(preset, model=None, model_kwargs=None, dyart=None):
         model_kwargs: overrides of ``preset["model_kwargs"]``.
         dyart: overrides of ``preset["dyart"]``.
     """
-    from keras_dyart import architectures
-    from keras_dyart.models import DyARTModel
+    from keras_dyart import DyARTModel, architectures
 
     p = _preset(preset)
     kwargs = dict(p["model_kwargs"], **(model_kwargs or {}))
@@ -152,61 +163,91 @@ def build_model(preset, model=None, model_kwargs=None, dyart=None):
     return DyARTModel(classifier, **dict(p["dyart"], **(dyart or {})))
 
 
-def learning_rate_schedule(preset, steps_per_epoch, epochs=None):
-    """The preset's learning-rate schedule per optimizer step.
-
-    ``cosine``: linear warm-up from lr/25 to lr over ``warmup_fraction`` of the steps, then
-    cosine decay to 0 (the reference's ``OneCycleLR(pct_start=0.025)``, per step instead of
-    per epoch).  ``step``: lr, ×0.1 and ×0.01 after the given fractions of the steps.
-    """
-    p = _preset(preset)
+def _total_steps(p, steps_per_epoch, epochs):
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) \
             or steps_per_epoch < 1:
         raise ValueError(f"`steps_per_epoch` must be an integer >= 1; got {steps_per_epoch!r}.")
-    total = steps_per_epoch * (p["epochs"] if epochs is None else int(epochs))
-    lr = float(p["optimizer"]["learning_rate"])
-    schedule = p["schedule"]
-    if schedule["name"] == "cosine":
-        warmup = max(1, round(schedule.get("warmup_fraction", 0.0) * total))
-        return keras.optimizers.schedules.CosineDecay(
-            lr / 25, decay_steps=max(1, total - warmup), warmup_target=lr, warmup_steps=warmup)
-    if schedule["name"] == "step":
-        boundaries = [max(1, int(f * total)) for f in schedule["boundaries_fraction"]]
-        values = [lr * schedule["factor"] ** i for i in range(len(boundaries) + 1)]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    raise ValueError(f"unknown schedule {schedule['name']!r} in the preset.")
+    return steps_per_epoch * (p["epochs"] if epochs is None else int(epochs))
 
 
-def build_optimizer(preset, steps_per_epoch, epochs=None):
-    """SGD with the preset's momentum, Nesterov, weight decay (none on normalisation
-    weights), schedule, global gradient-norm clip and weight EMA.
+def optimizer_kwargs(preset) -> dict:
+    """The preset's arguments of `keras_dyart.recipe.build_optimizer` (all but the step
+    count): what `keras-dyart train --preset` sets too.
 
-    Keras's EMA (``use_ema``) averages trainable weights with a fixed momentum τ from the
-    first step: no ``min(τ, (1+t)/(10+t))`` warm-up; BatchNorm statistics stay those of
-    the raw model, as in the recipe.  Evaluate the averaged weights with
-    `keras.callbacks.SwapEMAWeights`.
+    >>> optimizer_kwargs("cifar10-wrn28-10-gn")["schedule"]
+    'step'
     """
     p = _preset(preset)
-    o = p["optimizer"]
+    o, schedule, ema = p["optimizer"], p["schedule"], p["ema"] or {}
     if o["name"] != "sgd":
         raise ValueError(f"unknown optimizer {o['name']!r} in the preset.")
-    ema = p.get("ema") or {}
-    optimizer = keras.optimizers.SGD(
-        learning_rate=learning_rate_schedule(p, steps_per_epoch, epochs),
-        momentum=o["momentum"], nesterov=o["nesterov"], weight_decay=o["weight_decay"],
-        global_clipnorm=p["global_clipnorm"], use_ema=bool(ema),
-        ema_momentum=ema.get("tau", 0.99))
-    if o.get("no_weight_decay_on"):
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta"])
-    return optimizer
+    return {"learning_rate": float(o["learning_rate"]), "momentum": o["momentum"],
+            "nesterov": o["nesterov"], "weight_decay": o["weight_decay"],
+            "weight_decay_mode": o.get("weight_decay_mode", "decoupled"),
+            "global_clipnorm": p["global_clipnorm"] or None, "schedule": schedule["name"],
+            "lr_warmup": schedule.get("warmup_fraction", 0.0),
+            "ema_tau": ema.get("tau", 0.0), "ema_warmup": ema.get("warmup_fraction", 0.0)}
 
 
-def pipeline_kwargs(preset):
+def learning_rate_schedule(preset, steps_per_epoch: int, epochs: int | None = None):
+    """The preset's learning rate per optimizer step (the recipe's
+    `keras_dyart.recipe.learning_rate_schedule`).
+
+    ``cosine``: linear warm-up from 0 to lr over ``warmup_fraction`` of the steps, then
+    cosine decay to 0.  ``step``: lr, ×0.1 and ×0.01 after half and three quarters of the
+    steps.
+    """
+    from keras_dyart import recipe
+
+    p = _preset(preset)
+    total = _total_steps(p, steps_per_epoch, epochs)
+    kwargs = optimizer_kwargs(p)
+    return recipe.learning_rate_schedule(total, kwargs["learning_rate"], kwargs["schedule"],
+                                         kwargs["lr_warmup"])
+
+
+def build_optimizer(preset, steps_per_epoch: int, epochs: int | None = None):
+    """The recipe's optimizer (`keras_dyart.recipe.build_optimizer`) with the preset's
+    settings: the same optimizer as ``keras-dyart train --preset``.
+
+    SGD with the preset's momentum, Nesterov, weight decay (coupled as PyTorch's, none on
+    biases and normalisation weights), schedule, global gradient-norm clip and weight average
+    (`keras_dyart.recipe.AveragingSGD`, with the average's warm-up).  The model keeps its
+    raw weights; evaluate or save the averaged ones with `keras_dyart.recipe.averaged_model`
+    (BatchNorm statistics from the raw model, as in the recipe).
+
+    Args:
+        preset: a preset name or dict.
+        steps_per_epoch: optimizer steps per epoch (``len(train)``).
+        epochs: epochs of the run (default the preset's).
+    """
+    from keras_dyart import recipe
+
+    p = _preset(preset)
+    return recipe.build_optimizer(_total_steps(p, steps_per_epoch, epochs),
+                                  **optimizer_kwargs(p))
+
+
+def averaged_checkpoint(preset, x, y, filepath: str, **kwargs):
+    """`keras_dyart.recipe.AveragedCheckpoint` with the preset's PGD during training
+    (radius, steps, loss); ``kwargs`` override them or add others (``every``, ...)."""
+    from keras_dyart import recipe
+
+    during = _preset(preset)["evaluation"]["during_training"]
+    settings = {"eps": during["eps"], "steps": during["steps"], "loss": during["loss"]}
+    return recipe.AveragedCheckpoint(x, y, filepath, **dict(settings, **kwargs))
+
+
+def pipeline_kwargs(preset) -> dict:
     """Keyword arguments of `keras_dyart.datasets.pipeline` for the preset (batch size and
     augmentation; load ``extra_data`` yourself with `datasets.load_npz`)."""
     p = _preset(preset)
-    out = {"batch_size": p["batch_size"], "augment": bool(p["augment"]),
-           "pad": p["augment"]["random_crop_pad"] if p["augment"] else 0}
+    augment = p["augment"]
+    if augment and not augment.get("horizontal_flip", True):
+        raise ValueError("the preset's augmentation has no horizontal flip; "
+                         "`datasets.pipeline` always flips when it augments.")
+    out = {"batch_size": p["batch_size"], "augment": bool(augment),
+           "pad": augment["random_crop_pad"] if augment else 0}
     if p["extra_data"]:
         out["extra_fraction"] = p["extra_data"]["fraction"]
     return out

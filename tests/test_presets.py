@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from keras_dyart import architectures, datasets, presets
+from keras_dyart import architectures, datasets, presets, recipe
 from keras_dyart.models import DyARTModel
 from keras_dyart_apps.main import app
 
@@ -87,7 +87,8 @@ def test_build_optimizer_schedule_clip_ema_and_weight_decay():
     p = presets.get("cifar10-wrn28-10")
     schedule = presets.learning_rate_schedule(p, steps_per_epoch=10)    # 2000 steps
     lr = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 50, 1025, 2000)]
-    assert lr[0] == pytest.approx(0.1 / 25, rel=1e-4)
+    # The one recipe's warm-up starts from 0 (it used to start from lr/25 here only).
+    assert lr[0] == 0.0
     assert lr[1] == pytest.approx(0.1, rel=1e-4)                       # end of warm-up
     assert lr[2] == pytest.approx(0.05, rel=1e-2)                      # half way down
     assert lr[3] == pytest.approx(0.0, abs=1e-6)
@@ -98,17 +99,22 @@ def test_build_optimizer_schedule_clip_ema_and_weight_decay():
         presets.learning_rate_schedule(p, steps_per_epoch=0)
 
     optimizer = presets.build_optimizer(p, steps_per_epoch=10)
-    assert optimizer.global_clipnorm == 0.1 and optimizer.nesterov
-    assert optimizer.use_ema and optimizer.ema_momentum == 0.995
+    # Coupled decay (as the CLI): the optimizer clips itself, Keras's own clip is off.
+    assert optimizer.get_config()["global_clipnorm"] == 0.1 and optimizer.nesterov
+    assert optimizer.coupled_clip["global_clipnorm"] == 0.1
+    # The recipe's own weight average (with its warm-up), not Keras's `use_ema`.
+    assert isinstance(optimizer, recipe.AveragingSGD) and optimizer.ema_tau == 0.995
+    assert optimizer.ema_warmup_steps == 50 and not optimizer.use_ema
     # Weight decay shrinks kernels but not the normalisation's gamma / beta.
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
                               keras.layers.BatchNormalization()])
     variables = model.trainable_variables
     before = [keras.ops.convert_to_numpy(v) for v in variables]
-    optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in variables])
+    for _ in range(2):                  # the first step's learning rate is 0 (warm-up)
+        optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in variables])
     after = {v.path: keras.ops.convert_to_numpy(v) for v in variables}
     for v, b in zip(variables, before):
-        if v.path.endswith(("gamma", "beta")) or not np.any(b):
+        if v.path.endswith(("gamma", "beta", "bias")) or not np.any(b):
             np.testing.assert_array_equal(after[v.path], b)
         else:
             assert np.all(np.abs(after[v.path]) < np.abs(b)), v.path
@@ -134,3 +140,45 @@ def test_a_preset_runs_on_a_small_slice():
     history = model.fit(train, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert presets.pipeline_kwargs("cifar10-wrn28-10-extra")["extra_fraction"] == 0.7
+
+
+def cli_optimizer(name, total_steps):
+    """The optimizer `keras-dyart train --preset NAME` builds for its method stage."""
+    try:                                    # the CLI's modules after the issue-18 split
+        from keras_dyart_apps.settings import method_optimizer
+        from keras_dyart_apps.train_options import preset_defaults
+    except ImportError:
+        from keras_dyart_apps.train import _preset_defaults as preset_defaults
+        from keras_dyart_apps.train import method_optimizer
+    return method_optimizer(total_steps, preset_defaults(name))
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_python_presets_and_the_cli_train_with_one_recipe(name):
+    """`presets.build_optimizer` (what docs/scale.md teaches) and `keras-dyart train
+    --preset` build the same optimizer: same config, learning rates and EMA decays."""
+    ours = presets.build_optimizer(name, steps_per_epoch=7, epochs=30)
+    theirs = cli_optimizer(name, 7 * 30)
+    assert type(ours) is type(theirs) is recipe.AveragingSGD
+    assert ours.get_config() == theirs.get_config()
+    steps = np.arange(0, 7 * 30, 3)
+    lr = [[float(keras.ops.convert_to_numpy(schedule(s))) for s in steps]
+          for schedule in (presets.learning_rate_schedule(name, 7, 30),
+                           keras.optimizers.schedules.deserialize(
+                               theirs.get_config()["learning_rate"]))]
+    assert lr[0] == lr[1] and lr[0][0] == 0.0 or name.endswith("-gn")
+    decays = [keras.ops.convert_to_numpy(recipe.ema_decay(steps, o.ema_tau, o.ema_warmup_steps))
+              for o in (ours, theirs)]
+    np.testing.assert_array_equal(decays[0], decays[1])
+    # ...and a step of each from the same weights gives the same weights and averages.
+    results = []
+    for optimizer in (ours, theirs):
+        kernel = keras.Variable(np.ones((3, 2), "float32"), name="kernel")
+        bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+        for g in (2.0, -0.5, 1.0):
+            optimizer.apply([keras.ops.full((3, 2), g), keras.ops.full((2,), g)],
+                            [kernel, bias])
+        results.append([keras.ops.convert_to_numpy(v) for v in
+                        (kernel, bias, *optimizer.averages().values())])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -241,8 +241,7 @@ def test_atomic_backup_survives_a_kill_between_its_writes(tmp_path):
     for a, b in zip(model.get_weights(), saved):
         np.testing.assert_array_equal(a, b)
     # The next save leaves one weights file.
-    restore._current_epoch = 2
-    restore._save_model()
+    restore.save(2)
     assert sorted(os.listdir(tmp_path / "backup")) == ["epoch-00002.weights.h5",
                                                       "training_metadata.json"]
 
@@ -293,3 +292,26 @@ def test_robust_accuracy_matches_closed_form_on_a_linear_model(loss):
     np.testing.assert_array_equal(correct, margin[keep] > 0)
     np.testing.assert_array_equal(robust, margin[keep] > eps)
     assert 0 < robust.sum() < correct.sum()
+
+
+def test_atomic_backup_fails_loudly_without_keras_resume_attribute(tmp_path):
+    # Resuming sets `model._initial_epoch` (Keras has no public way); a Keras without it
+    # must not silently restart from epoch 0.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    backup = recipe.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup.set_model(model)
+    backup.on_epoch_end(0)
+    model.__dict__.pop("_initial_epoch")
+    with pytest.raises(RuntimeError, match="_initial_epoch"):
+        backup.on_train_begin()
+
+
+def test_coupled_decay_refuses_what_keras_applies_before_clipping():
+    for key, value in (("gradient_accumulation_steps", 2), ("loss_scale_factor", 8.0)):
+        with pytest.raises(ValueError, match=key):
+            recipe.DecaySGD(weight_decay_mode="coupled", **{key: value})
+    opt = recipe.AveragingSGD(weight_decay_mode="coupled", weight_decay=1e-3)
+    assert opt.weight_decay is None and opt.coupled_weight_decay == 1e-3   # not Keras's form
+    config = opt.get_config()
+    assert (config["weight_decay"], config["global_clipnorm"]) == (1e-3, 0.1)

@@ -1,0 +1,169 @@
+"""The averaged model: its weights, a copy carrying them, its PGD accuracy, and a callback
+that evaluates it during training and keeps the best checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_dyart import _checks, io
+from keras_dyart.recipe.optimizers import AveragingSGD
+
+
+def _clone(classifier):
+    try:
+        clone = keras.models.clone_model(classifier)
+    except Exception:  # noqa: BLE001 - subclassed models: rebuild from their config
+        clone = classifier.__class__.from_config(classifier.get_config())
+    if not clone.built and getattr(classifier, "input_shape", None) is not None:
+        clone.build(classifier.input_shape)
+    return clone
+
+
+def averaged_weights(model) -> list[np.ndarray]:
+    """The classifier's weights with each trainable variable replaced by its average.
+
+    Args:
+        model: a method model (its ``classifier`` is used) or a plain classifier, compiled
+            with an `AveragingSGD` (else the raw weights are returned).
+
+    Returns:
+        NumPy arrays in ``classifier.weights`` order: the EMA from the model's
+        `AveragingSGD` for trainable variables, the raw model's values for the others (e.g.
+        BatchNorm statistics).
+    """
+    classifier = getattr(model, "classifier", model)
+    optimizer = getattr(model, "optimizer", None)
+    averages = optimizer.averages() if isinstance(optimizer, AveragingSGD) else {}
+    return [ops.convert_to_numpy(averages.get(id(v), v)) for v in classifier.weights]
+
+
+def averaged_model(model) -> keras.Model:
+    """A copy of ``model``'s classifier carrying the averaged weights (`averaged_weights`).
+
+    ``model`` is a method model (`keras_dyart.methods`, `keras_dyart.DyARTModel`) or a
+    plain classifier compiled with `AveragingSGD`.  The copy is a plain logits model:
+    evaluate it, attack it or ``save`` it.
+    """
+    classifier = getattr(model, "classifier", model)
+    if not isinstance(classifier, keras.layers.Layer):
+        raise TypeError(f"`model` must be a Keras model; got {type(model).__name__}.")
+    clone = _clone(classifier)
+    clone.set_weights(averaged_weights(model))
+    return clone
+
+
+def robust_accuracy(model, x, y, eps, norm: str = "linf", steps: int = 40, loss: str = "cw",
+                    batch_size: int = 250, seed: int = 0, rel_step: float = 0.1
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point clean and robust correctness of a logits model under PGD.
+
+    PGD (`keras_dyart.attacks.pgd`) with ``steps`` steps of ``rel_step · eps`` from one
+    random start uniform in the ball (drawn with NumPy from ``seed``), in inference mode.
+    A point counts as robust when it is classified correctly both clean and at the PGD
+    point.
+
+    Returns:
+        Two bool arrays: clean correctness and robust correctness.
+    """
+    from keras_dyart import attacks
+    from keras_dyart import backend as dyart_backend
+
+    eps = _checks.parse_eps(eps)
+    norm = _checks.norm_name(norm)
+    x = _checks.images(x)
+    y = _checks.labels(y, len(x))
+    _, success = attacks.pgd(model, x, y, eps, norm=norm, steps=steps, rel_step=rel_step,
+                             loss=loss, batch_size=batch_size, seed=seed)
+    predict = dyart_backend.compile_model_fn(
+        model, lambda logits_fn, xb: ops.argmax(logits_fn(ops.convert_to_tensor(xb)), axis=-1),
+        True)
+    correct = np.concatenate([
+        ops.convert_to_numpy(predict(x[i:i + batch_size])) == y[i:i + batch_size]
+        for i in range(0, len(x), batch_size)])
+    return correct, correct & ~success
+
+
+class AveragedCheckpoint(keras.callbacks.Callback):
+    """Evaluate the averaged model with PGD every few epochs; keep the best checkpoint.
+
+    At the end of every ``every``-th epoch (and of the last), builds `averaged_model`,
+    measures its clean accuracy and its robust accuracy under PGD (``steps`` steps, CW loss
+    by default, as the recipe's PGD-40) on ``x, y``, adds ``avg_clean_acc`` and
+    ``avg_robust_acc`` to the epoch's logs, and saves the averaged classifier to
+    ``filepath`` (``.keras``) when its robust accuracy is the best so far.  The best value
+    is kept in ``filepath + ".json"`` so that a resumed run keeps comparing against it.
+
+    Args:
+        x: evaluation inputs in [0, 1].
+        y: their integer labels.
+        filepath: where the best averaged model goes (must end in ``.keras``).
+        eps: radius of the evaluation attack (a number or text such as ``"8/255"``).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: PGD steps (default 40).
+        loss: ``"cw"`` (default) or ``"ce"``.
+        every: evaluate every this many epochs (default 1).
+        last_filepath: if given, also save the latest averaged model there.
+        batch_size: points per PGD batch.
+        seed: seed of PGD's random start.
+    """
+
+    def __init__(self, x, y, filepath: str, eps, norm: str = "linf", steps: int = 40,
+                 loss: str = "cw", every: int = 1, last_filepath: str | None = None,
+                 batch_size: int = 250, seed: int = 0):
+        super().__init__()
+        self.x = _checks.images(x)
+        self.y = _checks.labels(y, len(self.x))
+        for arg, path in (("filepath", filepath), ("last_filepath", last_filepath)):
+            if path is not None and not str(path).endswith(".keras"):
+                raise ValueError(f"`{arg}` must end in '.keras'; got {path!r}.")
+        self.filepath = str(filepath)
+        self.last_filepath = None if last_filepath is None else str(last_filepath)
+        self.eps = _checks.parse_eps(eps)
+        self.norm = _checks.norm_name(norm)
+        self.steps = _checks.positive(steps, "steps", integer=True)
+        if loss not in ("ce", "cw"):
+            raise ValueError(f"`loss` must be 'ce' or 'cw'; got {loss!r}.")
+        self.loss = loss
+        self.every = _checks.positive(every, "every", integer=True)
+        self.batch_size = _checks.positive(batch_size, "batch_size", integer=True)
+        self.seed = int(seed)
+        self.best = -math.inf
+        self.best_epoch = None
+
+    @property
+    def state_path(self) -> str:
+        """Where the best value so far is kept (``filepath + ".json"``)."""
+        return self.filepath + ".json"
+
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                state = json.load(f)
+            self.best, self.best_epoch = state["best"], state["epoch"]
+
+    def evaluate(self) -> tuple[keras.Model, float, float]:
+        """``(averaged_model, clean_accuracy, robust_accuracy)`` now."""
+        model = averaged_model(self.model)
+        correct, robust = robust_accuracy(model, self.x, self.y, self.eps, self.norm,
+                                          self.steps, self.loss, self.batch_size, self.seed)
+        return model, float(correct.mean()), float(robust.mean())
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params.get("epochs") == epoch + 1
+        if (epoch + 1) % self.every and not last:
+            return
+        model, clean, robust = self.evaluate()
+        if logs is not None:
+            logs["avg_clean_acc"], logs["avg_robust_acc"] = clean, robust
+        if self.last_filepath:
+            io.save_model(model, self.last_filepath)
+        if robust > self.best:
+            self.best, self.best_epoch = robust, epoch
+            io.save_model(model, self.filepath)
+            io.write_json(self.state_path, {"best": robust, "epoch": epoch, "clean": clean})

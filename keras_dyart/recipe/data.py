@@ -1,0 +1,102 @@
+"""In-memory batches whose shuffle depends only on (seed, epoch), and the callback that
+starts such a stream at the epoch ``fit`` starts (after a resume)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from keras_dyart import _checks
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of in-memory arrays, reshuffled each epoch by ``RandomState(seed + epoch)``.
+
+    The batches form one stream indexed by the global batch number g: batch g is batch
+    ``g mod n`` of epoch ``g // n`` (n = ``steps_per_epoch``), so what a batch holds depends
+    on its index only, never on when Keras prefetches it.  The stream is endless: pass
+    ``steps_per_epoch=data.steps_per_epoch`` and ``shuffle=False`` to ``fit``, and
+    `SyncEpoch(data)` so that a run resumed by `AtomicBackupAndRestore` at epoch k
+    continues with epoch k's batches, as an uninterrupted run does.
+
+    Args:
+        x: inputs (first dimension: rows).
+        y: labels, as many rows as ``x``.
+        batch_size: batch size (the last batch of an epoch may be smaller).
+        seed: seed of the shuffles.
+        shuffle: ``False`` keeps the given order.
+        sample_weight: optional per-sample weights.
+        **kwargs: `keras.utils.PyDataset` arguments (``workers``, ...).
+    """
+
+    def __init__(self, x, y, batch_size: int = 128, seed: int = 0, shuffle: bool = True,
+                 sample_weight=None, **kwargs):
+        super().__init__(**kwargs)
+        self.x, self.y = np.asarray(x), np.asarray(y)
+        if len(self.y) != len(self.x):
+            raise ValueError(f"`y` has {len(self.y)} rows but `x` has {len(self.x)}.")
+        if len(self.x) == 0:
+            raise ValueError("`x` is empty; expected at least one row.")
+        self.sample_weight = None if sample_weight is None else np.asarray(sample_weight)
+        self.batch_size = _checks.positive(batch_size, "batch_size", integer=True)
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.steps_per_epoch = math.ceil(len(self.x) / self.batch_size)
+        self.offset = 0
+        self._orders = {}
+
+    @property
+    def num_batches(self):
+        """None: the stream is endless (``fit`` needs ``steps_per_epoch``)."""
+        return None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The row order of epoch ``epoch``."""
+        if epoch not in self._orders:
+            self._orders = {epoch: (np.random.RandomState(self.seed + epoch)
+                                    .permutation(len(self.x)) if self.shuffle
+                                    else np.arange(len(self.x))),
+                            **{e: o for e, o in self._orders.items() if e >= epoch - 1}}
+        return self._orders[epoch]
+
+    def start_at_epoch(self, epoch: int) -> None:
+        """Make the stream that ``fit`` starts reading begin with epoch ``epoch``."""
+        self.offset = int(epoch) * self.steps_per_epoch
+
+    def __getitem__(self, index):
+        epoch, position = divmod(self.offset + int(index), self.steps_per_epoch)
+        rows = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        if self.sample_weight is None:
+            return self.x[rows], self.y[rows]
+        return self.x[rows], self.y[rows], self.sample_weight[rows]
+
+
+class SyncEpoch(keras.callbacks.Callback):
+    """Start a data stream at the epoch ``fit`` starts (after a resume, not 0).
+
+    ``data`` has a ``start_at_epoch(epoch)`` method (`ArrayBatches`).  After
+    `AtomicBackupAndRestore` restores a run at epoch k, ``fit`` starts at epoch k but a
+    fresh data object would start at epoch 0's batches; this callback moves it to epoch k's
+    before the first batch is read.
+
+    Args:
+        data: the stream (`ArrayBatches`, `keras_dyart.datasets.pipeline`).
+    """
+
+    def __init__(self, data):
+        super().__init__()
+        if not callable(getattr(data, "start_at_epoch", None)):
+            raise TypeError(
+                "`data` must have a `start_at_epoch(epoch)` method (e.g. `ArrayBatches`); "
+                f"got {type(data).__name__}.")
+        self.data = data
+        self._first = True
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first:
+            self.data.start_at_epoch(epoch)
+            self._first = False
