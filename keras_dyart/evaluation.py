@@ -14,6 +14,8 @@ those units.  Works with any Keras model that outputs logits, `DyARTModel` or pl
 loaded from ``.keras``.  The attacks run in float32 whatever the dtype policy.
 """
 
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass, field
 
@@ -21,7 +23,7 @@ import keras
 import numpy as np
 
 from keras_dyart import _checks, io
-from keras_dyart.attacks import _common as C
+from keras_dyart.attacks import driver
 from keras_dyart.attacks.autoattack import NAMES, resolve, run_sequence
 from keras_dyart.attacks.fab import fab_t
 
@@ -231,11 +233,11 @@ def evaluate(model, x, y, attack="autoattack", epsilons=(8 / 255,), *, norm="lin
         name = "autoattack"
     else:
         name = ",".join(attacks)
-    box = C.model_bounds(model, bounds)
+    box = driver.model_bounds(model, bounds)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     _checks.positive(batch_size, "batch_size", integer=True)
-    k = C.num_classes(model, x)
+    k = driver.num_classes(model, x)
     _checks.labels(y, len(x), num_classes=k)
     out = run_sequence(model, x, y, epsilons, norm=norm, attacks=attacks,
                        batch_size=batch_size, seed=seed, jit=jit, options=options,
@@ -350,10 +352,10 @@ def margins_report(model, x, y, *, norm="linf", epsilons=(), n_iter=100,
     """
     norm = _checks.norm_name(norm)
     epsilons = _eps_list(epsilons) if len(list(epsilons)) else []
-    box = C.model_bounds(model, bounds)
+    box = driver.model_bounds(model, bounds)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
-    # fab_t takes the bounds itself (`attacks._common.with_bounds`): distances in their units
+    # fab_t takes the bounds itself (`attacks.driver.with_bounds`): distances in their units
     _, dist = fab_t(model, x, y, norm=norm, n_iter=n_iter, n_target_classes=n_target_classes,
                     batch_size=batch_size, seed=seed, jit=jit, progress=progress, bounds=box)
     return MarginsReport(norm=norm, distance=dist, labels=y, epsilons=epsilons)

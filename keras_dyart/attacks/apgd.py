@@ -18,18 +18,24 @@ one forward and one backward pass: the logits needed for the success check ride 
 the loss as a gradient-free column.
 """
 
+from __future__ import annotations
+
+import functools
+
 import numpy as np
 from keras import ops
 
-from keras_dyart import _checks
+from keras_dyart import _checks, geometry
 from keras_dyart import backend as dyart_backend
-from keras_dyart.attacks import _common as C
+from keras_dyart.attacks import driver
 from keras_dyart.attacks import losses as L
+from keras_dyart.attacks.registry import register
+from keras_dyart.geometry import rows
 
 RHO = 0.75
 
 
-def apgd_checkpoints(n_iter):
+def apgd_checkpoints(n_iter: int) -> list:
     """The iterations (1-based counts) after which APGD checks its step size.
 
     Follows the reference counter: the first window has ``max(⌊0.22·n_iter⌋, 1)`` steps, each
@@ -86,7 +92,8 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
     x, start, eps = (ops.convert_to_tensor(v, "float32") for v in (x, start, eps))
     y = ops.cast(ops.convert_to_tensor(y), "int32")
     nd = len(x.shape)
-    e = C.rows(eps, nd)
+    e = rows(eps, nd)
+    ball = geometry.get(norm)
     is_check, window = _schedule(n_iter)
     is_check, window = ops.convert_to_tensor(is_check), ops.convert_to_tensor(window)
     loss_fn = L.get(loss)
@@ -110,18 +117,13 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
         v, g = dyart_backend.value_and_grad(f, z)
         return v[:, 0], ops.argmax(v[:, 1:], axis=-1) != y, g
 
-    if norm == "linf":
-        def project(z):
-            return C.project_linf_ball(z, x, e)
+    radius = driver.radius(ball, eps, nd)
 
-        def step(z, g, s):
-            return z + C.rows(s, nd) * ops.sign(g)
-    else:
-        def project(z):
-            return C.project_l2_ball(z, x, e)
+    def project(z):
+        return ball.project(z, x, radius)
 
-        def step(z, g, s):
-            return z + C.rows(s, nd) * g / (C.rows(C.norm_rows(g, "l2"), nd) + 1e-12)
+    def step(z, g, s):
+        return z + rows(s, nd) * ball.ascent(g)
 
     x0 = ops.clip(x + e * start, 0.0, 1.0)
     loss0, wrong0, g0 = vg(x0)
@@ -140,13 +142,13 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
         x_adv = project(x_adv + (z - x_adv) * a + momentum * (1.0 - a))
 
         loss, wrong, g = vg(x_adv)
-        x_best_adv = ops.where(C.rows(wrong, nd), x_adv, x_best_adv)
+        x_best_adv = ops.where(rows(wrong, nd), x_adv, x_best_adv)
         success = success | wrong
         n_up = n_up + ops.cast(loss > loss_prev, "float32")
         loss_prev = loss
         better = loss > loss_best
-        x_best = ops.where(C.rows(better, nd), x_adv, x_best)
-        g_best = ops.where(C.rows(better, nd), g, g_best)
+        x_best = ops.where(rows(better, nd), x_adv, x_best)
+        g_best = ops.where(rows(better, nd), g, g_best)
         loss_best = ops.where(better, loss, loss_best)
 
         check = ops.take(is_check, i) > 0
@@ -157,8 +159,8 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
         reduced_last = ops.where(check, oscillating | stalled, reduced_last)
         loss_best_last = ops.where(check, loss_best, loss_best_last)
         step_size = ops.where(reduce, 0.5 * step_size, step_size)
-        x_adv = ops.where(C.rows(reduce, nd), x_best, x_adv)
-        g = ops.where(C.rows(reduce, nd), g_best, g)
+        x_adv = ops.where(rows(reduce, nd), x_best, x_adv)
+        g = ops.where(rows(reduce, nd), g_best, g)
         n_up = ops.where(check, 0.0, n_up)
         return (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
                 n_up, loss_prev, loss_best_last, reduced_last)
@@ -168,7 +170,7 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
             "step_size": carry[8]}
 
 
-@C.with_bounds(returns="success")
+@driver.with_bounds(returns="success")
 def apgd(model, x, y, eps, *, norm="linf", loss="ce", n_iter=100, restarts=1,
          n_target_classes=9, batch_size=500, seed=0, jit=True, progress=None):
     """APGD adversarial examples (APGD-CE, APGD-DLR or targeted APGD-T).
@@ -184,26 +186,21 @@ def apgd(model, x, y, eps, *, norm="linf", loss="ce", n_iter=100, restarts=1,
         n_iter: iterations per run (100 in AutoAttack); ``restarts``: random restarts per
             target (the first starts at a random point of the sphere of radius ``eps``).
         batch_size: points per compiled call.  ``seed``: NumPy seed of the random starts.
-        progress: optional callable ``progress(n_done, n_total)`` after each batch.
-
-    Only points still correctly classified are attacked by each run.
+        progress: optional callable ``progress(done, total)`` after each run.
         bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
             ``bounds``, else (0, 1)); x and every length are in their units.
+
+    Only points still correctly classified are attacked by each run.
 
     Returns:
         ``(x_adv, success)`` as NumPy arrays: ``x_adv`` lies in the eps ball and in [0, 1]
         (it is ``x`` where no adversarial was found); ``success`` is True where ``x_adv`` is
         misclassified (including clean errors).
     """
-    norm = _checks.norm_name(norm)
-    eps = _checks.parse_eps(eps)
-    x = _checks.images(x)
-    y = _checks.labels(y, len(x))
+    x, y, ball, eps, n_iter, restarts, batch_size = driver.check(
+        x, y, norm, eps, n_iter=n_iter, restarts=restarts, batch_size=batch_size)
     L.get(loss)
-    n_iter = _checks.positive(n_iter, "n_iter", integer=True)
-    restarts = _checks.positive(restarts, "restarts", integer=True)
-    batch_size = _checks.positive(batch_size, "batch_size", integer=True)
-    k = C.num_classes(model, x)
+    k = driver.num_classes(model, x)
     if loss in ("dlr", "dlr-t") and k < 3:
         raise ValueError(
             f"`loss` {loss!r} needs a model with at least 3 classes (with two, the DLR loss "
@@ -214,36 +211,35 @@ def apgd(model, x, y, eps, *, norm="linf", loss="ce", n_iter=100, restarts=1,
         targets = list(range(2, min(n_target_classes, k - 1) + 2))
     else:
         targets = [0]
-    rng = np.random.RandomState(seed)
-    run = _compiled(model, norm, loss, n_iter, jit)
+    rng = driver.rng(seed)
+    fn = functools.partial(_apgd_fn, n_iter=n_iter, norm=ball.name, loss=loss)
+    run = driver.compiled(model, ("apgd", ball.name, loss, n_iter), fn, jit)
 
     x_adv = x.copy()
-    success = C.predict_labels(model, x, batch_size) != y
-    total = len(targets) * restarts
-    done_runs = 0
-    for rank in targets:
-        for _ in range(restarts):
-            todo = np.flatnonzero(~success)
-            for idx in C.chunks(todo, batch_size):
-                size = C.bucket(len(idx), batch_size)
-                start = C.unit_noise(rng, (len(idx),) + x.shape[1:], norm)
-                xb, yb, sb = C.pad([x[idx], y[idx], start], size)
-                out = run(xb, yb, sb, np.full(size, eps, "float32"),
-                          np.full(size, rank, "int32"))
-                ok = ops.convert_to_numpy(out["success"]).astype(bool)[:len(idx)]
-                adv = ops.convert_to_numpy(out["x_adv"])[:len(idx)]
-                x_adv[idx[ok]] = adv[ok]
-                success[idx[ok]] = True
-            done_runs += 1
-            if progress is not None:
-                progress(done_runs, total)
-    x_adv = C.guard(x_adv, x, eps, norm)
-    return x_adv, C.predict_labels(model, x_adv, batch_size) != y
+    success = driver.predict_labels(model, x, batch_size) != y
+
+    def attack(rank, idx, size):
+        start = ball.numpy_unit_direction(rng, (len(idx),) + x.shape[1:])
+        out = driver.call(run, size, [x[idx], y[idx], start],
+                          [np.full(size, eps, "float32"), np.full(size, rank, "int32")])
+        ok = out["success"].astype(bool)
+        x_adv[idx[ok]] = out["x_adv"][ok]
+        success[idx[ok]] = True
+
+    driver.sweep([rank for rank in targets for _ in range(restarts)],
+                 lambda: np.flatnonzero(~success), attack, batch_size=batch_size,
+                 progress=progress)
+    x_adv = driver.guard(x_adv, x, eps, ball)
+    return x_adv, driver.predict_labels(model, x_adv, batch_size) != y
 
 
-def _compiled(model, norm, loss, n_iter, jit):
-    def fn(logits_fn, xb, yb, start, eps, rank):
-        return apgd_batch(logits_fn, xb, yb, start, eps, rank, n_iter=n_iter, norm=norm,
-                          loss=loss)
+def _apgd_fn(logits_fn, xb, yb, start, eps, rank, *, n_iter, norm, loss):
+    return apgd_batch(logits_fn, xb, yb, start, eps, rank, n_iter=n_iter, norm=norm,
+                      loss=loss)
 
-    return C.compiled(model, ("apgd", norm, loss, n_iter), fn, jit)
+
+register("apgd-ce", "APGD-CE", functools.partial(apgd, loss="ce"))
+register("apgd-dlr", "APGD-DLR", functools.partial(apgd, loss="dlr"))
+register("apgd-t", "APGD-T", functools.partial(apgd, loss="dlr-t"))
+
+__all__ = ["apgd", "apgd_batch", "apgd_checkpoints"]

@@ -11,27 +11,29 @@ distance is at most eps; it stops early on a point once that distance is below t
 eps at which the point was still robust.
 """
 
+from __future__ import annotations
+
 import time
 
 import numpy as np
 
-from keras_dyart import _checks
-from keras_dyart.attacks import _common as C
-from keras_dyart.attacks.apgd import apgd
-from keras_dyart.attacks.fab import fab_t
-from keras_dyart.attacks.pgd import pgd
-from keras_dyart.attacks.square import square
+from keras_dyart import _checks, geometry
+from keras_dyart.attacks import driver, registry
+
+# Importing the attacks registers them.
+from keras_dyart.attacks.apgd import apgd  # noqa: F401
+from keras_dyart.attacks.fab import fab_t  # noqa: F401
+from keras_dyart.attacks.pgd import pgd  # noqa: F401
+from keras_dyart.attacks.registry import ATTACKS, Labels
+from keras_dyart.attacks.square import square  # noqa: F401
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
-ATTACKS = ("pgd", "pgd-cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
-NAMES = {"pgd": "PGD-40 (CE)", "pgd-cw": "PGD-40 (CW)", "apgd-ce": "APGD-CE",
-         "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square",
-         "autoattack": "AutoAttack"}
+NAMES = Labels({"autoattack": "AutoAttack"})
 
 
-def resolve(attack):
-    """The list of attack names behind ``attack``: a name from `ATTACKS`, ``"autoattack"``
-    (the standard sequence) or a list / comma-separated text of names."""
+def resolve(attack) -> list:
+    """The list of attack names behind ``attack``: a registered name (`ATTACKS`),
+    ``"autoattack"`` (the standard sequence) or a list / comma-separated text of names."""
     if isinstance(attack, str):
         key = attack.strip().lower()
         if key in ("autoattack", "aa", "standard"):
@@ -44,37 +46,20 @@ def resolve(attack):
             names = [attack]
     bad = [a for a in names if a not in ATTACKS]
     if not names or bad:
-        raise ValueError(
-            f"`attack` must be 'autoattack' or one or more of {ATTACKS}; got {attack!r}.")
+        raise ValueError(f"`attack` must be 'autoattack' or one or more of "
+                         f"{tuple(ATTACKS)}; got {attack!r}.")
     return names
 
 
-def _single(name, model, x, y, eps, norm, seed, batch_size, jit, options, progress):
-    kw = dict(options.get(name, {}))
-    common = dict(norm=norm, seed=seed, batch_size=batch_size, jit=jit, progress=progress)
-    if name in ("pgd", "pgd-cw"):
-        kw.setdefault("steps", 40)
-        # PGD reports progress per batch with one argument.
-        p = None if progress is None else (lambda done: progress(done, len(x)))
-        return pgd(model, x, y, eps, loss="cw" if name == "pgd-cw" else "ce", norm=norm,
-                   seed=seed, batch_size=batch_size, jit=jit, progress=p, **kw)
-    if name in ("apgd-ce", "apgd-dlr", "apgd-t"):
-        loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-t"}[name]
-        return apgd(model, x, y, eps, loss=loss, **common, **kw)
-    if name == "square":
-        return square(model, x, y, eps, **common, **kw)
-    raise AssertionError(name)
-
-
 def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_size=500,
-                 seed=0, jit=True, options=None, progress=None, bounds=None):
+                 seed=0, jit=True, options=None, progress=None, bounds=None) -> dict:
     """Run ``attacks`` in order at every eps, each on the points still robust.
 
     Args:
         epsilons: list of radii.  ``options``: per-attack keyword arguments, e.g.
             ``{"square": {"n_queries": 1000}, "apgd-t": {"n_iter": 50}}``.
-        progress: optional ``progress(attack, eps, done, total)`` (``eps`` is None for FAB-T,
-            which serves every eps at once).
+        progress: optional ``progress(attack, eps, done, total)`` (``eps`` is None for an
+            attack that serves every eps at once, such as FAB-T).
         bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
             ``bounds``, else (0, 1)); ``x`` must lie in them and every eps is in their units.
 
@@ -84,21 +69,22 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
         ``seconds`` {attack: float} and ``distance`` (N,) FAB-T distances (NaN where FAB-T
         did not run).
     """
-    norm = _checks.norm_name(norm)
-    box = C.model_bounds(model, bounds)
+    norm = geometry.get(norm).name
+    box = driver.model_bounds(model, bounds)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     attacks = resolve(attacks)
     epsilons = [_checks.parse_eps(e, "epsilons") for e in epsilons]
     if box != (0.0, 1.0):
-        return _in_unit_box(model, x, y, epsilons, box, norm=norm, attacks=attacks,
-                            batch_size=batch_size, seed=seed, jit=jit, options=options,
-                            progress=progress)
+        return _in_unit_box(driver.UnitBox(model, box), x, y, epsilons, norm=norm,
+                            attacks=attacks, batch_size=batch_size, seed=seed, jit=jit,
+                            options=options, progress=progress)
     options = dict(options or {})
     unknown = [k for k in options if k not in ATTACKS]
     if unknown:
-        raise ValueError(f"`options` keys must be attack names in {ATTACKS}; got {unknown}.")
-    clean_pred = C.predict_labels(model, x, batch_size)
+        raise ValueError(f"`options` keys must be attack names in {tuple(ATTACKS)}; "
+                         f"got {unknown}.")
+    clean_pred = driver.predict_labels(model, x, batch_size)
     correct = clean_pred == y
     robust = {e: correct.copy() for e in epsilons}
     x_adv = {e: x.copy() for e in epsilons}
@@ -106,9 +92,19 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
     after, seconds = {}, {}
     distance = np.full(len(x), np.nan)
 
+    def mark(name, e, sel, adv):
+        x_adv[e][sel] = adv
+        robust[e][sel] = False
+        broken[e][sel] = name
+
     for name in attacks:
         t0 = time.perf_counter()
-        if name == "fab-t":
+        attack = registry.get(name)
+        common = dict(norm=norm, seed=seed, batch_size=batch_size, jit=jit,
+                      **options.get(name, {}))
+        if attack.returns == "distance":
+            # Independent of eps: one run per point still robust at some eps, stopped early
+            # once below the largest eps at which the point is still robust.
             need = np.zeros(len(x), bool)
             stop = np.full(len(x), -1.0)
             for e in epsilons:
@@ -116,71 +112,62 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
                 stop = np.where(robust[e], np.maximum(stop, e), stop)
             idx = np.flatnonzero(need)
             if len(idx):
-                kw = dict(options.get(name, {}))
                 p = None if progress is None else (
-                    lambda d, t: progress(name, None, d, t))
-                adv, dist = fab_t(model, x[idx], y[idx], norm=norm, stop_at=stop[idx],
-                                  batch_size=batch_size, seed=seed, jit=jit, progress=p, **kw)
+                    lambda d, t, name=name: progress(name, None, d, t))
+                adv, dist = attack.run(model, x[idx], y[idx], stop_at=stop[idx], progress=p,
+                                       **common)
                 distance[idx] = dist
                 for e in epsilons:
                     hit = robust[e][idx] & (dist <= e)
                     sel = idx[hit]
-                    x_adv[e][sel] = C.guard(adv[hit], x[sel], e, norm)
-                    robust[e][sel] = False
-                    broken[e][sel] = name
+                    mark(name, e, sel, driver.guard(adv[hit], x[sel], e, norm))
         else:
             for e in epsilons:
                 idx = np.flatnonzero(robust[e])
                 if not len(idx):
                     continue
                 p = None if progress is None else (
-                    lambda d, t, e=e: progress(name, e, d, t))
-                adv, ok = _single(name, model, x[idx], y[idx], e, norm, seed, batch_size,
-                                  jit, options, p)
-                sel = idx[ok]
-                x_adv[e][sel] = adv[ok]
-                robust[e][sel] = False
-                broken[e][sel] = name
+                    lambda d, t, e=e, name=name: progress(name, e, d, t))
+                adv, ok = attack.run(model, x[idx], y[idx], e, progress=p, **common)
+                mark(name, e, idx[ok], adv[ok])
         seconds[name] = time.perf_counter() - t0
         after[name] = {e: float(np.mean(robust[e])) for e in epsilons}
 
     # Worst case, checked on the returned points themselves.
     for e in epsilons:
-        x_adv[e] = C.guard(x_adv[e], x, e, norm)
-        wrong = C.predict_labels(model, x_adv[e], batch_size) != y
+        x_adv[e] = driver.guard(x_adv[e], x, e, norm)
+        wrong = driver.predict_labels(model, x_adv[e], batch_size) != y
         robust[e] &= ~wrong
     return {"clean_pred": clean_pred, "robust": robust, "x_adv": x_adv,
             "broken_by": {e: list(broken[e]) for e in epsilons}, "after": after,
             "seconds": seconds, "distance": distance}
 
 
-def _in_unit_box(model, x, y, epsilons, box, *, norm, batch_size, progress, **kwargs):
-    """`run_sequence` on a model whose inputs live in ``box``: the attacks run in the unit
-    box (`keras_dyart.attacks._common.UnitBoxModel`, eps / (upper − lower)); the points
-    come back in input units, guarded in the eps ball and the box, and are checked again on
-    the model itself."""
-    lo, hi = box
-    scale = hi - lo
-    unit_eps = {e: e / scale for e in epsilons}
+def _in_unit_box(unit, x, y, epsilons, *, norm, batch_size, progress, **kwargs):
+    """`run_sequence` through a `keras_dyart.attacks.driver.UnitBox`: the attacks run in
+    the unit box; the points come back in input units, guarded in the eps ball and the box,
+    and are checked again on the model itself."""
+    model = unit.model.model
+    unit_eps = {e: unit.length(e) for e in epsilons}
     unit_progress = None if progress is None else (
-        lambda a, e, d, t: progress(a, None if e is None else e * scale, d, t))
-    out = run_sequence(C.UnitBoxModel(model, box), (x - lo) / scale, y,
-                       list(unit_eps.values()), norm=norm, batch_size=batch_size,
-                       progress=unit_progress, bounds=(0.0, 1.0), **kwargs)
+        lambda a, e, d, t: progress(a, None if e is None else e * unit.scale, d, t))
+    out = run_sequence(unit.model, unit.inputs(x), y, list(unit_eps.values()), norm=norm,
+                       batch_size=batch_size, progress=unit_progress, bounds=(0.0, 1.0),
+                       **kwargs)
     robust, x_adv, broken = {}, {}, {}
     for e, u in unit_eps.items():
-        x_adv[e] = C.guard(lo + scale * out["x_adv"][u], x, e, norm, box)
-        wrong = C.predict_labels(model, x_adv[e], batch_size) != y
+        x_adv[e] = unit.outputs(out["x_adv"][u], x, e, norm)
+        wrong = driver.predict_labels(model, x_adv[e], batch_size) != y
         robust[e] = out["robust"][u] & ~wrong
         broken[e] = out["broken_by"][u]
     after = {a: {e: acc[unit_eps[e]] for e in epsilons} for a, acc in out["after"].items()}
     return {"clean_pred": out["clean_pred"], "robust": robust, "x_adv": x_adv,
             "broken_by": broken, "after": after, "seconds": out["seconds"],
-            "distance": out["distance"] * scale}
+            "distance": out["distance"] * unit.scale}
 
 
 def autoattack(model, x, y, eps, *, norm="linf", attacks=STANDARD, batch_size=500, seed=0,
-               jit=True, options=None, progress=None, bounds=None):
+               jit=True, options=None, progress=None, bounds=None) -> tuple:
     """AutoAttack "standard" (or any list of ``attacks``) at one radius.
 
     ``bounds``: the model's input box (default: the model's own ``bounds``, else (0, 1));
@@ -192,3 +179,6 @@ def autoattack(model, x, y, eps, *, norm="linf", attacks=STANDARD, batch_size=50
                        batch_size=batch_size, seed=seed, jit=jit, options=options,
                        progress=progress, bounds=bounds)
     return out["x_adv"][eps], ~out["robust"][eps]
+
+
+__all__ = ["ATTACKS", "NAMES", "STANDARD", "autoattack", "resolve", "run_sequence"]

@@ -3,9 +3,11 @@
 
 For a target class t, each iteration linearises ``f_t − f_y`` at the iterate x1, projects both
 x1 and the original x onto that hyperplane inside the box [0, 1]^d (the core's
-`keras_dyart.projection.project_to_hyperplane`), and mixes the two steps with an overshoot
-η = 1.05 and a bias towards x of at most α_max = 0.1.  Whenever the iterate is misclassified
-it is remembered if it is the closest so far, and pulled back towards x by β = 0.9.  FAB-T
+`keras_dyart.projection.project_to_hyperplane`), and mixes the two steps with an ``overshoot``
+of 1.05 and a bias towards x of at most ``alpha_max`` = 0.1.  Whenever the iterate is
+misclassified it is remembered if it is the closest so far, and pulled back towards x by the
+factor ``step_back`` = 0.9 (the knobs' names are those of the boundary search,
+`keras_dyart.boundary`).  FAB-T
 runs once per target, the ``n_target_classes`` classes with the highest clean logits after the
 label, and keeps the closest misclassified point over all targets.
 
@@ -14,18 +16,25 @@ segment from x to the closest point put it just past the decision boundary (at
 ``f_y − max_{j≠y} f_j = −1e-4·(f_y − max_{j≠y} f_j)(x)``), so distances are exact to about
 1e-4 relative instead of the overshoot's ~0.5 %.  The returned point is always misclassified.
 With refinement on, the iterates are ranked by the distance at which the segment from x is
-estimated (by linear interpolation of each f_y − f_j, exact for a linear model) to cross the boundary rather than by their
-own distance, since that is the distance the refinement returns.
+estimated (by linear interpolation of each f_y − f_j, exact for a linear model) to cross the
+boundary rather than by their own distance, since that is the distance the refinement
+returns.
 """
 
+from __future__ import annotations
+
+import functools
 
 import numpy as np
 from keras import ops
 
-from keras_dyart import _checks
 from keras_dyart import backend as dyart_backend
-from keras_dyart.attacks import _common as C
+from keras_dyart import geometry
+from keras_dyart.attacks import driver
+from keras_dyart.attacks.losses import cw_margin
+from keras_dyart.attacks.registry import register
 from keras_dyart.boundary import illinois
+from keras_dyart.geometry import TINY, flat
 from keras_dyart.projection import project_to_hyperplane
 
 _BIG = 1e10
@@ -47,8 +56,8 @@ def _refine(margin_fn, x0, far, found, steps):
     return ops.where(valid[:, None], x0 + hi[:, None] * (far - x0), far)
 
 
-def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", eta=1.05,
-              beta=0.9, alpha_max=0.1, refine=True, refine_steps=6):
+def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf",
+              overshoot=1.05, step_back=0.9, alpha_max=0.1, refine=True, refine_steps=6):
     """FAB-T on one batch for one target rank per row.
 
     Args:
@@ -56,6 +65,11 @@ def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", e
         x, y: inputs ``(B, ...)`` and labels.
         start: offsets added to ``x`` for the first iterate (zeros: start at ``x``).
         target_rank: per row, 2 targets the class with the second-highest clean logit, etc.
+        n_iter, norm: iterations and ``"linf"`` / ``"l2"``.
+        overshoot: the factor on both projection steps; ``step_back``: a misclassified
+            iterate is pulled back to ``x + step_back·(x1 − x)``; ``alpha_max``: the largest
+            bias towards ``x``.
+        refine, refine_steps: the final secant refinement (see the module docstring).
 
     Returns:
         dict with ``x_adv`` (the closest misclassified point found, else ``x``), ``found``
@@ -64,7 +78,8 @@ def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", e
     x, start = (ops.convert_to_tensor(v, "float32") for v in (x, start))
     y = ops.cast(ops.convert_to_tensor(y), "int32")
     shape = ops.shape(x)
-    x0 = C.flat(x)
+    ball = geometry.get(norm)
+    x0 = flat(x)
     n = ops.shape(x0)[0]
     clean = logits_fn(x)
     k = ops.shape(clean)[-1]
@@ -83,45 +98,46 @@ def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf", e
         return ops.sum(logits_fn(ops.reshape(z, shape)) * sel, axis=-1)
 
     def margin(z):
-        return C.cw_margin(logits_fn(ops.reshape(z, shape)), y)
+        return cw_margin(logits_fn(ops.reshape(z, shape)), y)
 
     def body(_, carry):
         x1, best, best_r = carry
         df, g = dyart_backend.value_and_grad(diff, x1)
-        g = C.flat(g)
+        g = flat(g)
         c = ops.sum(g * x1, axis=-1) - df
         d1 = project_to_hyperplane(x1, g, c, norm)
         d2 = project_to_hyperplane(x0, g, c, norm)
-        a1 = ops.maximum(C.norm_rows(d1, norm), 1e-8)
-        a2 = ops.maximum(C.norm_rows(d2, norm), 1e-8)
+        a1 = ops.maximum(ball.size(d1), 1e-8)
+        a2 = ops.maximum(ball.size(d2), 1e-8)
         alpha = ops.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
-        x1 = ops.clip((x1 + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
+        x1 = ops.clip((x1 + overshoot * d1) * (1.0 - alpha) + (x0 + overshoot * d2) * alpha,
+                      0.0, 1.0)
         logits1 = logits_fn(ops.reshape(x1, shape))
         adv = ops.argmax(logits1, axis=-1) != y
-        r = C.norm_rows(x1 - x0, norm)
+        r = ball.size(x1 - x0)
         if refine:
             # Rank by where the segment x0 -> x1 is estimated to cross the boundary
             # (linear interpolation of the margin), which is what the refinement returns.
             d1 = f_y(logits1)[:, None] - logits1
-            ratio = ops.where(d1 < 0, d0 / ops.maximum(d0 - d1, C.TINY), 1.0)
+            ratio = ops.where(d1 < 0, d0 / ops.maximum(d0 - d1, TINY), 1.0)
             r = r * ops.clip(ops.min(ratio, axis=-1), 0.0, 1.0)
         better = adv & (r < best_r)
         best = ops.where(better[:, None], x1, best)
         best_r = ops.where(better, r, best_r)
-        x1 = ops.where(adv[:, None], x0 + (x1 - x0) * beta, x1)
+        x1 = ops.where(adv[:, None], x0 + (x1 - x0) * step_back, x1)
         return x1, best, best_r
 
-    x1 = ops.clip(x0 + C.flat(start), 0.0, 1.0)
+    x1 = ops.clip(x0 + flat(start), 0.0, 1.0)
     _, best, best_r = dyart_backend.fori_loop(0, n_iter, body,
                                               (x1, x0, ops.full((n,), _BIG)))
     found = best_r < _BIG
     if refine:
         best = _refine(margin, x0, best, found, refine_steps)
-    dist = ops.where(found, C.norm_rows(best - x0, norm), _BIG)
+    dist = ops.where(found, ball.size(best - x0), _BIG)
     return {"x_adv": ops.reshape(best, shape), "found": found, "distance": dist}
 
 
-@C.with_bounds(returns="distance")
+@driver.with_bounds(returns="distance")
 def fab_t(model, x, y, *, norm="linf", n_iter=100, n_target_classes=9, restarts=1,
           eps=None, stop_at=None, refine=True, batch_size=500, seed=0, jit=True,
           progress=None):
@@ -140,7 +156,8 @@ def fab_t(model, x, y, *, norm="linf", n_iter=100, n_target_classes=9, restarts=
             already ``<= stop_at`` is not attacked by the remaining targets (AutoAttack uses
             its eps).  ``None`` runs every target on every point.
         refine: put each point just past the decision boundary (see the module docstring).
-        batch_size, seed, jit: as for the other attacks.  ``progress(done, total)``.
+        batch_size, seed, jit: as for the other attacks.  ``progress(done, total)``
+            after each run.
         bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
             ``bounds``, else (0, 1)); x and every length are in their units.
 
@@ -149,68 +166,54 @@ def fab_t(model, x, y, *, norm="linf", n_iter=100, n_target_classes=9, restarts=
         ``distance`` is finite (``x`` itself for clean errors, distance 0); ``distance`` is
         ``inf`` where no adversarial was found.
     """
-    norm = _checks.norm_name(norm)
-    x = _checks.images(x)
-    y = _checks.labels(y, len(x))
-    n_iter = _checks.positive(n_iter, "n_iter", integer=True)
-    restarts = _checks.positive(restarts, "restarts", integer=True)
-    batch_size = _checks.positive(batch_size, "batch_size", integer=True)
-    n_target_classes = _checks.positive(n_target_classes, "n_target_classes", integer=True)
+    x, y, ball, eps, n_iter, restarts, batch_size, n_target_classes = driver.check(
+        x, y, norm, eps, n_iter=n_iter, restarts=restarts, batch_size=batch_size,
+        n_target_classes=n_target_classes)
     if restarts > 1 and eps is None:
         raise ValueError("`eps` must be given when `restarts` > 1 (it sets the random-start "
                          "radius); got eps=None.")
-    eps = None if eps is None else _checks.parse_eps(eps)
     stop = (np.full(len(x), -1.0) if stop_at is None
             else np.broadcast_to(np.asarray(stop_at, "float64"), (len(x),)))
-    k = C.num_classes(model, x)
+    k = driver.num_classes(model, x)
     targets = list(range(2, min(n_target_classes, k - 1) + 2))
-    rng = np.random.RandomState(seed)
-    run = _compiled(model, norm, n_iter, refine, jit)
+    rng = driver.rng(seed)
+    fn = functools.partial(_fab_fn, n_iter=n_iter, norm=ball.name, refine=refine)
+    run = driver.compiled(model, ("fab-t", ball.name, n_iter, refine), fn, jit)
 
     x_adv = x.copy()
     dist = np.full(len(x), np.inf)
-    dist[C.predict_labels(model, x, batch_size) != y] = 0.0
-    total, done_runs = len(targets) * restarts, 0
-    for rank in targets:
-        for r in range(restarts):
-            todo = np.flatnonzero((dist > 0) & ~(dist <= stop))
-            for idx in C.chunks(todo, batch_size):
-                size = C.bucket(len(idx), batch_size)
-                if r == 0:
-                    start = np.zeros((len(idx),) + x.shape[1:], "float32")
-                else:
-                    radius = 0.5 * np.minimum(dist[idx], eps)
-                    start = C.unit_noise(rng, (len(idx),) + x.shape[1:], norm) * radius.reshape(
-                        (-1,) + (1,) * (x.ndim - 1)).astype("float32")
-                xb, yb, sb = C.pad([x[idx], y[idx], start], size)
-                out = run(xb, yb, sb, np.full(size, rank, "int32"))
-                found = ops.convert_to_numpy(out["found"]).astype(bool)[:len(idx)]
-                adv = ops.convert_to_numpy(out["x_adv"])[:len(idx)]
-                d = _distance(adv, x[idx], norm)
-                better = found & (d < dist[idx])
-                x_adv[idx[better]] = adv[better]
-                dist[idx[better]] = d[better]
-            done_runs += 1
-            if progress is not None:
-                progress(done_runs, total)
+    dist[driver.predict_labels(model, x, batch_size) != y] = 0.0
+
+    def attack(run_id, idx, size):
+        rank, restart = run_id
+        shape = (len(idx),) + x.shape[1:]
+        if restart == 0:
+            start = np.zeros(shape, "float32")
+        else:
+            radius = 0.5 * np.minimum(dist[idx], eps)
+            start = ball.numpy_unit_direction(rng, shape) * radius.reshape(
+                driver.row_shape(x.ndim)).astype("float32")
+        out = driver.call(run, size, [x[idx], y[idx], start], [np.full(size, rank, "int32")])
+        found = out["found"].astype(bool)
+        d = driver.distance(out["x_adv"], x[idx], ball)
+        better = found & (d < dist[idx])
+        x_adv[idx[better]] = out["x_adv"][better]
+        dist[idx[better]] = d[better]
+
+    driver.sweep([(rank, r) for rank in targets for r in range(restarts)],
+                 lambda: np.flatnonzero((dist > 0) & ~(dist <= stop)), attack,
+                 batch_size=batch_size, progress=progress)
     # Honest bookkeeping: a point counts only if the model misclassifies it as returned.
-    wrong = C.predict_labels(model, x_adv, batch_size) != y
+    wrong = driver.predict_labels(model, x_adv, batch_size) != y
     dist[~wrong] = np.inf
     x_adv[~wrong] = x[~wrong]
     return x_adv, dist
 
 
-def _distance(a, b, norm):
-    d = (np.asarray(a, "float64") - np.asarray(b, "float64")).reshape(len(a), -1)
-    return np.abs(d).max(axis=1) if norm == "linf" else np.sqrt((d * d).sum(axis=1))
+def _fab_fn(logits_fn, xb, yb, start, rank, *, n_iter, norm, refine):
+    return fab_batch(logits_fn, xb, yb, start, rank, n_iter=n_iter, norm=norm, refine=refine)
 
 
-def _compiled(model, norm, n_iter, refine, jit):
-    def fn(logits_fn, xb, yb, start, rank):
-        return fab_batch(logits_fn, xb, yb, start, rank, n_iter=n_iter, norm=norm,
-                         refine=refine)
+register("fab-t", "FAB-T", fab_t, returns="distance")
 
-    return C.compiled(model, ("fab-t", norm, n_iter, refine), fn, jit)
-
-
-__all__ = ["fab_t", "fab_batch"]
+__all__ = ["fab_batch", "fab_t"]

@@ -3,11 +3,20 @@
 All take logits ``(N, K)`` and integer labels ``(N,)`` and return one value per row.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from keras import ops
 
-from keras_dyart.attacks._common import cw_margin
-
 LOSSES = ("ce", "cw", "dlr", "dlr-t")
+
+
+def cw_margin(logits, y):
+    """The CW margin ``f_y − max_{j≠y} f_j`` per row (> 0: correctly classified)."""
+    onehot = ops.one_hot(y, ops.shape(logits)[-1], dtype=logits.dtype)
+    f_y = ops.sum(logits * onehot, axis=-1)
+    return f_y - ops.max(logits - 1e9 * onehot, axis=-1)
 
 
 def ce_loss(logits, y):
@@ -72,7 +81,7 @@ def dlr_targeted_loss(logits, y, target):
     return -(f_y - f_t) / (denom + 1e-12)
 
 
-def get(name):
+def get(name: str) -> Callable:
     """The loss function for a name in ``LOSSES`` (``"dlr-t"`` takes a third argument)."""
     table = {"ce": ce_loss, "cw": cw_loss, "dlr": dlr_loss, "dlr-t": dlr_targeted_loss}
     if name not in table:

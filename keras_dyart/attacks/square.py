@@ -29,20 +29,24 @@ the margin decreases.  The window masks and patterns are built on the host (NumP
 in, so the compiled step has static shapes.
 """
 
+from __future__ import annotations
+
 import math
 
-import keras
 import numpy as np
 from keras import ops
 
-from keras_dyart import _checks
+from keras_dyart import _checks, geometry
 from keras_dyart import backend as dyart_backend
-from keras_dyart.attacks import _common as C
+from keras_dyart.attacks import driver
+from keras_dyart.attacks.losses import cw_margin
+from keras_dyart.attacks.registry import register
+from keras_dyart.geometry import rows
 
 P_INIT = 0.8
 
 
-def p_selection(i, p_init=P_INIT):
+def p_selection(i: int, p_init: float = P_INIT) -> float:
     """Fraction of pixels changed at query ``i`` (0-based), the published schedule."""
     for bound, div in ((8000, 512), (6000, 256), (4000, 128), (2000, 64), (1000, 32),
                        (500, 16), (200, 8), (50, 4), (10, 2)):
@@ -86,7 +90,8 @@ def square_chunk(logits_fn, x, y, x_best, margin_best, eps, side, top, left, sig
     y = ops.cast(ops.convert_to_tensor(y), "int32")
     side, top, left = (ops.cast(ops.convert_to_tensor(v), "int32") for v in (side, top, left))
     _, h, w, _ = ops.shape(x)
-    e = C.rows(eps, 4)
+    e = rows(eps, 4)
+    linf = geometry.get("linf")
     rows_idx = ops.arange(h, dtype="int32")[:, None]
     cols_idx = ops.arange(w, dtype="int32")[None, :]
 
@@ -96,11 +101,11 @@ def square_chunk(logits_fn, x, y, x_best, margin_best, eps, side, top, left, sig
         window = ((rows_idx >= a) & (rows_idx < a + s) & (cols_idx >= b) & (cols_idx < b + s))
         sign = ops.take(signs, q, axis=0)
         delta = ops.cast(window, "float32")[None, :, :, None] * sign[None, None, None, :]
-        x_new = C.project_linf_ball(x_best + 2.0 * e * delta, x, e)
-        margin = C.cw_margin(logits_fn(x_new), y)
+        x_new = linf.project(x_best + 2.0 * e * delta, x, e)
+        margin = cw_margin(logits_fn(x_new), y)
         active = margin_best > 0
         take = active & ((margin < margin_best) | (margin <= 0))
-        x_best = ops.where(C.rows(take, 4), x_new, x_best)
+        x_best = ops.where(rows(take, 4), x_new, x_best)
         margin_best = ops.where(take, margin, margin_best)
         return x_best, margin_best
 
@@ -165,8 +170,7 @@ def square_l2_chunk(logits_fn, x, y, x_best, margin_best, eps, window, window2, 
     y = ops.cast(ops.convert_to_tensor(y), "int32")
     c = ops.shape(x)[-1]
 
-    def norm_all(v):
-        return ops.sqrt(ops.sum(ops.square(C.flat(v)), axis=-1))
+    norm_all = geometry.get("l2").size
 
     def body(q, carry):
         x_best, margin_best = carry
@@ -182,23 +186,23 @@ def square_l2_chunk(logits_fn, x, y, x_best, margin_best, eps, window, window2, 
         norm_new = ops.sqrt(ops.sum(m1 * ops.square(new), axis=(1, 2), keepdims=True))
         room = ops.maximum(ops.square(eps) - ops.square(norm_image), 0.0) / c
         scale = ops.sqrt(room + ops.square(norm_windows))
-        new = m1 * new / (norm_new + 1e-12) * C.rows(scale, 4)
+        new = m1 * new / (norm_new + 1e-12) * rows(scale, 4)
         delta = delta * (1.0 - m2)
         delta = delta * (1.0 - m1) + new
-        delta = delta / (C.rows(norm_all(delta), 4) + 1e-12) * C.rows(eps, 4)
+        delta = delta / (rows(norm_all(delta), 4) + 1e-12) * rows(eps, 4)
         x_new = ops.clip(x + delta, 0.0, 1.0)
-        margin = C.cw_margin(logits_fn(x_new), y)
+        margin = cw_margin(logits_fn(x_new), y)
         active = (margin_best > 0) & (ops.sum(m1) > 0)     # padding queries change nothing
         take = active & ((margin < margin_best) | (margin <= 0))
-        x_best = ops.where(C.rows(take, 4), x_new, x_best)
+        x_best = ops.where(rows(take, 4), x_new, x_best)
         margin_best = ops.where(take, margin, margin_best)
         return x_best, margin_best
 
     return dyart_backend.fori_loop(0, ops.shape(window)[0], body, (x_best, margin_best))
 
 
-def _l2_queries(rng, start, q, chunk, h, w, p_init):
-    """Host-side draws of ``q`` L2 queries, padded to ``chunk`` with empty windows."""
+def _l2_maps(rng, start, q, chunk, h, w, p_init):
+    """Host-side draws of ``q`` L2 query windows, padded to ``chunk`` with empty windows."""
     window = np.zeros((chunk, h, w), "float32")
     window2 = np.zeros((chunk, h, w), "float32")
     pattern = np.zeros((chunk, h, w), "float32")
@@ -216,12 +220,60 @@ def _l2_queries(rng, start, q, chunk, h, w, p_init):
     return window, window2, pattern
 
 
+def _l2_queries(rng, start, q, chunk, image, n, p_init):
+    """L2 queries: ``([signs per point], [window, window2, pattern])``."""
+    h, w, c = image
+    maps = _l2_maps(rng, start, q, chunk, h, w, p_init)
+    signs = rng.choice([-1.0, 1.0], size=(n, chunk, c)).astype("float32")
+    return [signs], list(maps)
+
+
+def _linf_queries(rng, start, q, chunk, image, n, p_init):
+    """L∞ queries: ``([], [side, top, left, signs])``, padded to ``chunk`` with empty
+    windows (always ``chunk`` queries per call: one trace)."""
+    h, w, c = image
+    side, top, left = (np.zeros(chunk, "int32") for _ in range(3))
+    for j in range(q):
+        p = p_selection(start + j, p_init)
+        s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
+        side[j] = s
+        # Uniform over all h − s + 1 positions (the reference draws ⌊U·(h − s)⌋, which
+        # never reaches the last row and column of positions).
+        top[j] = int(rng.uniform() * (h - s + 1))
+        left[j] = int(rng.uniform() * (w - s + 1))
+    signs = np.ones((chunk, c), "float32")
+    signs[:q] = rng.choice([-1.0, 1.0], size=(q, c))
+    return [], [side, top, left, signs]
+
+
+def _linf_start(rng, n, h, w, c):
+    """The initial stripes: one sign per column and channel, per point."""
+    return rng.choice([-1.0, 1.0], size=(n, 1, w, c)).astype("float32")
+
+
+def _l2_start(rng, n, h, w, c):
+    """A start of L2 norm exactly 1 per point (scaled by eps when used)."""
+    d0 = _l2_init(rng, n, h, w, c)
+    n0 = np.sqrt((d0.reshape(n, -1).astype("float64") ** 2).sum(1))
+    return (d0 / (n0.reshape(-1, 1, 1, 1) + 1e-12)).astype("float32")
+
+
+def _l2_step(logits_fn, x, y, x_best, margin_best, eps, signs, window, window2, pattern):
+    return square_l2_chunk(logits_fn, x, y, x_best, margin_best, eps, window, window2,
+                           pattern, signs)
+
+
+# Per norm: (start, queries, compiled step); the step takes the per-row arrays first.
+_PLANS = {"linf": (_linf_start, _linf_queries, square_chunk),
+          "l2": (_l2_start, _l2_queries, _l2_step)}
+
+
 def _margin_fn(logits_fn, z, y):
-    return C.cw_margin(logits_fn(ops.convert_to_tensor(z, "float32")),
+    return cw_margin(logits_fn(ops.convert_to_tensor(z, "float32")),
                        ops.cast(ops.convert_to_tensor(y), "int32"))
 
 
-@C.with_bounds(returns="success")
+@driver.with_bounds(returns="success")
 def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chunk=100,
            batch_size=500, seed=0, jit=True, progress=None, data_format=None):
     """Square Attack adversarial examples (margin loss, one restart, as in AutoAttack).
@@ -245,102 +297,65 @@ def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chun
     Returns:
         ``(x_adv, success)`` as NumPy arrays, ``x_adv`` in the ball and the box.
     """
-    norm = _checks.norm_name(norm)
-    eps = _checks.parse_eps(eps)
-    x = _checks.images(x)
-    y = _checks.labels(y, len(x))
-    n_queries = _checks.positive(n_queries, "n_queries", integer=True)
-    chunk = _checks.positive(chunk, "chunk", integer=True)
-    batch_size = _checks.positive(batch_size, "batch_size", integer=True)
+    x, y, ball, eps, n_queries, chunk, batch_size = driver.check(
+        x, y, norm, eps, n_queries=n_queries, chunk=chunk, batch_size=batch_size)
     p_init = _checks.in_range(p_init, "p_init", 0.0, 1.0)
     data_format = _checks.data_format(data_format)
-    h, w, c = _as_image(x.shape, data_format)
+    image = _as_image(x.shape, data_format)
     shape = x.shape
     # The attack works on (N, H, W, C); a channels-first batch is transposed here and its
     # points are transposed back before every model call and at the end.
     transpose = len(shape) == 4 and data_format == "channels_first"
-    xi = x.transpose(0, 2, 3, 1) if transpose else x.reshape((len(x), h, w, c))
+    xi = x.transpose(0, 2, 3, 1) if transpose else x.reshape((len(x),) + image)
     xi = np.ascontiguousarray(xi)
-    rng = np.random.RandomState(seed)
+    rng = driver.rng(seed)
+    start, queries, step = _PLANS[ball.name]
 
     def to_model(z):
         if transpose:
             return ops.transpose(z, (0, 3, 1, 2))
         return ops.reshape(z, (-1,) + shape[1:])
 
-    def logits_img(logits_fn):
-        return lambda z: logits_fn(to_model(z))
-
     def init_fn(logits_fn, xb, yb, stripes, e):
         xb, stripes, e = (ops.convert_to_tensor(v, "float32") for v in (xb, stripes, e))
-        x0 = ops.clip(xb + C.rows(e, 4) * stripes, 0.0, 1.0)
-        return x0, _margin_fn(logits_img(logits_fn), x0, yb)
+        x0 = ops.clip(xb + rows(e, 4) * stripes, 0.0, 1.0)
+        return x0, _margin_fn(lambda z: logits_fn(to_model(z)), x0, yb)
 
     def chunk_fn(logits_fn, *args):
-        step = square_chunk if norm == "linf" else square_l2_chunk
-        return step(logits_img(logits_fn), *args)
+        return step(lambda z: logits_fn(to_model(z)), *args)
 
     # The compiled functions close over the layout and the input shape: both are in the key.
     layout = (data_format if transpose else "channels_last", shape[1:])
-    run_init = C.compiled(model, ("square-init",) + layout, init_fn, jit)
-    run = C.compiled(model, ("square", norm) + layout, chunk_fn, jit)
+    run_init = driver.compiled(model, ("square-init",) + layout, init_fn, jit)
+    run = driver.compiled(model, ("square", ball.name) + layout, chunk_fn, jit)
 
-    if norm == "linf":
-        # The initial stripes: one sign per column and channel, per point.
-        stripes = rng.choice([-1.0, 1.0], size=(len(x), 1, w, c)).astype("float32")
-    else:
-        # A start of L2 norm exactly 1 per point, scaled by eps in `init_fn`.
-        d0 = _l2_init(rng, len(x), h, w, c)
-        n0 = np.sqrt((d0.reshape(len(x), -1).astype("float64") ** 2).sum(1))
-        stripes = (d0 / (n0.reshape(-1, 1, 1, 1) + 1e-12)).astype("float32")
+    stripes = start(rng, len(x), *image)
     x_best = xi.copy()
     margin = np.zeros(len(x), "float32")
-    for idx in C.chunks(np.arange(len(x)), batch_size):
-        size = C.bucket(len(idx), batch_size)
-        xb, yb, sb = C.pad([xi[idx], y[idx], stripes[idx]], size)
-        x0, m0 = run_init(xb, yb, sb, np.full(size, eps, "float32"))
-        x_best[idx] = ops.convert_to_numpy(x0)[:len(idx)]
-        margin[idx] = ops.convert_to_numpy(m0)[:len(idx)]
+    for idx in driver.chunks(np.arange(len(x)), batch_size):
+        size = driver.bucket(len(idx), batch_size)
+        x_best[idx], margin[idx] = driver.call(
+            run_init, size, [xi[idx], y[idx], stripes[idx], np.full(len(idx), eps, "float32")])
 
-    done = 0
-    while done < n_queries and (margin > 0).any():
-        q = min(chunk, n_queries - done)
-        if norm == "l2":
-            maps = _l2_queries(rng, done, q, chunk, h, w, p_init)
-            signs_all = rng.choice([-1.0, 1.0], size=(len(x), chunk, c)).astype("float32")
-            for idx in C.chunks(np.flatnonzero(margin > 0), batch_size):
-                size = C.bucket(len(idx), batch_size)
-                xb, yb, bb, mb, sb = C.pad(
-                    [xi[idx], y[idx], x_best[idx], margin[idx], signs_all[idx]], size)
-                xn, mn = run(xb, yb, bb, mb, np.full(size, eps, "float32"), *maps, sb)
-                x_best[idx] = ops.convert_to_numpy(xn)[:len(idx)]
-                margin[idx] = ops.convert_to_numpy(mn)[:len(idx)]
-            done += q
-            if progress is not None:
-                progress(done, n_queries)
-            continue
-        # Always `chunk` queries per call (one trace); padding queries have an empty window.
-        side, top, left = (np.zeros(chunk, "int32") for _ in range(3))
-        for j in range(q):
-            p = p_selection(done + j, p_init)
-            s = max(int(round(math.sqrt(p * h * w))), 1)
-            s = min(s, h, w)
-            side[j] = s
-            # Uniform over all h − s + 1 positions (the reference draws ⌊U·(h − s)⌋, which
-            # never reaches the last row and column of positions).
-            top[j] = int(rng.uniform() * (h - s + 1))
-            left[j] = int(rng.uniform() * (w - s + 1))
-        signs = np.ones((chunk, c), "float32")
-        signs[:q] = rng.choice([-1.0, 1.0], size=(q, c))
-        for idx in C.chunks(np.flatnonzero(margin > 0), batch_size):
-            size = C.bucket(len(idx), batch_size)
-            xb, yb, bb, mb = C.pad([xi[idx], y[idx], x_best[idx], margin[idx]], size)
-            xn, mn = run(xb, yb, bb, mb, np.full(size, eps, "float32"), side, top, left, signs)
-            x_best[idx] = ops.convert_to_numpy(xn)[:len(idx)]
-            margin[idx] = ops.convert_to_numpy(mn)[:len(idx)]
-        done += q
-        if progress is not None:
-            progress(done, n_queries)
+    def draw(run_start):
+        return queries(rng, run_start, min(chunk, n_queries - run_start), chunk, image,
+                       len(x), p_init)
+
+    def attack(drawn, idx, size):
+        per_row, shared = drawn
+        x_best[idx], margin[idx] = driver.call(
+            run, size, [xi[idx], y[idx], x_best[idx], margin[idx],
+                        np.full(len(idx), eps, "float32"), *(a[idx] for a in per_row)], shared)
+
+    starts = range(0, n_queries, chunk)
+    driver.sweep(starts, lambda: np.flatnonzero(margin > 0), attack, batch_size=batch_size,
+                 progress=progress, prepare=draw,
+                 units=[min(chunk, n_queries - s) for s in starts])
     x_best = x_best.transpose(0, 3, 1, 2) if transpose else x_best.reshape(shape)
-    x_adv = C.guard(np.ascontiguousarray(x_best), x, eps, norm)
-    return x_adv, C.predict_labels(model, x_adv, batch_size) != y
+    x_adv = driver.guard(np.ascontiguousarray(x_best), x, eps, ball)
+    return x_adv, driver.predict_labels(model, x_adv, batch_size) != y
+
+
+register("square", "Square", square)
+
+__all__ = ["p_selection", "square", "square_chunk", "square_l2_chunk"]

@@ -1,0 +1,349 @@
+"""The one attack driver: the host-side (NumPy) work that every attack shares.
+
+An attack module holds only its maths (a per-batch loop written in `keras.ops` and compiled
+per backend) and a short public function that uses this module for the rest:
+
+- `check`: the arguments every attack validates (inputs, labels, norm, eps, counts);
+- `with_bounds` and `UnitBox`: models whose inputs live in other bounds are attacked in the
+  unit box [0, 1] (one change of variables, used by every attack and by `run_sequence`);
+- `rng`: NumPy random draws (the same seed gives the same noise on every backend; the norms'
+  random starts are `keras_dyart.geometry.Norm.numpy_unit_direction` and friends);
+- `compiled`: compiled per-batch functions, cached per model and key;
+- `sweep` and `call`: the runs (restarts, targets, query chunks) over the points still to
+  attack, in chunks padded to a few bucketed sizes (each compiled function sees a handful of
+  shapes at most), with one progress signature, ``progress(done, total)``;
+- `guard`: every returned point inside the eps ball and the box *exactly*, checked in
+  float64 (float32 arithmetic can overshoot a radius by an ulp).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_dyart import _checks, geometry
+from keras_dyart import backend as dyart_backend
+from keras_dyart.geometry import TINY
+
+Progress = Callable[[int, int], None]
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+# --- arguments -----------------------------------------------------------------------------
+
+def check(x, y, norm: str = "linf", eps=None, **counts) -> tuple:
+    """Validate an attack's shared arguments.
+
+    Returns ``(x, y, norm, eps, *counts)``: float32 inputs in [0, 1], int32 labels, the
+    `keras_dyart.geometry.Norm`, ``eps`` as a float (``None`` stays ``None``) and each keyword
+    in ``counts`` as a positive integer (an error names the keyword).
+    """
+    norm = geometry.get(norm)
+    eps = None if eps is None else _checks.parse_eps(eps)
+    x = _checks.images(x)
+    y = _checks.labels(y, len(x))
+    ints = [_checks.positive(v, k, integer=True) for k, v in counts.items()]
+    return (x, y, norm, eps, *ints)
+
+
+def rng(seed) -> np.random.RandomState:
+    """The NumPy generator of an attack's random draws."""
+    return np.random.RandomState(seed)
+
+
+def row_shape(ndim: int) -> tuple:
+    """The shape ``(-1, 1, ...)`` that broadcasts one value per row against rank ``ndim``."""
+    return (-1,) + (1,) * (ndim - 1)
+
+
+def radius(norm, eps, ndim: int):
+    """One radius per row ``(N,)`` in the form ``Norm.project`` broadcasts correctly against a
+    batch of rank ``ndim`` (L∞ clips with it elementwise, L2 scales rows by it)."""
+    return _PER_ROW_RADIUS[geometry.get(norm).name](eps, ndim)
+
+
+# geometry's L∞ clip broadcasts eps against the whole batch, its L2 scale per row.
+_PER_ROW_RADIUS = {"linf": geometry.rows, "l2": lambda eps, ndim: eps}
+
+
+# --- the model -----------------------------------------------------------------------------
+
+def compiled(model, key, fn: Callable, jit: bool) -> Callable:
+    """``compile_model_fn(model, fn, jit)``, cached per model and ``key``.
+
+    Evaluating several epsilons or attacks on one model then traces each attack once.  The
+    compiled callables read the model's current weights at every call, and see float32
+    logits whatever the dtype policy (a ``mixed_float16`` network keeps its own compute).
+    """
+    try:
+        per_model = _COMPILED.setdefault(model, {})
+    except TypeError:                       # a model that cannot be weakly referenced
+        return dyart_backend.compile_model_fn(model, fn, jit)
+    full_key = (key, bool(jit))
+    if full_key not in per_model:
+        per_model[full_key] = dyart_backend.compile_model_fn(model, _float32_logits(fn), jit)
+    return per_model[full_key]
+
+
+def _float32_logits(fn):
+    def run(logits_fn, *args):
+        return fn(lambda z: ops.cast(logits_fn(z), "float32"), *args)
+
+    run.__name__ = getattr(fn, "__name__", "attack")
+    return run
+
+
+def predict_labels(model, x, batch_size: int) -> np.ndarray:
+    """Arg-max labels of ``model`` on ``x`` (NumPy), in inference mode."""
+    out = []
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size], training=False)
+        out.append(np.argmax(ops.convert_to_numpy(logits), axis=-1))
+    return np.concatenate(out).astype("int32") if out else np.zeros(0, "int32")
+
+
+def num_classes(model, x) -> int:
+    """The number of classes ``K`` of a logits model (checked: outputs ``(N, K)``, K >= 2)."""
+    logits = ops.convert_to_numpy(model(x[:1], training=False))
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(
+            f"`model` must output logits of shape (N, K) with K >= 2 classes; for 1 input "
+            f"it returned shape {tuple(logits.shape)}.")
+    return int(logits.shape[1])
+
+
+# --- bounds --------------------------------------------------------------------------------
+
+def model_bounds(model, bounds=None, arg: str = "bounds") -> tuple:
+    """The input box of an attack: ``bounds`` if given, else the model's own ``bounds``
+    (a robust model's), else (0, 1)."""
+    if bounds is None:
+        bounds = getattr(model, "bounds", (0.0, 1.0))
+    return _checks.bounds(bounds, arg)
+
+
+class UnitBoxModel(keras.Model):
+    """``model`` seen from the unit box: ``call(u) = model(lower + (upper − lower)·u)``.
+
+    It holds no variables of its own (the model's are its variables).
+    """
+
+    def __init__(self, model, bounds, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.lower, self.upper = (float(b) for b in bounds)
+        if getattr(model, "built", False):
+            self.built = True
+
+    def call(self, u, training=False):
+        scale = self.upper - self.lower
+        return self.model(self.lower + scale * u, training=training)
+
+
+class UnitBox:
+    """The change of variables ``u = (x − lower) / (upper − lower)`` of a model's input box.
+
+    The attacks are written for inputs in [0, 1]; a model whose inputs live in ``box`` is
+    attacked as `model` (a `UnitBoxModel`) on `inputs` with every length divided by the
+    scale (`length`); `outputs` brings the points back in input units, guarded in the eps
+    ball and the box.
+    """
+
+    def __init__(self, model, box):
+        self.box = tuple(float(b) for b in box)
+        self.lower, upper = self.box
+        self.scale = upper - self.lower
+        self.model = UnitBoxModel(model, self.box)
+
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.lower) / self.scale
+
+    def length(self, value):
+        """A length (eps, a distance) in unit-box units."""
+        return value / self.scale
+
+    def outputs(self, u, x, eps, norm) -> np.ndarray:
+        """Points ``u`` of the unit box back in input units, exactly in the ball and box."""
+        return guard(self.lower + self.scale * np.asarray(u, "float64"), x, eps, norm,
+                     self.box)
+
+
+def with_bounds(returns: str = "success"):
+    """Let an attack written for inputs in [0, 1] take ``bounds=(lower, upper)``.
+
+    The decorated attack ``attack(model, x, y, ...)`` gains a keyword ``bounds`` (default:
+    the model's own ``bounds``, else (0, 1)); other bounds run it through a `UnitBox`
+    (``eps`` and ``stop_at`` divided by the scale).  ``returns``: what the attack's second
+    output is, ``"success"`` (re-checked on the returned points) or ``"distance"`` (scaled
+    back to input units).
+    """
+    def decorate(attack):
+        signature = inspect.signature(attack)
+
+        @functools.wraps(attack)
+        def run(model, x, y, *args, bounds=None, **kwargs):
+            box = model_bounds(model, bounds)
+            if box == (0.0, 1.0):
+                return attack(model, x, y, *args, **kwargs)
+            unit = UnitBox(model, box)
+            x = _checks.images(x, box=box)
+            bound = signature.bind(model, x, y, *args, **kwargs)
+            a = bound.arguments
+            norm = geometry.get(a.get("norm", signature.parameters["norm"].default))
+            eps = a.get("eps")
+            eps = None if eps is None else _checks.parse_eps(eps)
+            if eps is not None:
+                a["eps"] = unit.length(eps)
+            if a.get("stop_at") is not None:
+                a["stop_at"] = unit.length(np.asarray(a["stop_at"], "float64"))
+            a["model"], a["x"] = unit.model, unit.inputs(x)
+            u_adv, second = attack(*bound.args, **bound.kwargs)
+            x_adv = unit.outputs(u_adv, x, np.inf if eps is None else eps, norm)
+            if returns == "distance":
+                return x_adv, second * unit.scale
+            batch = a.get("batch_size", signature.parameters["batch_size"].default)
+            return x_adv, predict_labels(model, x_adv, batch) != np.asarray(y)
+
+        run.__signature__ = signature.replace(parameters=[
+            *signature.parameters.values(),
+            inspect.Parameter("bounds", inspect.Parameter.KEYWORD_ONLY, default=None)])
+        return run
+
+    return decorate
+
+
+# --- runs over chunks ----------------------------------------------------------------------
+
+def bucket(n: int, batch_size: int) -> int:
+    """Padded size of a chunk of ``n`` rows: a power of two (>= 32) capped at ``batch_size``,
+    so each compiled function sees a handful of shapes at most."""
+    size = 32
+    while size < n:
+        size *= 2
+    return min(size, batch_size) if n <= batch_size else batch_size
+
+
+def chunks(index: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
+    """Split an index array into chunks of at most ``batch_size``."""
+    for start in range(0, len(index), batch_size):
+        yield index[start:start + batch_size]
+
+
+def pad(arrays: Sequence, size: int) -> list:
+    """Pad each array along axis 0 to ``size`` rows by repeating its first row."""
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        if len(a) < size:
+            a = np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)], axis=0)
+        out.append(a)
+    return out
+
+
+def call(run: Callable, size: int, rows: Sequence, shared: Sequence = ()):
+    """``run(*rows padded to size, *shared)`` with its outputs (a tensor, tuple or dict of
+    them) as NumPy arrays cut back to the real rows."""
+    n = len(rows[0])
+    out = run(*pad(rows, size), *shared)
+    if isinstance(out, dict):
+        return {k: ops.convert_to_numpy(v)[:n] for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return tuple(ops.convert_to_numpy(v)[:n] for v in out)
+    return ops.convert_to_numpy(out)[:n]
+
+
+def sweep(runs: Sequence, todo: Callable[[], np.ndarray], attack: Callable, *,
+          batch_size: int, progress: Progress | None = None, prepare: Callable | None = None,
+          units: Sequence[int] | None = None) -> None:
+    """The runs of an attack (restarts, targets, query chunks), each on the points still to
+    attack.
+
+    For each ``run`` in ``runs``: ``index = todo()`` (stop when empty: the sets only shrink);
+    ``shared = prepare(run)`` (host draws shared by the chunks; default ``run`` itself); then
+    ``attack(shared, idx, size)`` for each chunk ``idx`` of ``index`` with its padded
+    ``size``; then ``progress(done, total)``, counting runs (or ``units`` per run).
+    """
+    units = [1] * len(runs) if units is None else list(units)
+    total, done = int(sum(units)), 0
+    for run, unit in zip(runs, units):
+        index = todo()
+        if not len(index):
+            break
+        shared = run if prepare is None else prepare(run)
+        for idx in chunks(index, batch_size):
+            attack(shared, idx, bucket(len(idx), batch_size))
+        done += unit
+        if progress is not None:
+            progress(done, total)
+    if progress is not None and done < total:
+        progress(total, total)
+
+
+# --- exact results -------------------------------------------------------------------------
+
+def distance(a, b, norm) -> np.ndarray:
+    """Per-row L∞ or L2 distance of two batches, in float64."""
+    d = (np.asarray(a, "float64") - np.asarray(b, "float64")).reshape(len(a), -1)
+    return _NUMPY_SIZE[geometry.get(norm).name](d)
+
+
+_NUMPY_SIZE = {"linf": lambda d: np.abs(d).max(axis=1) if d.size else np.zeros(len(d)),
+               "l2": lambda d: np.sqrt((d * d).sum(axis=1))}
+
+
+def _guard_linf(out, x64, e, box):
+    lo = np.maximum(x64 - e, box[0])
+    hi = np.minimum(x64 + e, box[1])
+    out = np.clip(out.astype("float64"), lo, hi).astype("float32")
+    for _ in range(4):
+        o64 = out.astype("float64")
+        up, down = o64 > hi, o64 < lo
+        if not (up.any() or down.any()):
+            break
+        out = np.where(up, np.nextafter(out, np.float32(-np.inf)), out)
+        out = np.where(down, np.nextafter(out, np.float32(np.inf)), out)
+    return out
+
+
+def _guard_l2(out, x64, e, box):
+    n = len(x64)
+    e_row = e.reshape(-1)
+    for k in range(12):
+        d = out.astype("float64") - x64
+        r = np.sqrt((d.reshape(n, -1) ** 2).sum(axis=1))
+        bad = r > e_row
+        if not bad.any():
+            return out
+        # Shrink a little more each round: rounding to float32 can undo a tiny shrink.
+        scale = np.where(bad, e_row / np.maximum(r, TINY) * (1 - 1e-7 * 4.0 ** k), 1.0)
+        scaled = (x64 + d * scale.reshape(e.shape)).astype("float32")
+        out = np.clip(scaled, box[0], box[1]).astype("float32")
+    bad = np.sqrt(((out.astype("float64") - x64).reshape(n, -1) ** 2).sum(axis=1)) > e_row
+    out[bad] = x64[bad].astype("float32")
+    return out
+
+
+_GUARDS = {"linf": _guard_linf, "l2": _guard_l2}
+
+
+def guard(x_adv, x, eps, norm, box=(0.0, 1.0)) -> np.ndarray:
+    """Return float32 points inside the ``eps`` ball around ``x`` and inside ``box``
+    (default [0, 1]), exactly.
+
+    Computations in float32 can overshoot the radius by an ulp; this pulls such points in,
+    checking in float64.  ``eps`` is a scalar or one value per row (``inf``: box only).
+    """
+    box = tuple(float(b) for b in box)
+    x = np.asarray(x, "float32")
+    if not len(x):
+        return np.asarray(x_adv, "float32").reshape(x.shape)
+    e = np.broadcast_to(np.asarray(eps, "float64"), (len(x),)).reshape(row_shape(x.ndim))
+    out = np.clip(np.asarray(x_adv, "float32"), box[0], box[1]).astype("float32")
+    return _GUARDS[geometry.get(norm).name](out, x.astype("float64"), e, box)
