@@ -3,7 +3,7 @@
 The paper's analysis (Xu et al., ICLR 2023, §3): under PGD adversarial training a large share
 of the *vulnerable* points (correct, margin < r0) see their decision boundary move towards
 them at each step, while it moves away from others; DyART lowers that share.  This script
-measures it on MNIST-5k with `keras_dyart.callbacks.BoundaryDynamics`:
+measures it on MNIST-5k with `keras_dyart.dynamics.BoundaryDynamics`:
 
 1. clean burn-in of the small CNN (``--burn-in`` epochs), saved as ``burn_in.keras``;
 2. from that checkpoint, ``--steps`` training steps of PGD-AT and of DyART with the same
@@ -50,7 +50,7 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     from keras_dyart import architectures, datasets, dynamics, methods
-    from keras_dyart.callbacks import BoundaryDynamics
+    from keras_dyart.dynamics import BoundaryDynamics
 
     backend = keras.backend.backend()
     os.makedirs(args.out, exist_ok=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_dyart import dynamics as dy
-from keras_dyart.callbacks import BoundaryDynamics
+from keras_dyart.dynamics import BoundaryDynamics
 
 D = 6
 

@@ -13,6 +13,10 @@ state (BatchNorm statistics, seeds) is held fixed.
   needed on Keras layers).
 """
 
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
 import keras
 
 
@@ -70,8 +74,20 @@ def _torch(model, fn, tangents, *args):
 _IMPLS = {"jax": _jax, "tensorflow": _tensorflow, "torch": _torch}
 
 
-def param_jvp(model, fn, tangents, *args):
-    """Per-row values of ``fn(logits_fn, *args)`` and their derivative along ``tangents``."""
+def param_jvp(model: keras.Model, fn: Callable, tangents: Sequence, *args) -> tuple:
+    """Per-row values of ``fn(logits_fn, *args)`` and their derivative along ``tangents``.
+
+    Args:
+        model: the network; ``logits_fn`` runs it in inference mode at its current weights.
+        fn: ``(logits_fn, *args) -> (N,)`` values.  On JAX its compiled JVP is cached on
+            the model per ``fn``, so pass the same (module-level) function each time.
+        tangents: the weight change, one array per entry of
+            ``model.trainable_variables``.
+        *args: the further arguments of ``fn`` (batches of inputs, labels, settings).
+
+    Returns:
+        ``(values, jvp)``: backend tensors of shape ``(N,)``.
+    """
     name = keras.backend.backend()
     if name not in _IMPLS:
         raise RuntimeError(
