@@ -41,3 +41,16 @@ def mnist5k():
 def _seed():
     keras.utils.set_random_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_config():
+    """A test may change `keras_dyart.config` (or the environment it reads): the next test
+    starts from the settings before it."""
+    from keras_dyart import config
+
+    saved = config.unroll_loops(), config.torch_compile(), config.fast_kernels()
+    yield
+    config.set_unroll_loops(saved[0])
+    config.set_torch_compile(saved[1])
+    config.set_fast_kernels(saved[2])

@@ -5,9 +5,10 @@ import pytest
 from keras import ops
 
 from keras_dyart import backend as dyart_backend
+from keras_dyart import config
 from keras_dyart.boundary import find_boundary_points, quality_filter
 from keras_dyart.margins import soft_margin
-from keras_dyart.models import DyARTModel
+from keras_dyart.methods import DyARTModel
 
 
 def two_class_problem(seed=0, n=48, d=20, scale=1.0):
@@ -127,6 +128,7 @@ def test_written_out_and_compiled_loops_find_the_same_points(make_linear, monkey
     outs = []
     for unroll in ("1", "0"):
         monkeypatch.setenv("KERAS_DYART_UNROLL", unroll)
+        config.reload()
         assert dyart_backend.unroll_loops() is (unroll == "1")
         outs.append({k: ops.convert_to_numpy(v) for k, v in search(clf, x, y, "linf").items()})
     for key in outs[0]:
@@ -136,7 +138,7 @@ def test_written_out_and_compiled_loops_find_the_same_points(make_linear, monkey
 def test_unroll_setting_rejects_unknown_values(monkeypatch):
     monkeypatch.setenv("KERAS_DYART_UNROLL", "sometimes")
     with pytest.raises(ValueError, match="KERAS_DYART_UNROLL"):
-        dyart_backend.unroll_loops()
+        config.reload()
 
 
 def _update_inputs(seed=0, n=40, d=300):
@@ -162,6 +164,8 @@ def test_fused_fab_update_matches_the_op_by_op_update(norm, monkeypatch):
     from keras_dyart.boundary import _fab_head, _fab_tail, _fab_update
 
     monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "1")
+
+    config.reload()
     args = [ops.convert_to_tensor(a) for a in _update_inputs()]
     settings = dict(norm=norm, overshoot=1.05, alpha_max=0.1, step_back=0.9)
     head, tail = dyart_backend.fuse(_fab_head), dyart_backend.fuse(_fab_tail)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from keras_dyart import architectures
+from keras_dyart import architectures, config
 from tests.conftest import BACKEND
 
 pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch backend only")
@@ -114,11 +114,11 @@ SETTINGS = dict(norm="linf", overshoot=1.05, alpha_max=0.1, step_back=0.9)
 
 
 def test_fuse_setting_rejects_unknown_values(monkeypatch):
-    from keras_dyart.backend import torch as torch_backend
-
     monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "maybe")
     with pytest.raises(ValueError, match="KERAS_DYART_TORCH_COMPILE"):
-        torch_backend.fuse(lambda: None)
+        config.reload()
+    with pytest.raises(ValueError, match="mode"):
+        config.set_torch_compile("maybe")
 
 
 @pytest.mark.parametrize("mode, compiles", [("auto", False), ("0", False), ("1", True)])
@@ -138,6 +138,7 @@ def test_fuse_compiles_only_when_asked_or_large(mode, compiles, monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     monkeypatch.setattr(torch_backend, "_compiled", {})
     monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", mode)
+    config.reload()
     torch_backend.fuse(_fab_update)(*_tiny_update_args(), **SETTINGS)
     assert bool(calls) is compiles
 
@@ -155,6 +156,7 @@ def test_fuse_falls_back_to_eager_when_compilation_fails(monkeypatch):
     monkeypatch.setattr(torch_backend, "_compiled", {})
     monkeypatch.setattr(torch_backend, "_failed", set())
     monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "1")
+    config.reload()
     fused = torch_backend.fuse(_fab_update)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         out = fused(*_tiny_update_args(), **SETTINGS)

@@ -1,0 +1,60 @@
+"""`keras_dyart.config`: the switches, their environment variables and what they control."""
+
+import pytest
+
+from keras_dyart import backend as dyart_backend
+from keras_dyart import config
+from tests.conftest import BACKEND
+
+
+def test_setters_and_getters_round_trip():
+    config.set_unroll_loops(True)
+    assert config.unroll_loops() is True and dyart_backend.unroll_loops() is True
+    config.set_unroll_loops(False)
+    assert dyart_backend.unroll_loops() is False
+    config.set_unroll_loops(None)          # the backend's own choice
+    assert dyart_backend.unroll_loops() is dyart_backend.current().unroll_loops()
+    config.set_torch_compile(True)
+    assert config.torch_compile() == "on"
+    config.set_torch_compile("auto")
+    assert config.torch_compile() == "auto"
+    config.set_fast_kernels(False)
+    assert config.fast_kernels() is False
+
+
+@pytest.mark.parametrize("setter, value", [
+    (config.set_unroll_loops, "yes"), (config.set_torch_compile, "sometimes"),
+    (config.set_fast_kernels, 1)])
+def test_setters_refuse_other_values(setter, value):
+    with pytest.raises(ValueError, match="must be"):
+        setter(value)
+
+
+def test_environment_gives_the_starting_values(monkeypatch):
+    monkeypatch.setenv("KERAS_DYART_UNROLL", "0")
+    monkeypatch.setenv("KERAS_DYART_TORCH_COMPILE", "1")
+    monkeypatch.setenv("KERAS_DYART_FAST_KERNELS", "0")
+    config.reload()
+    assert (config.unroll_loops(), config.torch_compile(), config.fast_kernels()) == (
+        False, "on", False)
+    monkeypatch.setenv("KERAS_DYART_FAST_KERNELS", "maybe")
+    with pytest.raises(ValueError, match="KERAS_DYART_FAST_KERNELS"):
+        config.reload()
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow patches nothing")
+def test_fast_kernels_off_leaves_keras_untouched():
+    import importlib
+
+    module = importlib.import_module(f"keras_dyart.backend.{BACKEND}")
+    if BACKEND == "jax":
+        target, name = module._keras_jax_nn, "max_pool"
+    else:
+        target, name = module._keras_torch_nn, "_transpose_spatial_inputs"
+    original = getattr(target, name)
+    with dyart_backend.step_scope():
+        assert getattr(target, name) is not original      # on by default
+    assert getattr(target, name) is original              # and put back
+    config.set_fast_kernels(False)
+    with dyart_backend.step_scope():
+        assert getattr(target, name) is original
