@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import keras  # noqa: E402
 
 from keras_dyart import architectures  # noqa: E402
-from keras_dyart.models import DyARTModel  # noqa: E402
+from keras_dyart.methods import DyARTModel  # noqa: E402
 
 
 def timed(model, x, y, steps):

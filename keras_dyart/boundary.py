@@ -24,27 +24,26 @@ Everything is batched with static shapes; points that are not searched are carri
 masked out at the end.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Callable, NamedTuple
 
 import keras
 from keras import ops
 
 from keras_dyart import backend as dyart_backend
-from keras_dyart.margins import flat, lp_norm
+from keras_dyart import geometry
+from keras_dyart.geometry import flat, lp_norm
+from keras_dyart.margins import soft_margin
 from keras_dyart.projection import newton_continue, newton_finish, newton_start
 
-_TINY = 1e-12
+_TINY = geometry.TINY
 
 
 def _random_start(x, radius, norm, seed):
     """A random point at distance ``radius`` (per row) from ``x``, clipped to the box."""
-    shape = ops.shape(x)
-    if norm == "linf":
-        u = keras.random.uniform(shape, -1.0, 1.0, seed=seed)
-        u = u / ops.maximum(ops.max(ops.abs(u), axis=-1, keepdims=True), _TINY)
-    else:
-        u = keras.random.normal(shape, seed=seed)
-        u = u / ops.maximum(ops.sqrt(ops.sum(u * u, axis=-1, keepdims=True)), _TINY)
+    u = geometry.get(norm).unit_direction(ops.shape(x), seed)
     return ops.clip(x + radius[:, None] * u, 0.0, 1.0)
 
 
@@ -280,3 +279,97 @@ def quality_filter(x, x_hat, phi_hat, grad_hat, norm="linf", phi_min=-0.3, max_f
     aligned = (n_top > 0) & (against > align * n_top)
     interior = (n_rest == 0) | (n_small > 0)
     return ok & aligned & interior
+
+
+class BoundarySearch(NamedTuple):
+    """What `search` finds for a batch (tensors; lengths in input units).
+
+    Attributes:
+        x_hat: closest soft-boundary points (equal to ``x`` where none was found).
+        found: φ(x) > 0 and a point with φ ≤ 0 was reached.
+        usable: ``found`` and, with ``use_filter``, passed `quality_filter`.
+        margin: ``‖x_hat − x‖_p`` in input units (0 where none was found).
+        phi_x: φ at ``x``.
+        phi_hat: φ at ``x_hat`` (``None`` with ``at_boundary=False``).
+        grad_hat: ``∇_x φ(x_hat)`` in input units (``None`` with ``at_boundary=False``).
+        unit_grad_hat: the same gradient in the unit box, ``grad_hat·(upper − lower)``
+            (what DyART's weights divide by; ``None`` with ``at_boundary=False``).
+    """
+
+    x_hat: object
+    found: object
+    usable: object
+    margin: object
+    phi_x: object
+    phi_hat: object = None
+    grad_hat: object = None
+    unit_grad_hat: object = None
+
+
+def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
+           n_iter: int = 20, overshoot: float = 1.05, alpha_max: float = 0.1,
+           step_back: float = 0.9, random_start: bool = False, eps_fab: float = 8 / 255,
+           restarts: int = 1, refine: bool = True, refine_steps: int = 4,
+           use_filter: bool = True, at_boundary: bool = True, seed=None,
+           bounds: tuple = (0.0, 1.0)) -> BoundarySearch:
+    """The closest points on the soft decision boundary of a batch: the one boundary search
+    of DyART, MMA and the boundary-dynamics analysis.
+
+    φ is the soft margin (`keras_dyart.margins.soft_margin`, temperature ``beta``) of the
+    float32 logits of ``logits_fn`` (the classifier in inference mode).  The search
+    (`find_boundary_points`) runs in the unit box: ``x`` in ``bounds = (lower, upper)`` is
+    mapped to [0, 1]^d, so its settings are those of [0, 1] inputs whatever the units; the
+    results are mapped back (``eps_fab`` and the margins are in input units).
+
+    Args:
+        logits_fn: ``z -> logits (N, K)`` of a batch in input units.
+        x: inputs ``(N, ...)`` in ``bounds``.
+        y: integer labels ``(N,)``.
+        beta: temperature of the soft margin.
+        norm: ``"linf"`` or ``"l2"``.
+        n_iter, overshoot, alpha_max, step_back, random_start, eps_fab, restarts, refine,
+            refine_steps, seed: the settings of `find_boundary_points` (``eps_fab`` in
+            input units).
+        use_filter: keep only points that pass `quality_filter` (L∞ checks; L2: φ and the
+            gradient only).
+        at_boundary: evaluate φ and its gradient at ``x_hat`` (one more input-gradient
+            pass; needed by ``use_filter``, DyART's weights and the dynamics analysis).
+        bounds: ``(lower, upper)`` of the inputs.
+
+    Returns:
+        A `BoundarySearch`.
+    """
+    y = ops.cast(y, "int32")
+    lo, hi = (float(b) for b in bounds)
+    scale = hi - lo
+    unit = (lo, hi) == (0.0, 1.0)
+
+    def phi(z):
+        return soft_margin(ops.cast(logits_fn(z), "float32"), y, beta)
+
+    def phi_unit(u):
+        return phi(u if unit else lo + scale * u)
+
+    x = ops.cast(x, "float32")
+    u = x if unit else (x - lo) / scale
+    out = find_boundary_points(
+        lambda z: dyart_backend.value_and_grad(phi_unit, z), phi_unit, u, norm=norm,
+        n_iter=n_iter, overshoot=overshoot, alpha_max=alpha_max, step_back=step_back,
+        random_start=random_start, eps_fab=eps_fab / scale, restarts=restarts,
+        refine=refine, refine_steps=refine_steps, seed=seed)
+    u_hat = ops.stop_gradient(out["x_hat"])
+    x_hat = u_hat if unit else lo + scale * u_hat
+    margin = out["margin"] * scale
+    found = out["found"]
+    if not at_boundary:
+        if use_filter:
+            raise ValueError("`use_filter=True` needs `at_boundary=True`.")
+        return BoundarySearch(x_hat, found, found, margin, out["phi_x"])
+    phi_hat, grad_hat = dyart_backend.value_and_grad(phi, x_hat)
+    unit_grad = grad_hat * scale
+    usable = found
+    if use_filter:
+        # in the unit box, where its thresholds are set
+        usable = usable & quality_filter(u, u_hat, phi_hat, unit_grad, norm)
+    return BoundarySearch(x_hat, found, usable, margin, out["phi_x"], phi_hat, grad_hat,
+                          unit_grad)

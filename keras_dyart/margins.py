@@ -1,9 +1,11 @@
-"""The soft margin function and the norms used to measure margins.
+"""The soft margin function (norms and balls: `keras_dyart.geometry`).
 
 φ(x; θ) = f_y(x) − (1/β)·log Σ_{j≠y} exp(β·f_j(x)).  The smooth maximum is at least the
 hard maximum, so φ > 0 implies a correct prediction; its zero level set is the *soft
 decision boundary* of the point.
 """
+
+from __future__ import annotations
 
 from keras import ops
 
@@ -36,24 +38,3 @@ def soft_margin(logits, y, beta=5.0):
     others = beta * (logits - _EXCLUDE * onehot)
     return f_y - ops.logsumexp(others, axis=-1) / beta
 
-
-def flat(x):
-    """Reshape a batch ``(N, ...)`` to ``(N, d)``."""
-    return ops.reshape(x, (ops.shape(x)[0], -1))
-
-
-def lp_norm(x, p):
-    """Per-row norm of a batch: ``p`` is ``"linf"``, ``"l1"`` or ``"l2"``."""
-    v = flat(x)
-    if p == "linf":
-        return ops.amax(ops.abs(v), axis=-1)
-    if p == "l1":
-        return ops.sum(ops.abs(v), axis=-1)
-    if p == "l2":
-        return ops.sqrt(ops.sum(v * v, axis=-1))
-    raise ValueError(f"`p` must be 'linf', 'l1' or 'l2'; got {p!r}.")
-
-
-def dual_norm_name(norm):
-    """The dual norm q of p: L∞ → L1, L2 → L2."""
-    return {"linf": "l1", "l2": "l2"}[norm]

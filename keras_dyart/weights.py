@@ -4,9 +4,11 @@ With these weights the gradient of the robust term −Σ w_i·φ(x̂_i; θ) equa
 at locally closest boundary points, so a descent step ascends Σ h(R_i).
 """
 
+from __future__ import annotations
+
 from keras import ops
 
-from keras_dyart.margins import dual_norm_name, lp_norm
+from keras_dyart import geometry
 
 
 def h_prime(r, alpha=3.0, r0=16 / 255):
@@ -23,6 +25,6 @@ def h_prime(r, alpha=3.0, r0=16 / 255):
 
 def dyart_weights(margin, grad_hat, usable, norm="linf", alpha=3.0, r0=16 / 255):
     """Weights ``usable · h'(R) / ‖∇_x φ(x̂)‖_q`` (zero where unusable or the norm is 0)."""
-    gq = lp_norm(ops.convert_to_tensor(grad_hat), dual_norm_name(norm))
+    gq = geometry.get(norm).dual_size(ops.convert_to_tensor(grad_hat))
     keep = ops.logical_and(ops.convert_to_tensor(usable), gq > 0)
     return ops.where(keep, h_prime(margin, alpha, r0) / ops.where(keep, gq, 1.0), 0.0)

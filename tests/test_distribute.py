@@ -31,7 +31,7 @@ if backend == "tensorflow":
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from keras_dyart import distribute
-from keras_dyart.models import DyARTModel
+from keras_dyart.methods import DyARTModel
 
 
 def build(lam):

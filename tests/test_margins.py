@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_dyart.margins import lp_norm, soft_margin
+from keras_dyart.geometry import lp_norm
+from keras_dyart.margins import soft_margin
 from keras_dyart.weights import dyart_weights, h_prime
 
 

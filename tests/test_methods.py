@@ -102,9 +102,12 @@ def test_mma_terms_match_numpy():
 
 def model_loss(model, x, y, inner):
     model.compile(optimizer="sgd")
-    model._inner = {k: ops.convert_to_tensor(v) for k, v in inner.items()}
-    y_pred = model(x, training=True)
-    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+    # The batch a train step hands to Keras's step (`keras_dyart.methods.base`).
+    inner = {k: ops.convert_to_tensor(v) for k, v in inner.items()}
+    step = {"forward": model.forward_inputs(x, inner), "x": x, "inner": inner,
+            "input_errors": ops.zeros(())}
+    y_pred = model(step, training=True)
+    loss = model.compute_loss(x=step, y=y, y_pred=y_pred, training=True)
     return float(numpy_(loss))
 
 

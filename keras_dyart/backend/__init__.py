@@ -1,13 +1,20 @@
-"""The only backend-specific code: input gradients, the train-step hook and compiled calls.
+"""The only backend-specific code: input gradients, inference inside a train step, compiled
+calls and replica scaling.
 
 Each module (``jax``, ``tensorflow``, ``torch``) exposes the same functions, the way
 Keras keeps one ``trainer.py`` per backend:
 
 - ``value_and_grad(f, x)``: per-row values of ``f`` and the gradient of their sum w.r.t. ``x``.
-- ``robust_train_step(model, parent_step, *args)``: run the model's boundary search with the
-  step's own state, then hand the weight update to Keras's ``train_step`` (``parent_step``).
+- ``inference(model, fn, state, *args)``: ``fn(logits_fn, *args)`` inside a train step, with
+  ``logits_fn`` the model in inference mode at the step's own weights; returns ``(result,
+  state)`` (JAX's step state carries the seed generator's new value; the other backends
+  have no state, ``()``).
+- ``step_scope()``: a context manager around a whole train step (the fast kernels of
+  `keras_dyart.config.fast_kernels`).
 - ``compile_model_fn(model, fn, jit)``: a callable running ``fn(logits_fn, *args)`` with the
   model in inference mode, compiled where the backend allows;
+- ``num_replicas()``: how many replicas each run the train step on part of the batch
+  (TensorFlow's ``tf.distribute``; 1 elsewhere): Keras divides its loss by it;
 - ``unroll_loops()``: whether the iterations of a search or attack run faster written out one
   after another than as a compiled loop (see `fori_loop`);
 - ``fuse(fn)``: ``fn``, a function of tensors doing elementwise work only (the FAB update),
@@ -15,17 +22,19 @@ Keras keeps one ``trainer.py`` per backend:
   TensorFlow, ``torch.compile`` on PyTorch (large batches), the identity under JAX's jit.
 """
 
+from __future__ import annotations
+
 import importlib
-import os
 
 import keras
 from keras import ops
 
+from keras_dyart import config
+
 # Loops longer than this stay compiled loops even where unrolling runs faster: the boundary
 # search (20 iterations) and the inner attacks of training (10 steps) compile once per run,
 # but an evaluation compiles its 100-iteration attacks once per padded batch size, and there
-# the compile time of the written-out loop outweighs its speed (AutoAttack on 100 points under
-# JAX: 477 s written out, 299 s as loops).
+# the compile time of the written-out loop outweighs its speed (docs/performance.md).
 MAX_UNROLL = 32
 
 
@@ -47,19 +56,23 @@ def compile_model_fn(model, fn, jit=True):
     return current().compile_model_fn(model, fn, jit)
 
 
-def unroll_loops():
-    """Whether `fori_loop` writes loops out; ``KERAS_DYART_UNROLL=0/1`` overrides the
-    backend's choice."""
-    env = os.environ.get("KERAS_DYART_UNROLL", "").strip().lower()
-    if env in ("0", "false", "no"):
-        return False
-    if env in ("1", "true", "yes"):
-        return True
-    if env:
-        raise ValueError(
-            f"KERAS_DYART_UNROLL must be 0 or 1 (or unset for the backend's choice); got "
-            f"{os.environ['KERAS_DYART_UNROLL']!r}.")
-    return current().unroll_loops()
+def inference(model, fn, state, *args):
+    return current().inference(model, fn, state, *args)
+
+
+def step_scope():
+    return current().step_scope()
+
+
+def num_replicas() -> int:
+    return current().num_replicas()
+
+
+def unroll_loops() -> bool:
+    """Whether `fori_loop` writes loops out: `keras_dyart.config.unroll_loops` where set,
+    else the backend's choice."""
+    forced = config.unroll_loops()
+    return current().unroll_loops() if forced is None else forced
 
 
 def fuse(fn):
@@ -73,11 +86,10 @@ def fori_loop(lower, upper, body, init):
     the backend runs loop bodies slowly.
 
     On CPU, XLA (JAX) and TensorFlow's graph runtime execute a convolution inside a
-    ``while`` loop 2–5× slower than the same convolution outside one (a PreAct ResNet's
-    20 input-gradient passes: 2.4 s as a loop, 0.48 s written out, under JAX; partial
-    unrolling does not help).  Writing the loop out costs compile time that grows with the
-    number of iterations, so loops longer than `MAX_UNROLL` (32) stay loops.  ``body`` receives
-    the iteration index as an int32 tensor either way.
+    ``while`` loop several times slower than the same convolution outside one (partial
+    unrolling does not help; docs/performance.md).  Writing the loop out costs compile time
+    that grows with the number of iterations, so loops longer than `MAX_UNROLL` (32) stay
+    loops.  ``body`` receives the iteration index as an int32 tensor either way.
     """
     if (unroll_loops() and isinstance(lower, int) and isinstance(upper, int)
             and upper - lower <= MAX_UNROLL):

@@ -2,23 +2,27 @@
 goes through `stateless_call` with the step's traced state.
 
 Max pooling: Keras lowers ``MaxPooling*D`` to ``lax.reduce_window``, whose gradient XLA:CPU
-computes with ``select_and_scatter`` (slow on CPU: 155 ms for a
-batch of 128 × 26 × 26 × 32, 25 times the forward pool; the small CNN's input gradient
-drops from 0.35–0.6 s to 0.22–0.25 s, 2 loaded cores).  While this module traces a step or
+computes with ``select_and_scatter``, slow on CPU (many times the forward pool;
+docs/performance.md).  While this module traces a step or
 a compiled model function, non-overlapping "valid" max pooling (strides equal to the pool
 size, the common case) is computed as an elementwise running maximum over the window
 offsets instead: the same values and the same gradient (to the first maximum of each window),
 at the cost of a few elementwise passes; other pooling keeps Keras's implementation.
+Keras has no public hook for this: the function is replaced for the duration of the block
+only, `keras_dyart.config.set_fast_kernels(False)` turns it off, and a Keras without it gets
+a warning and Keras's own pooling.
 """
 
 import contextlib
 import itertools
+import warnings
 
 import jax
 import jax.numpy as jnp
-from keras import StatelessScope
 import keras
-from keras.utils import unpack_x_y_sample_weight
+from keras import StatelessScope
+
+from keras_dyart import config
 
 try:  # Keras's JAX ops module, looked up by `keras.ops.max_pool` at call time
     from keras.src.backend.jax import nn as _keras_jax_nn
@@ -26,6 +30,7 @@ except ImportError:  # pragma: no cover - other Keras layouts
     _keras_jax_nn = None
 
 _keras_max_pool = getattr(_keras_jax_nn, "max_pool", None)
+_warned = []
 
 
 def _tuple(v, n):
@@ -60,8 +65,22 @@ def _reshape_max_pool(inputs, pool_size, strides=None, padding="valid", data_for
 
 @contextlib.contextmanager
 def fast_pooling():
-    """Within the block, Keras's JAX ``max_pool`` uses the reshape form where it applies."""
-    if _keras_max_pool is None or _keras_jax_nn.max_pool is _reshape_max_pool:
+    """Within the block, Keras's JAX ``max_pool`` uses the reshape form where it applies
+    (unless `keras_dyart.config.fast_kernels` is off)."""
+    if not config.fast_kernels():
+        yield
+        return
+    if _keras_max_pool is None:
+        if not _warned:
+            _warned.append(True)
+            warnings.warn(
+                "keras-dyart's JAX max-pooling fast path is off: this Keras has no "
+                "keras.src.backend.jax.nn.max_pool. Results are the same, pooling "
+                "gradients slower; keras_dyart.config.set_fast_kernels(False) silences "
+                "this.", RuntimeWarning, stacklevel=3)
+        yield
+        return
+    if _keras_jax_nn.max_pool is _reshape_max_pool:
         yield
         return
     _keras_jax_nn.max_pool = _reshape_max_pool
@@ -80,24 +99,33 @@ def value_and_grad(f, x):
     return v, g
 
 
-def robust_train_step(model, parent_step, state, data):
-    trainable, non_trainable, optimizer_vars, metrics_vars = state
-    x, y, _ = unpack_x_y_sample_weight(data)
+def inference(model, fn, state, *args):
+    """``state`` is ``(step_state,)``, the ``(trainable, non_trainable, optimizer, metrics)``
+    values Keras's JAX trainer hands its ``train_step``."""
+    (trainable, non_trainable, optimizer_vars, metrics_vars), = state
 
     def logits_fn(z):
         return model.stateless_call(trainable, non_trainable, z, training=False)[0]
 
-    with fast_pooling():
-        # The scope makes the seed generator (a non-trainable variable) read and write the
-        # traced state; its new value travels on in the state handed to Keras's step.
-        mapping = list(zip(model.non_trainable_variables, non_trainable))
-        with StatelessScope(state_mapping=mapping) as scope:
-            model._prepare_robust_batch(logits_fn, x, y)
-        non_trainable = [
-            scope.get_current_value(v) if scope.get_current_value(v) is not None else old
-            for v, old in zip(model.non_trainable_variables, non_trainable)
-        ]
-        return parent_step((trainable, non_trainable, optimizer_vars, metrics_vars), data)
+    # The scope makes the seed generator (a non-trainable variable) read and write the
+    # traced state; its new value travels on in the state handed to Keras's step.
+    mapping = list(zip(model.non_trainable_variables, non_trainable))
+    with StatelessScope(state_mapping=mapping) as scope:
+        out = fn(logits_fn, *args)
+    non_trainable = [
+        scope.get_current_value(v) if scope.get_current_value(v) is not None else old
+        for v, old in zip(model.non_trainable_variables, non_trainable)
+    ]
+    return out, ((trainable, non_trainable, optimizer_vars, metrics_vars),)
+
+
+def step_scope():
+    return fast_pooling()
+
+
+def num_replicas():
+    """1: the train step sees the whole batch (JAX's data parallelism shards inside it)."""
+    return 1
 
 
 def compile_model_fn(model, fn, jit=True):

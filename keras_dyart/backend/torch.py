@@ -7,17 +7,18 @@ their backward: a third of the small CNN's input-gradient time on CPU and half o
 step's.  While this module runs a train step, an input gradient or a compiled model
 function, 4-D inputs are only permuted (a view: an NHWC-contiguous tensor viewed as NCHW *is*
 ``channels_last``), which PyTorch's convolution and pooling kernels take as they are.  The
-numbers are bit-for-bit those of Keras's path (tested); only the copies go.  Small CNN, batch
-128, 2 cores: the input-gradient pass drops from 27 ms to 18 ms and a DyART step from 1.22 s
-to 0.64 s.
+numbers are bit-for-bit those of Keras's path (tested); only the copies go
+(docs/performance.md).  Keras has no public hook for this: the helper is replaced for the
+duration of the block only, `keras_dyart.config.set_fast_kernels(False)` turns it off, and
+a Keras without the helper gets a warning and Keras's own path.
 """
 
 import contextlib
-import os
 import warnings
 
 import torch
-from keras.utils import unpack_x_y_sample_weight
+
+from keras_dyart import config
 
 try:  # Keras's PyTorch ops module; its layout helper is looked up at call time
     from keras.src.backend.torch import nn as _keras_torch_nn
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - other Keras layouts
     _keras_torch_nn = None
 
 _keras_transpose = getattr(_keras_torch_nn, "_transpose_spatial_inputs", None)
+_warned = []
 
 
 def _permute_spatial_inputs(inputs):
@@ -36,9 +38,22 @@ def _permute_spatial_inputs(inputs):
 
 @contextlib.contextmanager
 def fast_layout():
-    """Within the block, Keras's PyTorch convolutions and pooling skip the layout copies."""
-    if _keras_transpose is None or \
-            _keras_torch_nn._transpose_spatial_inputs is _permute_spatial_inputs:
+    """Within the block, Keras's PyTorch convolutions and pooling skip the layout copies
+    (unless `keras_dyart.config.fast_kernels` is off)."""
+    if not config.fast_kernels():
+        yield
+        return
+    if _keras_transpose is None:
+        if not _warned:
+            _warned.append(True)
+            warnings.warn(
+                "keras-dyart's PyTorch layout fast path is off: this Keras has no "
+                "keras.src.backend.torch.nn._transpose_spatial_inputs. Results are the "
+                "same, convolutions slower; keras_dyart.config.set_fast_kernels(False) "
+                "silences this.", RuntimeWarning, stacklevel=3)
+        yield
+        return
+    if _keras_torch_nn._transpose_spatial_inputs is _permute_spatial_inputs:
         yield
         return
     _keras_torch_nn._transpose_spatial_inputs = _permute_spatial_inputs
@@ -58,14 +73,20 @@ def value_and_grad(f, x):
     return v.detach(), g.detach()
 
 
-def robust_train_step(model, parent_step, data):
-    x, y, _ = unpack_x_y_sample_weight(data)
-    with fast_layout():
-        # The inner examples are constants of the loss: no autograd graph for the search's
-        # forward passes (`value_and_grad` re-enables it for its own input gradients).
-        with torch.no_grad():
-            model._prepare_robust_batch(lambda z: model(z, training=False), x, y)
-        return parent_step(data)
+def inference(model, fn, state, *args):
+    # The result is a constant of the loss: no autograd graph for its forward passes
+    # (`value_and_grad` re-enables it for its own input gradients).
+    with torch.no_grad():
+        return fn(lambda z: model(z, training=False), *args), state
+
+
+def step_scope():
+    return fast_layout()
+
+
+def num_replicas():
+    """1: the train step sees the whole batch (JAX's data parallelism shards inside it)."""
+    return 1
 
 
 def compile_model_fn(model, fn, jit=False):
@@ -86,36 +107,23 @@ def unroll_loops():
 # -- fused elementwise work (`keras_dyart.backend.fuse`) ------------------------------------
 
 # A FAB iteration's elementwise work (record, step back, projection, mix: ~80 ops over
-# (N, d)) runs op by op in eager PyTorch, each op a pass through memory, about 4 ms per
-# iteration for a batch of 128 MNIST digits beside a 16 ms input gradient.  `torch.compile`
-# fuses it into a few loops (under 1 ms).  Compiling costs a few seconds per function and
-# input shape class (shapes are specialised first, then made dynamic on the first change),
-# so "auto" compiles only batches of at least `FUSE_MIN_ELEMENTS` numbers, where the saving
-# pays for it within a few epochs; ``KERAS_DYART_TORCH_COMPILE=1`` compiles every batch, ``0``
-# none.  A compilation that fails (no C++ compiler, say) warns once and runs eagerly.
+# (N, d)) runs op by op in eager PyTorch, each op a pass through memory; `torch.compile`
+# fuses it into a few loops.  Compiling costs a few seconds per function and input shape
+# class (shapes are specialised first, then made dynamic on the first change), so "auto"
+# compiles only batches of at least `FUSE_MIN_ELEMENTS` numbers, where the saving pays for
+# it within a few epochs (docs/performance.md); `keras_dyart.config.set_torch_compile`
+# ("on": every batch, "off": none).  A compilation that fails (no C++ compiler, say) warns
+# once and runs eagerly.
 FUSE_MIN_ELEMENTS = 65536
 
 _compiled = {}
 _failed = set()
 
 
-def _fuse_mode():
-    env = os.environ.get("KERAS_DYART_TORCH_COMPILE", "auto").strip().lower()
-    if env in ("", "auto"):
-        return "auto"
-    if env in ("0", "false", "no"):
-        return "off"
-    if env in ("1", "true", "yes"):
-        return "on"
-    raise ValueError(
-        f"KERAS_DYART_TORCH_COMPILE must be 'auto', 0 or 1; got "
-        f"{os.environ['KERAS_DYART_TORCH_COMPILE']!r}.")
-
-
 def fuse(fn):
-    """``fn`` compiled by `torch.compile` when ``KERAS_DYART_TORCH_COMPILE`` asks for it
-    (``auto``: batches of at least `FUSE_MIN_ELEMENTS` numbers); else ``fn`` itself."""
-    mode = _fuse_mode()
+    """``fn`` compiled by `torch.compile` as `keras_dyart.config.torch_compile` asks
+    (``"auto"``: batches of at least `FUSE_MIN_ELEMENTS` numbers); else ``fn`` itself."""
+    mode = config.torch_compile()
     if mode == "off":
         return fn
 
@@ -131,7 +139,8 @@ def fuse(fn):
             _failed.add(fn)
             warnings.warn(
                 f"torch.compile of {fn.__name__} failed ({type(error).__name__}: {error}); "
-                f"running it eagerly. Set KERAS_DYART_TORCH_COMPILE=0 to skip the attempt.",
+                f"running it eagerly. keras_dyart.config.set_torch_compile('off') (or "
+                f"KERAS_DYART_TORCH_COMPILE=0) skips the attempt.",
                 RuntimeWarning, stacklevel=2)
             return fn(*args, **kwargs)
 

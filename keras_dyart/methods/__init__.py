@@ -7,16 +7,17 @@
 ['clean', 'dyart', 'mart', 'mma', 'pgd-at', 'trades']
 
 Every method model is used like any Keras model (``compile``, ``fit``, ``evaluate``,
-``save``); see `RobustModel` for the shared pattern.
+``save``); `keras_dyart.methods.base` has the shared pattern and the train step.
 """
 
-from keras_dyart.methods.base import RobustModel, kl_divergence
+from keras_dyart.methods.base import RobustModel
 from keras_dyart.methods.clean import CleanModel
+from keras_dyart.methods.dyart import DyARTModel
 from keras_dyart.methods.mart import MARTModel, mart_loss, mart_terms
 from keras_dyart.methods.mma import MMAModel, mma_loss, mma_terms
 from keras_dyart.methods.pgd_at import PGDATModel
+from keras_dyart.methods.terms import kl_divergence
 from keras_dyart.methods.trades import TRADESModel, trades_loss
-from keras_dyart.models import DyARTModel
 
 METHODS = {
     "clean": CleanModel,
@@ -28,7 +29,7 @@ METHODS = {
 }
 
 
-def get(method, classifier, **kwargs):
+def get(method: str, classifier, **kwargs) -> RobustModel:
     """Wrap ``classifier`` in the model of a training method.
 
     Args:

@@ -1,114 +1,343 @@
-"""Shared pieces of the training methods: random starts, PGD ascent, KL divergence.
+"""`RobustModel`: the base of every training method, and its train step.
 
-The base class `RobustModel` is in `keras_dyart.robust` (see its docstring).
+A robust model wraps a logits classifier.  The whole train step is `RobustModel.train_step`:
+
+1. **Inner examples.** ``inner = self.inner(logits_fn, x, y)``: the method's PGD attack or
+   boundary search, with ``logits_fn`` the classifier in inference mode at the step's own
+   weights (`keras_dyart.backend.inference`), float32 logits; constants of the loss.
+2. **Hand-over.** The batch given to Keras's own backend ``train_step`` is
+   ``(step, y, sample_weight)`` where ``step`` is a dict (`step_inputs`): the inputs of
+   Keras's forward pass (``forward_inputs(x, inner)``: ``x``, or PGD-AT's adversarial
+   batch), the clean ``x``, ``inner`` and the batch's count of bad rows.
+3. **Loss.** Keras runs ``y_pred = self(step)`` (`call` reads the forward inputs), then
+   differentiates ``compute_loss(step, y, y_pred, sample_weight)``, which returns the sum of
+   ``objective(x, y, y_pred, sample_weight, inner)`` and logs its other terms.
+
+So one ``train_step`` serves TensorFlow, JAX and PyTorch (Keras's trainers do the
+differentiation, the optimizer, mixed-precision loss scaling and metrics), and ``fit``,
+``evaluate``, callbacks and ``.keras`` saving work as for any Keras model.
+
+A method subclass sets
+
+- ``hyper_parameters``: the names of its constructor arguments (saved by ``get_config``);
+- ``loss_terms``: the names of the terms it logs besides ``loss``;
+- ``inner(logits_fn, x, y)``: a dict of inner examples (or ``None`` for none);
+- ``objective(x, y, y_pred, sample_weight, inner)``: a dict of loss terms whose sum
+  (``"loss"``) is minimised; ``y_pred`` are the training-mode float32 logits Keras computed
+  on the forward inputs;
+- optionally ``forward_inputs(x, inner)``: the inputs of Keras's forward pass (and so of
+  the compiled loss and metrics), ``x`` by default.
+
+Input bounds: every robust model takes ``bounds=(lower, upper)`` (default ``(0, 1)``), the box
+its inputs live in (foolbox's convention).  The inner search and attacks keep their points in
+that box, and every length (eps, step sizes, r0, margins) is in those units.  A method works
+in the unit box through `RobustModel.to_unit` / `from_unit`, so the maths below it is written
+for [0, 1] only.
+
+Precision: the inner examples, margins and weights are computed in float32 whatever the
+global dtype policy (``mixed_float16`` / ``mixed_bfloat16`` keep the network's own compute in
+16 bits): ``logits_fn`` and `RobustModel.train_logits` return float32 logits.
 """
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
 
 import keras
 from keras import ops
+from keras.utils import pack_x_y_sample_weight, unpack_x_y_sample_weight
 
 from keras_dyart import _checks
 from keras_dyart import backend as dyart_backend
-from keras_dyart.attacks.pgd import _ascent_direction, project_ball
-from keras_dyart.margins import flat
-from keras_dyart.robust import RobustModel
+from keras_dyart import inputs as _inputs
+from keras_dyart.methods.data_checks import InputErrorCheck, check_classifier_structure
 
-_TINY = 1e-12
-
-
-def weighted_mean(values, sample_weight=None):
-    """Batch mean of per-sample ``values``: ``Σ w_i·v_i / N`` (Keras's sum-over-batch)."""
-    if sample_weight is not None:
-        values = values * ops.cast(ops.reshape(sample_weight, (-1,)), values.dtype)
-    return ops.mean(values)
+# The keys of the dict that carries a train step's batch into Keras's step (`step_inputs`).
+STEP_KEYS = ("forward", "inner", "input_errors", "x")
 
 
-def random_start(x, eps, norm, seed, kind="uniform"):
-    """A random start around ``x`` (not yet projected).
+class RobustModel(keras.Model):
+    """Base class of the training methods: a classifier plus a robust ``train_step``.
 
-    ``kind="uniform"``: uniform in the L∞ ball, or a uniform point of the L2 ball;
-    ``kind="gaussian"``: ``0.001·N(0, 1)`` (the TRADES and MART reference start).
-    """
-    shape = ops.shape(x)
-    if kind == "gaussian":
-        return x + 0.001 * keras.random.normal(shape, seed=seed)
-    if norm == "linf":
-        return x + keras.random.uniform(shape, -eps, eps, seed=seed)
-    g = keras.random.normal(shape, seed=seed)
-    n = ops.sqrt(ops.sum(flat(g) ** 2, axis=-1))
-    d = 1
-    for s in shape[1:]:
-        d *= int(s)
-    r = eps * keras.random.uniform((shape[0],), seed=seed) ** (1.0 / d)
-    scale = r / ops.maximum(n, _TINY)
-    return x + g * ops.reshape(scale, (-1,) + (1,) * (len(shape) - 1))
+    Args:
+        classifier: any Keras model or layer mapping inputs to logits ``(N, K)`` (one
+            output, no final softmax).
+        seed: seed of the random starts of the inner attack.
+        bounds: ``(lower, upper)``, the box the inputs live in (default ``(0, 1)``; e.g.
+            ``(0, 255)`` for a classifier that starts with ``Rescaling(1/255)``).  Every
+            length the method takes (eps, step sizes, r0, ...) is in these units.
 
-
-def pgd_ascent(value, x, start, eps, step_size, steps, norm):
-    """Projected gradient ascent of a per-sample ``value(z)`` inside the ball and the box.
-
-    ``value`` maps a batch to ``(N,)``; its gradient is taken through the backend's
-    input-gradient helper.  Returns the last iterate (a constant).
+    ``compile()`` defaults ``loss`` to cross-entropy on logits; ``evaluate()`` and
+    ``predict()`` use the classifier on clean inputs.
     """
 
-    def body(_, z):
-        _, g = dyart_backend.value_and_grad(value, z)
-        return project_ball(z + step_size * _ascent_direction(g, norm), x, eps, norm)
+    hyper_parameters = ()
+    loss_terms = ()
 
-    z = dyart_backend.fori_loop(0, steps, body, project_ball(start, x, eps, norm))
-    return ops.stop_gradient(z)
+    def __init__(self, classifier: keras.layers.Layer, seed: int = 0,
+                 bounds: tuple[float, float] = (0.0, 1.0), **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(classifier, keras.layers.Layer):
+            raise TypeError(
+                "`classifier` must be a Keras model or layer that outputs logits; "
+                f"got {type(classifier).__name__}.")
+        check_classifier_structure(classifier)
+        self.classifier = classifier
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"`seed` must be an integer; got {seed!r}.")
+        self.seed = seed
+        self.bounds = _checks.bounds(bounds)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.term_trackers = [keras.metrics.Mean(name=name) for name in self.loss_terms]
+        # Rows of the epoch whose inputs left the bounds or whose labels left [0, K):
+        # counted inside every training step (a few reductions), checked at the epoch's end.
+        self.input_error_tracker = keras.metrics.Sum(name="input_errors")
+        if getattr(classifier, "built", False):
+            self.built = True
+
+    @property
+    def train_only_metrics(self) -> list:
+        """The loss-term trackers: measured by training steps only, so `evaluate()` and
+        validation leave them out of their logs."""
+        return list(self.term_trackers)
+
+    def call(self, inputs, training=None):
+        step = step_inputs(inputs)
+        if step is not None:
+            inputs = step["forward"]
+        return self.classifier(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """As `keras.Model.compile`; ``loss`` defaults to cross-entropy on logits.
+
+        A cross-entropy on probabilities (``"sparse_categorical_crossentropy"`` or any
+        ``from_logits=False`` cross-entropy) is refused: the classifier outputs logits."""
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        _checks.logits_loss(loss)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    # -- input checks (any pipeline) ---------------------------------------------------------
+
+    def check_data(self, x: Any, y: Any = None, x_arg: str = "x", y_arg: str = "y") -> Any:
+        """Check the data ``fit`` / ``evaluate`` will see, whatever the pipeline.
+
+        NumPy arrays and tensors are checked whole; a `tf.data.Dataset`, `PyDataset`,
+        generator or torch ``DataLoader`` by its first batch.  Inputs must lie in the
+        model's ``bounds`` (float, finite); labels must be integer class indices below the
+        classifier's number of classes; the classifier must return one tensor of logits.
+        Returns ``x`` to train on (a peeked generator is handed back replayed).
+        """
+        bx, by, x = _inputs.peek(x, y)
+        if bx is None or isinstance(bx, (dict, tuple, list)):
+            return x
+        bx = _checks.input_values(bx, x_arg, self.bounds)
+        probe = bx[:8].astype("float32")
+        out = self.classifier(probe, training=False)
+        if not isinstance(out, (dict, list, tuple)):
+            out = ops.convert_to_numpy(ops.cast(out, "float32"))
+        k = _checks.logits_output(out, len(probe), "classifier")
+        if by is not None:
+            _checks.labels(by, len(bx), k, y_arg)
+        return x
+
+    def fit(self, *args, **kwargs):
+        """As `keras.Model.fit`; the training and validation data are checked first
+        (`check_data`), through any input pipeline."""
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        a = bound.arguments
+        if a.get("x") is not None:
+            a["x"] = self.check_data(a.get("x"), a.get("y"))
+        val = a.get("validation_data")
+        if isinstance(val, (tuple, list)) and len(val) in (2, 3):
+            self.check_data(val[0], val[1], "validation_data[0]", "validation_data[1]")
+        elif val is not None:
+            a["validation_data"] = self.check_data(val, None, "validation_data",
+                                                   "validation_data")
+        callbacks = list(a.get("callbacks") or [])
+        a["callbacks"] = [*callbacks, InputErrorCheck()]
+        return super().fit(*bound.args[1:], **bound.kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """As `keras.Model.evaluate` (clean inputs); the data are checked first."""
+        bound = inspect.signature(keras.Model.evaluate).bind(self, *args, **kwargs)
+        a = bound.arguments
+        cached = a.get("kwargs", {}).get("_use_cached_eval_dataset", False)
+        if a.get("x") is not None and not cached:
+            a["x"] = self.check_data(a.get("x"), a.get("y"))
+        return super().evaluate(*bound.args[1:], **bound.kwargs)
+
+    def test_step(self, *args):
+        # The loss-term trackers are only updated by training steps; leave them out of the
+        # logs of `evaluate()` and validation rather than report zeros.
+        return _without(super().test_step(*args),
+                        {m.name for m in self.train_only_metrics} | {"input_errors"})
+
+    def _count_input_errors(self, y, num_classes, input_errors):
+        """Add this batch's bad rows (inputs outside the bounds or NaN, counted by
+        `input_errors`; labels outside [0, K)) to `input_error_tracker`."""
+        y = ops.reshape(ops.cast(y, "int32"), (-1,))
+        label_errors = ops.sum(ops.cast((y < 0) | (y >= num_classes), "float32"))
+        self.input_error_tracker.update_state(input_errors + label_errors)
+
+    def input_errors(self, x):
+        """The number of rows of ``x`` outside the model's bounds or with a NaN."""
+        lo, hi = self.bounds
+        flat = ops.reshape(ops.cast(x, "float32"), (ops.shape(x)[0], -1))
+        bad = ((ops.min(flat, axis=-1) < lo) | (ops.max(flat, axis=-1) > hi)
+               | ops.any(ops.isnan(flat), axis=-1))
+        return ops.sum(ops.cast(bad, "float32"))
+
+    def compile_from_config(self, config):
+        # Keras skips compiling a loaded model whose `compile` is overridden; ours only adds
+        # a default loss, so compile it (and build the optimizer so that its saved state,
+        # weight averages included, is restored).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # -- what a method defines -------------------------------------------------------------
+
+    def inner(self, logits_fn: Callable, x, y) -> dict | None:
+        """Inner examples for one batch (``logits_fn``: the classifier in inference mode,
+        float32 logits); ``None`` for none."""
+        return None
+
+    def forward_inputs(self, x, inner: dict):
+        """The inputs of Keras's forward pass, compiled loss and metrics: ``x``."""
+        return x
+
+    def objective(self, x, y, y_pred, sample_weight, inner: dict | None) -> dict:
+        """The loss terms of one batch; their sum ``"loss"`` is minimised."""
+        return {"loss": self.keras_loss(x, y, y_pred, sample_weight)}
+
+    def keras_loss(self, x, y, y_pred, sample_weight):
+        """The compiled loss (cross-entropy by default) on ``y_pred`` plus regularisation.
+
+        Call it at most once per step: it adds the layers' regularisation losses.
+        """
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                    training=True)
+
+    # -- the train step ---------------------------------------------------------------------
+
+    def train_step(self, *args):
+        """One step (see the module docstring): the inner examples, then Keras's own step on
+        the batch that carries them to `compute_loss`.  ``args`` are Keras's: ``(data,)``,
+        or ``(state, data)`` under JAX."""
+        *state, data = args
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        hooks = dyart_backend.current()
+        with hooks.step_scope():
+            inner, state = hooks.inference(self, self._inner_examples, tuple(state), x, y)
+            step = {"forward": self.forward_inputs(x, inner), "x": x, "inner": inner,
+                    "input_errors": self.input_errors(x)}
+            logs = super().train_step(*state, pack_x_y_sample_weight(step, y, sample_weight))
+        return _without(logs, {"input_errors"})
+
+    def _inner_examples(self, logits_fn, x, y):
+        def logits32(z):
+            return ops.cast(logits_fn(z), "float32")
+
+        inner = self.inner(logits32, ops.cast(x, "float32"), _class_indices(y))
+        if inner is None:
+            return {}
+        return {k: ops.stop_gradient(v) for k, v in inner.items()}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """As Keras's, plus the method's terms in a train step: ``x`` is then the step's
+        dict (`step_inputs`) and the loss is ``objective(...)["loss"]``."""
+        step = step_inputs(x)
+        if step is None:
+            return super().compute_loss(x=x, y=y, y_pred=y_pred,
+                                        sample_weight=sample_weight, training=training)
+        self._count_input_errors(y, ops.shape(y_pred)[-1], step["input_errors"])
+        terms = self.objective(step["x"], _class_indices(y), ops.cast(y_pred, "float32"),
+                               sample_weight, step["inner"] or None)
+        loss = terms.pop("loss")
+        for tracker in self.term_trackers:
+            tracker.update_state(terms[tracker.name])
+        return loss
+
+    # -- input bounds and precision -------------------------------------------------------
+
+    @property
+    def input_scale(self) -> float:
+        """Width of the input box, ``upper − lower``: lengths in the unit box times this
+        are lengths in input units."""
+        return self.bounds[1] - self.bounds[0]
+
+    def to_unit(self, x):
+        """Inputs in ``bounds`` → the unit box (the identity for the default (0, 1))."""
+        lo, hi = self.bounds
+        if (lo, hi) == (0.0, 1.0):
+            return x
+        return (x - lo) / (hi - lo)
+
+    def from_unit(self, u):
+        """Points of the unit box → input units (the identity for the default (0, 1))."""
+        lo, hi = self.bounds
+        if (lo, hi) == (0.0, 1.0):
+            return u
+        return lo + (hi - lo) * u
+
+    def train_logits(self, z):
+        """The classifier's training-mode logits of ``z``, in float32."""
+        return ops.cast(self(z, training=True), "float32")
+
+    # -- serialisation ----------------------------------------------------------------------
+
+    def export(self, filepath, format="tf_saved_model", **kwargs):
+        """As `keras.Model.export`: exports the inference function, which is the
+        classifier's (the robust model adds training only)."""
+        return self.classifier.export(filepath, format=format, **kwargs)
+
+    # Keras does not save a SeedGenerator's state; keep it with the weights so that a run
+    # restored by `BackupAndRestore` draws the same random starts as an uninterrupted one.
+    _SEED_KEY = "seed_generator_state"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._SEED_KEY] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if self._SEED_KEY in keys:
+            self.seed_generator.state.assign(store[self._SEED_KEY])
+        super().load_own_variables({k: store[k] for k in keys if k != self._SEED_KEY})
+
+    def get_config(self):
+        config = super().get_config()
+        config["classifier"] = keras.saving.serialize_keras_object(self.classifier)
+        config["seed"] = self.seed
+        config["bounds"] = list(self.bounds)
+        config.update({name: getattr(self, name) for name in self.hyper_parameters})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+        return cls(**config)
 
 
-def kl_divergence(logits_p, logits_q):
-    """Per-row KL(p ‖ q) of the softmax distributions of two logit batches."""
-    log_p = ops.log_softmax(logits_p, axis=-1)
-    log_q = ops.log_softmax(logits_q, axis=-1)
-    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
+def step_inputs(x: Any) -> dict | None:
+    """The dict a train step hands to Keras's step (keys `STEP_KEYS`), or ``None`` where
+    ``x`` is a plain batch."""
+    if isinstance(x, dict) and set(x) == set(STEP_KEYS):
+        return x
+    return None
 
 
-def cross_entropy(logits, y):
-    """Per-row cross-entropy of logits."""
-    return ops.sparse_categorical_crossentropy(ops.cast(y, "int32"), logits, from_logits=True)
+def _class_indices(y):
+    """Labels as int32 of shape (N,): Keras takes (N, 1) too."""
+    return ops.reshape(ops.cast(y, "int32"), (-1,))
 
 
-def ascend_in_box(model, value, x, eps, step_size, steps, norm, kind="uniform", start=True):
-    """PGD ascent of a per-sample ``value(z)`` in the eps ball around ``x`` and ``model``'s
-    input box, from a random start (``kind``: see `random_start`; ``start=False``: from x).
-
-    ``eps`` and ``step_size`` are in input units; the ascent runs in the unit box
-    (`RobustModel.to_unit`), where `pgd_ascent`'s box is [0, 1].  Returns the last iterate,
-    a constant, in input units.
-    """
-    scale = model.input_scale
-    u = model.to_unit(x)
-    eps, step_size = eps / scale, step_size / scale
-    u0 = random_start(u, eps, norm, model.seed_generator, kind=kind) if start else u
-    u_adv = pgd_ascent(lambda z: value(model.from_unit(z)), u, u0, eps, step_size, steps,
-                       norm)
-    return model.from_unit(u_adv)
-
-
-@keras.saving.register_keras_serializable(package="keras_dyart")
-def check_attack(eps, step_size, steps, norm):
-    """Validate the inner attack's hyper-parameters; returns them normalised."""
-    return (_checks.parse_eps(eps, "eps"), _checks.parse_eps(step_size, "step_size"),
-            _checks.positive(steps, "steps", integer=True), _checks.norm_name(norm))
-
-
-class KLAttackModel(RobustModel):
-    """Shared base of TRADES and MART: a KL weight β and an inner PGD attack started at
-    ``x + 0.001·N(0, 1)`` in inference mode (as in the reference code)."""
-
-    hyper_parameters = ("beta", "eps", "step_size", "steps", "norm")
-
-    def __init__(self, classifier, beta=6.0, eps=8 / 255, step_size=2 / 255, steps=10,
-                 norm="linf", seed=0, **kwargs):
-        super().__init__(classifier, seed=seed, **kwargs)
-        self.beta = _checks.positive(beta, "beta", allow_zero=True)
-        self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
-                                                                       norm)
-
-    def ascend(self, value, x):
-        """``steps`` PGD steps ascending ``value`` from the Gaussian start (in the unit box,
-        see `RobustModel.to_unit`)."""
-        return ascend_in_box(self, value, x, self.eps, self.step_size, self.steps, self.norm,
-                             kind="gaussian")
+def _without(out, names):
+    """A train / test step's logs without ``names`` (JAX steps return ``(logs, state)``)."""
+    if isinstance(out, tuple):
+        logs, state = out
+        return {k: v for k, v in logs.items() if k not in names}, state
+    return {k: v for k, v in out.items() if k not in names}

@@ -1,5 +1,7 @@
 """Clean (standard) training: cross-entropy on the clean inputs."""
 
+from __future__ import annotations
+
 import keras
 
 from keras_dyart.methods.base import RobustModel

@@ -1,10 +1,12 @@
 """MART (Wang et al., ICLR 2020): boosted cross-entropy plus a misclassification-weighted KL."""
 
+from __future__ import annotations
+
 import keras
 from keras import ops
 
-from keras_dyart.attacks.pgd import attack_loss
-from keras_dyart.methods.base import KLAttackModel, kl_divergence, weighted_mean
+from keras_dyart.methods.ascent import KLAttackModel
+from keras_dyart.methods.terms import cross_entropy, kl_divergence, weighted_mean
 
 
 def mart_terms(logits, logits_adv, y):
@@ -62,7 +64,7 @@ class MARTModel(KLAttackModel):
     loss_terms = ("bce_loss", "kl_loss")
 
     def inner(self, logits_fn, x, y):
-        return {"x_adv": self.ascend(lambda z: attack_loss(logits_fn(z), y, "ce"), x)}
+        return {"x_adv": self.ascend(lambda z: cross_entropy(logits_fn(z), y), x)}
 
     def objective(self, x, y, y_pred, sample_weight, inner):
         logits_adv = self.train_logits(inner["x_adv"])

@@ -1,13 +1,13 @@
 """MMA: max-margin adversarial training (Ding et al., ICLR 2020)."""
 
+from __future__ import annotations
+
 import keras
 from keras import ops
 
-from keras_dyart import _checks
-from keras_dyart import backend as dyart_backend
-from keras_dyart.boundary import find_boundary_points
-from keras_dyart.margins import soft_margin
-from keras_dyart.methods.base import RobustModel, cross_entropy, weighted_mean
+from keras_dyart import _checks, boundary
+from keras_dyart.methods.base import RobustModel
+from keras_dyart.methods.terms import cross_entropy, usable_mean, weighted_mean
 
 
 def mma_terms(logits, logits_hat, y, usable, wrong):
@@ -40,10 +40,10 @@ class MMAModel(RobustModel):
         CE(f(x̂_i), y_i) + Σ_{misclassified} CE(f(x_i), y_i) ] / N
 
     x̂_i is the closest point on the soft decision boundary (the same scalar-FAB search as
-    DyART, `keras_dyart.boundary.find_boundary_points`, in inference mode) instead of the
-    paper's AN-PGD; R_i = ‖x̂_i − x_i‖_p.  Correct points whose soft margin φ(x) is already
-    ≤ 0 use x̂ = x (margin 0).  The CE at a boundary point is the paper's practical
-    surrogate for the margin gradient.
+    DyART, `keras_dyart.boundary.search`, in inference mode, without the quality filter)
+    instead of the paper's AN-PGD; R_i = ‖x̂_i − x_i‖_p.  Correct points whose soft margin
+    φ(x) is already ≤ 0 use x̂ = x (margin 0).  The CE at a boundary point is the paper's
+    practical surrogate for the margin gradient.
 
     Args:
         classifier: a Keras model that outputs logits.
@@ -64,8 +64,9 @@ class MMAModel(RobustModel):
                         "refine_steps")
     loss_terms = ("ce_loss", "margin_loss", "hinge_fraction", "mean_margin")
 
-    def __init__(self, classifier, d_max=20 / 255, clean_weight=1 / 3, norm="linf",
-                 margin_beta=5.0, n_iter=20, refine_steps=4, seed=0, **kwargs):
+    def __init__(self, classifier: keras.layers.Layer, d_max: float | str = 20 / 255,
+                 clean_weight: float = 1 / 3, norm: str = "linf", margin_beta: float = 5.0,
+                 n_iter: int = 20, refine_steps: int = 4, seed: int = 0, **kwargs):
         super().__init__(classifier, seed=seed, **kwargs)
         self.d_max = _checks.parse_eps(d_max, "d_max")
         self.clean_weight = _checks.in_range(clean_weight, "clean_weight", 0.0, 1.0)
@@ -76,23 +77,15 @@ class MMAModel(RobustModel):
                                              allow_zero=True)
 
     def inner(self, logits_fn, x, y):
-        def phi(z):
-            return soft_margin(logits_fn(z), y, self.margin_beta)
-
-        def phi_unit(u):        # the search runs in the unit box (`to_unit`)
-            return phi(self.from_unit(u))
-
-        out = find_boundary_points(
-            lambda z: dyart_backend.value_and_grad(phi_unit, z), phi_unit, self.to_unit(x),
-            norm=self.norm, n_iter=self.n_iter, refine=self.refine_steps > 0,
-            refine_steps=self.refine_steps, seed=self.seed_generator)
+        found = boundary.search(
+            logits_fn, x, y, beta=self.margin_beta, norm=self.norm, n_iter=self.n_iter,
+            refine=self.refine_steps > 0, refine_steps=self.refine_steps, use_filter=False,
+            at_boundary=False, seed=self.seed_generator, bounds=self.bounds)
         correct = ops.argmax(logits_fn(x), axis=-1) == y
-        at_x = correct & (out["phi_x"] <= 0)
-        found_margin = out["margin"] * self.input_scale
-        usable = correct & (at_x | (out["found"] & (found_margin < self.d_max)))
-        margin = ops.where(at_x, 0.0, found_margin)
-        return {"x_hat": self.from_unit(out["x_hat"]), "usable": usable, "wrong": ~correct,
-                "margin": margin}
+        at_x = correct & (found.phi_x <= 0)
+        usable = correct & (at_x | (found.found & (found.margin < self.d_max)))
+        margin = ops.where(at_x, 0.0, found.margin)
+        return {"x_hat": found.x_hat, "usable": usable, "wrong": ~correct, "margin": margin}
 
     def objective(self, x, y, y_pred, sample_weight, inner):
         ce = self.clean_weight * self.keras_loss(x, y, y_pred, sample_weight)
@@ -100,6 +93,6 @@ class MMAModel(RobustModel):
         terms = mma_terms(y_pred, logits_hat, y, inner["usable"], inner["wrong"])
         margin_loss = (1 - self.clean_weight) * weighted_mean(terms, sample_weight)
         usable = ops.cast(inner["usable"], "float32")
-        mean_margin = ops.sum(inner["margin"] * usable) / ops.maximum(ops.sum(usable), 1.0)
         return {"loss": ce + margin_loss, "ce_loss": ce, "margin_loss": margin_loss,
-                "hinge_fraction": ops.mean(usable), "mean_margin": mean_margin}
+                "hinge_fraction": ops.mean(usable),
+                "mean_margin": usable_mean(inner["margin"], usable)}

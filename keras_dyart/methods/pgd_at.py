@@ -1,9 +1,12 @@
 """PGD adversarial training (Madry et al., ICLR 2018)."""
 
+from __future__ import annotations
+
 import keras
 
-from keras_dyart.attacks.pgd import attack_loss
-from keras_dyart.methods.base import RobustModel, ascend_in_box, check_attack
+from keras_dyart.methods.ascent import ascend_in_box, check_attack
+from keras_dyart.methods.base import RobustModel
+from keras_dyart.methods.terms import cross_entropy
 
 
 @keras.saving.register_keras_serializable(package="keras_dyart")
@@ -32,20 +35,24 @@ class PGDATModel(RobustModel):
     """
 
     hyper_parameters = ("eps", "step_size", "steps", "norm", "random_start")
-    adversarial_inputs = "x_adv"
 
-    def __init__(self, classifier, eps=8 / 255, step_size=2 / 255, steps=10, norm="linf",
-                 random_start=True, seed=0, **kwargs):
+    def __init__(self, classifier: keras.layers.Layer, eps: float | str = 8 / 255,
+                 step_size: float | str = 2 / 255, steps: int = 10, norm: str = "linf",
+                 random_start: bool = True, seed: int = 0, **kwargs):
         super().__init__(classifier, seed=seed, **kwargs)
         self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
                                                                        norm)
         self.random_start = bool(random_start)
 
     def inner(self, logits_fn, x, y):
-        x_adv = ascend_in_box(self, lambda z: attack_loss(logits_fn(z), y, "ce"), x, self.eps,
+        x_adv = ascend_in_box(self, lambda z: cross_entropy(logits_fn(z), y), x, self.eps,
                               self.step_size, self.steps, self.norm, start=self.random_start)
         return {"x_adv": x_adv}
 
+    def forward_inputs(self, x, inner):
+        """Keras's forward pass, compiled loss and metrics run on the adversarial batch."""
+        return inner["x_adv"]
+
     def objective(self, x, y, y_pred, sample_weight, inner):
-        # Keras ran the forward pass on the adversarial batch already (`adversarial_inputs`).
+        # ``y_pred`` are the logits of the adversarial batch (`forward_inputs`).
         return {"loss": self.keras_loss(x, y, y_pred, sample_weight)}

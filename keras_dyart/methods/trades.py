@@ -1,9 +1,12 @@
 """TRADES (Zhang et al., ICML 2019): clean cross-entropy plus β times a KL term."""
 
+from __future__ import annotations
+
 import keras
 from keras import ops
 
-from keras_dyart.methods.base import KLAttackModel, kl_divergence, weighted_mean
+from keras_dyart.methods.ascent import KLAttackModel
+from keras_dyart.methods.terms import kl_divergence, weighted_mean
 
 
 def trades_loss(logits, logits_adv, y, beta=6.0):

@@ -1,0 +1,50 @@
+"""Checks of a robust model's classifier and of the data it trains on, beyond the first
+batch (`RobustModel.check_data` checks that one before training starts)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def check_classifier_structure(classifier):
+    """Refuse, at construction, classifiers whose graph shows they cannot give logits: several
+    outputs, or a final softmax / sigmoid."""
+    try:
+        outputs = classifier.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if outputs is not None and len(outputs) > 1:
+        raise ValueError(
+            f"`classifier` must have one output (the class logits); it has {len(outputs)}. "
+            "Wrap it in a model that returns only the logits.")
+    layers = getattr(classifier, "layers", None)
+    last = layers[-1] if layers else classifier
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "")
+    if isinstance(last, keras.layers.Softmax) or name in ("softmax", "sigmoid"):
+        raise ValueError(
+            f"`classifier` ends in a {name or 'softmax'} ({last.name!r}): it must output "
+            "logits. Remove the final activation (e.g. Dense(K) instead of Dense(K, "
+            "activation='softmax')); margins and attacks on probabilities are not those the "
+            "methods assume. Apply the softmax at prediction time if you need probabilities.")
+
+
+class InputErrorCheck(keras.callbacks.Callback):
+    """Fails `fit` at the end of an epoch in which some batch had inputs outside the model's
+    bounds or labels outside [0, K) (the first batch is checked before training starts;
+    this catches the later ones, which a compiled step cannot refuse by itself)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        count = int(round(float(ops.convert_to_numpy(
+            self.model.input_error_tracker.result()))))
+        if count:
+            lo, hi = self.model.bounds
+            raise ValueError(
+                f"`x` / `y`: {count} training rows of epoch {epoch + 1} had inputs outside "
+                f"the model's input bounds [{lo:g}, {hi:g}] (or NaN) or labels outside the "
+                f"classifier's classes. The first batch passed the checks; a later batch of "
+                f"the input pipeline did not. Fix the pipeline (or declare `bounds`).")
+
+
+__all__ = ["InputErrorCheck", "check_classifier_structure"]
