@@ -301,7 +301,7 @@ def dynamics(
     import numpy as np
 
     from keras_dyart import dynamics as dyn
-    from keras_dyart.callbacks import BoundaryDynamics
+    from keras_dyart.dynamics import BoundaryDynamics
 
     x_train, y_train, x_test, y_test = datasets.load(dataset, **data_kwargs)
     probe_x, probe_y = x_test[:probe], y_test[:probe]

@@ -26,10 +26,7 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
-
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 

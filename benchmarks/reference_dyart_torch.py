@@ -31,7 +31,6 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

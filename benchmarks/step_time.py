@@ -119,7 +119,8 @@ def row(name, clf, x, y, n_iter, extra=True):
 x, y, _, _ = kd.datasets.load("mnist5k")
 out = {"backend": backend, "rows": []}
 batch, n_iter = cfg["batch"], cfg["n_iter"]
-out["rows"].append(row("small CNN (MNIST)", kd.architectures.small_cnn(), x[:batch], y[:batch], n_iter))
+out["rows"].append(row("small CNN (MNIST)", kd.architectures.small_cnn(), x[:batch], y[:batch],
+                       n_iter))
 if cfg["resnet_batch"]:
     rng = np.random.RandomState(0)
     xr = rng.rand(cfg["resnet_batch"], 32, 32, 3).astype("float32")
@@ -151,7 +152,8 @@ if cfg["attacks"]:
     it = cfg["attack_iter"]
     comps = {
         f"APGD-CE ({it} it.)": lambda: A.apgd(clf, xa, ya, 0.3, loss="ce", n_iter=it),
-        f"APGD-T ({it} it., 1 target)": lambda: A.apgd(clf, xa, ya, 0.3, loss="dlr-t", n_iter=it, n_target_classes=1),
+        f"APGD-T ({it} it., 1 target)": lambda: A.apgd(clf, xa, ya, 0.3, loss="dlr-t",
+                                                       n_iter=it, n_target_classes=1),
         f"FAB-T ({it} it., 1 target)": lambda: A.fab_t(clf, xa, ya, n_iter=it, n_target_classes=1),
         f"Square ({10 * it} queries)": lambda: A.square(clf, xa, ya, 0.3, n_queries=10 * it),
     }

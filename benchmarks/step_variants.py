@@ -97,7 +97,7 @@ def main():
         for name, batch, t in r["rows"]:
             floor = args.n_iter * t["grad"] + 2 * t["clean"]
 
-            def cell(key):
+            def cell(key, t=t, floor=floor):
                 return f"{t[key]:.3f} ({t[key] / floor:.2f})" if key in t else "n/a (jit)"
 
             out.append(f"| {r['backend']} | {name} | {batch} | {floor:.3f} | "

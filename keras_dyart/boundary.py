@@ -327,9 +327,16 @@ def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
         y: integer labels ``(N,)``.
         beta: temperature of the soft margin.
         norm: ``"linf"`` or ``"l2"``.
-        n_iter, overshoot, alpha_max, step_back, random_start, eps_fab, restarts, refine,
-            refine_steps, seed: the settings of `find_boundary_points` (``eps_fab`` in
-            input units).
+        n_iter: FAB iterations (see `find_boundary_points` for this and the next eight).
+        overshoot: FAB's extrapolation η.
+        alpha_max: FAB's largest bias towards x.
+        step_back: FAB's step back towards x after a success, β.
+        random_start: start the first run at a random point.
+        eps_fab: radius scale of the random starts, in input units.
+        restarts: FAB runs; the closest success is kept.
+        refine: put the result on φ = 0 by secant steps.
+        refine_steps: number of those steps.
+        seed: seed of the random starts.
         use_filter: keep only points that pass `quality_filter` (L∞ checks; L2: φ and the
             gradient only).
         at_boundary: evaluate φ and its gradient at ``x_hat`` (one more input-gradient

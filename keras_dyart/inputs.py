@@ -14,6 +14,7 @@ import types
 import numpy as np
 from keras.utils import unpack_x_y_sample_weight
 
+
 def _to_numpy(value):
     if value is None:
         return None

@@ -8,7 +8,6 @@ import pytest
 
 from keras_dyart import architectures
 
-
 _BUILT = {}
 
 

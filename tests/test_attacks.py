@@ -13,11 +13,19 @@ import pytest
 from keras import ops
 
 from keras_dyart import backend as dyart_backend
-from keras_dyart.attacks import (apgd, apgd_checkpoints, autoattack, dlr_loss,
-                                 dlr_targeted_loss, fab_t, pgd, run_sequence, square)
+from keras_dyart.attacks import (
+    apgd,
+    apgd_checkpoints,
+    autoattack,
+    dlr_loss,
+    dlr_targeted_loss,
+    fab_t,
+    pgd,
+    run_sequence,
+    square,
+)
 from keras_dyart.attacks.apgd import apgd_batch
 from keras_dyart.attacks.square import p_selection
-
 
 _MODELS = {}
 

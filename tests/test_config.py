@@ -58,3 +58,21 @@ def test_fast_kernels_off_leaves_keras_untouched():
     config.set_fast_kernels(False)
     with dyart_backend.step_scope():
         assert getattr(target, name) is original
+
+
+def test_a_missing_keras_function_warns_once_and_changes_nothing():
+    import types
+
+    from keras_dyart.backend.swap import swapped
+
+    owner = types.SimpleNamespace()
+    with pytest.warns(RuntimeWarning, match="test kernel fast path is off"):
+        with swapped(owner, "helper", len, "test kernel"):
+            assert not hasattr(owner, "helper")
+    owner.helper = abs
+    with swapped(owner, "helper", len, "test kernel"):
+        assert owner.helper is len
+        with swapped(owner, "helper", len, "test kernel"):     # nested: the outer restores
+            pass
+        assert owner.helper is len
+    assert owner.helper is abs

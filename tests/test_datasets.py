@@ -269,7 +269,7 @@ def test_pipeline_mixes_extra_data_at_the_fraction(fraction, batch_size):
     k = round(fraction * batch_size)
     assert len(data) == int(np.ceil(30 / (batch_size - k)))
     seen_extra = []
-    for epoch in range(2):
+    for _epoch in range(2):
         base = 0
         for i in range(len(data)):
             xb, yb = data[i]

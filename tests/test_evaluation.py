@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from keras_dyart import DyARTModel
-from keras_dyart.evaluation import (MarginsReport, RobustnessReport, evaluate,
-                                    margins_report)
+from keras_dyart.evaluation import MarginsReport, RobustnessReport, evaluate, margins_report
 from tests.test_attacks import FAST, assert_in_ball, image_linear, predicted, ten_class_problem
 
 

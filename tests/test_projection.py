@@ -131,8 +131,8 @@ def test_l2_projection_on_image_sized_rows_matches_float64_bisection():
         r = c[i] - w[i] @ x[i]
         lo_box, hi_box = -x[i], 1 - x[i]
 
-        def step(t):
-            return np.clip(t * w[i], lo_box, hi_box)
+        def step(t, w_i=w[i], lo_box=lo_box, hi_box=hi_box):
+            return np.clip(t * w_i, lo_box, hi_box)
 
         lo, hi = (0.0, 1e6) if r > 0 else (-1e6, 0.0)
         for _ in range(200):

@@ -13,16 +13,14 @@ only, `keras_dyart.config.set_fast_kernels(False)` turns it off, and a Keras wit
 a warning and Keras's own pooling.
 """
 
-import contextlib
 import itertools
-import warnings
 
 import jax
 import jax.numpy as jnp
 import keras
 from keras import StatelessScope
 
-from keras_dyart import config
+from keras_dyart.backend.swap import swapped
 
 try:  # Keras's JAX ops module, looked up by `keras.ops.max_pool` at call time
     from keras.src.backend.jax import nn as _keras_jax_nn
@@ -30,7 +28,6 @@ except ImportError:  # pragma: no cover - other Keras layouts
     _keras_jax_nn = None
 
 _keras_max_pool = getattr(_keras_jax_nn, "max_pool", None)
-_warned = []
 
 
 def _tuple(v, n):
@@ -63,31 +60,10 @@ def _reshape_max_pool(inputs, pool_size, strides=None, padding="valid", data_for
     return out
 
 
-@contextlib.contextmanager
 def fast_pooling():
     """Within the block, Keras's JAX ``max_pool`` uses the reshape form where it applies
     (unless `keras_dyart.config.fast_kernels` is off)."""
-    if not config.fast_kernels():
-        yield
-        return
-    if _keras_max_pool is None:
-        if not _warned:
-            _warned.append(True)
-            warnings.warn(
-                "keras-dyart's JAX max-pooling fast path is off: this Keras has no "
-                "keras.src.backend.jax.nn.max_pool. Results are the same, pooling "
-                "gradients slower; keras_dyart.config.set_fast_kernels(False) silences "
-                "this.", RuntimeWarning, stacklevel=3)
-        yield
-        return
-    if _keras_jax_nn.max_pool is _reshape_max_pool:
-        yield
-        return
-    _keras_jax_nn.max_pool = _reshape_max_pool
-    try:
-        yield
-    finally:
-        _keras_jax_nn.max_pool = _keras_max_pool
+    return swapped(_keras_jax_nn, "max_pool", _reshape_max_pool, "JAX max-pooling")
 
 
 def value_and_grad(f, x):

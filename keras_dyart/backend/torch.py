@@ -13,12 +13,12 @@ duration of the block only, `keras_dyart.config.set_fast_kernels(False)` turns i
 a Keras without the helper gets a warning and Keras's own path.
 """
 
-import contextlib
 import warnings
 
 import torch
 
 from keras_dyart import config
+from keras_dyart.backend.swap import swapped
 
 try:  # Keras's PyTorch ops module; its layout helper is looked up at call time
     from keras.src.backend.torch import nn as _keras_torch_nn
@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover - other Keras layouts
     _keras_torch_nn = None
 
 _keras_transpose = getattr(_keras_torch_nn, "_transpose_spatial_inputs", None)
-_warned = []
 
 
 def _permute_spatial_inputs(inputs):
@@ -36,31 +35,11 @@ def _permute_spatial_inputs(inputs):
     return _keras_transpose(inputs)
 
 
-@contextlib.contextmanager
 def fast_layout():
     """Within the block, Keras's PyTorch convolutions and pooling skip the layout copies
     (unless `keras_dyart.config.fast_kernels` is off)."""
-    if not config.fast_kernels():
-        yield
-        return
-    if _keras_transpose is None:
-        if not _warned:
-            _warned.append(True)
-            warnings.warn(
-                "keras-dyart's PyTorch layout fast path is off: this Keras has no "
-                "keras.src.backend.torch.nn._transpose_spatial_inputs. Results are the "
-                "same, convolutions slower; keras_dyart.config.set_fast_kernels(False) "
-                "silences this.", RuntimeWarning, stacklevel=3)
-        yield
-        return
-    if _keras_torch_nn._transpose_spatial_inputs is _permute_spatial_inputs:
-        yield
-        return
-    _keras_torch_nn._transpose_spatial_inputs = _permute_spatial_inputs
-    try:
-        yield
-    finally:
-        _keras_torch_nn._transpose_spatial_inputs = _keras_transpose
+    return swapped(_keras_torch_nn, "_transpose_spatial_inputs", _permute_spatial_inputs,
+                   "PyTorch layout")
 
 
 def value_and_grad(f, x):
