@@ -114,6 +114,8 @@ class _Linf(Norm):
         return ops.sign(g)
 
     def clip_delta(self, delta, eps):
+        if len(getattr(eps, "shape", ())) == 1:     # one radius per row
+            eps = rows(eps, len(delta.shape))
         return ops.clip(delta, -eps, eps)
 
     def unit_direction(self, shape, seed):

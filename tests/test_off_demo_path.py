@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_dyart as kd
-from keras_dyart.attacks import _common as C
+from keras_dyart.attacks import driver as C
 
 BACKEND = keras.backend.backend()
 K = 3

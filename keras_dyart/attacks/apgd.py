@@ -117,10 +117,8 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
         v, g = dyart_backend.value_and_grad(f, z)
         return v[:, 0], ops.argmax(v[:, 1:], axis=-1) != y, g
 
-    radius = driver.radius(ball, eps, nd)
-
     def project(z):
-        return ball.project(z, x, radius)
+        return ball.project(z, x, eps)
 
     def step(z, g, s):
         return z + rows(s, nd) * ball.ascent(g)

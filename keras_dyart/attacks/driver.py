@@ -63,16 +63,6 @@ def row_shape(ndim: int) -> tuple:
     return (-1,) + (1,) * (ndim - 1)
 
 
-def radius(norm, eps, ndim: int):
-    """One radius per row ``(N,)`` in the form ``Norm.project`` broadcasts correctly against a
-    batch of rank ``ndim`` (L∞ clips with it elementwise, L2 scales rows by it)."""
-    return _PER_ROW_RADIUS[geometry.get(norm).name](eps, ndim)
-
-
-# geometry's L∞ clip broadcasts eps against the whole batch, its L2 scale per row.
-_PER_ROW_RADIUS = {"linf": geometry.rows, "l2": lambda eps, ndim: eps}
-
-
 # --- the model -----------------------------------------------------------------------------
 
 def compiled(model, key, fn: Callable, jit: bool) -> Callable:
