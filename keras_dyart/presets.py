@@ -153,7 +153,8 @@ def build_model(preset, model: str | None = None, model_kwargs: dict | None = No
         model_kwargs: overrides of ``preset["model_kwargs"]``.
         dyart: overrides of ``preset["dyart"]``.
     """
-    from keras_dyart import DyARTModel, architectures
+    from keras_dyart import architectures
+    from keras_dyart.methods import DyARTModel
 
     p = _preset(preset)
     kwargs = dict(p["model_kwargs"], **(model_kwargs or {}))

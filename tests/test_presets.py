@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keras_dyart import architectures, datasets, presets, recipe
-from keras_dyart.models import DyARTModel
+from keras_dyart.methods import DyARTModel
 from keras_dyart_apps.main import app
 
 
@@ -144,12 +144,9 @@ def test_a_preset_runs_on_a_small_slice():
 
 def cli_optimizer(name, total_steps):
     """The optimizer `keras-dyart train --preset NAME` builds for its method stage."""
-    try:                                    # the CLI's modules after the issue-18 split
-        from keras_dyart_apps.settings import method_optimizer
-        from keras_dyart_apps.train_options import preset_defaults
-    except ImportError:
-        from keras_dyart_apps.train import _preset_defaults as preset_defaults
-        from keras_dyart_apps.train import method_optimizer
+    from keras_dyart_apps.settings import method_optimizer
+    from keras_dyart_apps.train_options import preset_defaults
+
     return method_optimizer(total_steps, preset_defaults(name))
 
 

@@ -44,14 +44,27 @@ final = kd.recipe.averaged_model(model)          # averaged weights, raw BatchNo
 ```
 """
 
-from keras_dyart.recipe.averaged import (AveragedCheckpoint, averaged_model,
-                                         averaged_weights, robust_accuracy)
+from keras_dyart.recipe.averaged import (
+                                         AveragedCheckpoint,
+                                         averaged_model,
+                                         averaged_weights,
+                                         robust_accuracy,
+)
 from keras_dyart.recipe.backup import AtomicBackupAndRestore
 from keras_dyart.recipe.data import ArrayBatches, SyncEpoch
-from keras_dyart.recipe.optimizers import (NO_DECAY, WEIGHT_DECAY_MODES, AveragingSGD,
-                                           DecaySGD, build_optimizer)
-from keras_dyart.recipe.schedules import (SCHEDULES, cosine_schedule, ema_decay,
-                                          learning_rate_schedule)
+from keras_dyart.recipe.optimizers import (
+                                         NO_DECAY,
+                                         WEIGHT_DECAY_MODES,
+                                         AveragingSGD,
+                                         DecaySGD,
+                                         build_optimizer,
+)
+from keras_dyart.recipe.schedules import (
+                                         SCHEDULES,
+                                         cosine_schedule,
+                                         ema_decay,
+                                         learning_rate_schedule,
+)
 
 __all__ = [
     "NO_DECAY", "SCHEDULES", "WEIGHT_DECAY_MODES", "ArrayBatches", "AtomicBackupAndRestore",

@@ -72,8 +72,8 @@ def ema_decay(step, tau: float = 0.995, warmup_steps: int = 0):
     0 (copy the weights) during the first ``warmup_steps`` steps, then
     ``min(tau, (1 + t) / (10 + t))`` with ``t = step − warmup_steps``.
 
-    >>> [round(float(d), 3) for d in ema_decay([0, 1, 2, 100], tau=0.9, warmup_steps=1)]
-    [0.0, 0.1, 0.182, 0.9]
+    >>> tuple(round(float(d), 3) for d in ema_decay([0, 1, 2, 100], tau=0.9, warmup_steps=1))
+    (0.0, 0.1, 0.182, 0.9)
     """
     step = ops.cast(step, "float32")
     t = ops.maximum(step - warmup_steps, 0.0)
