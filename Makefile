@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BACKENDS := tensorflow jax torch
 
-.PHONY: install train test test-tensorflow test-jax test-torch docs bench clean
+.PHONY: install train lint test test-tensorflow test-jax test-torch docs bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,10 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/keras-dyart train $(ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b ==="; \
 	  KERAS_BACKEND=$$b $(BIN)/python -m pytest -q $(PYTEST_ARGS) || exit $$?; \
