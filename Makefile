@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BACKENDS := tensorflow jax torch
 
-.PHONY: install train lint test test-tensorflow test-jax test-torch docs bench clean
+.PHONY: install train lint test test-tensorflow test-jax test-torch docs bench device-wheels clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py
+
+# Wheels for the GPU machine (Python 3.12, CUDA PyTorch and JAX, no Keras, no network) into
+# the ignored .device-wheels/; benchmarks/device/run.sh installs them there.
+device-wheels: $(STAMP)
+	bash benchmarks/device/fetch_wheels.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info site

@@ -22,6 +22,7 @@ from keras_dyart import _checks
 
 
 def check_pad(pad):
+    """``pad`` as an int, refused unless it is an integer >= 0."""
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"`pad` must be an integer >= 0; got {pad!r}.")
     return int(pad)

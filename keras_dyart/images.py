@@ -27,6 +27,7 @@ def pixels(x, dtype, arg="x"):
 
 
 def label_vector(y, n, arg="y"):
+    """``y`` as int32 class indices of shape ``(n,)`` (``(n, 1)`` is taken too)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -41,6 +42,7 @@ def label_vector(y, n, arg="y"):
 
 
 def nhwc(x, arg="x"):
+    """``x`` as a batch of images ``(N, H, W, C)`` (grey images ``(N, H, W)`` gain C = 1)."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
