@@ -6,7 +6,8 @@ again):
 
 - `unroll_loops`: ``None`` (the backend decides: written out on CPU, compiled loops on
   accelerators), ``True`` or ``False``; environment ``KERAS_DYART_UNROLL`` = ``0`` / ``1``.
-- `torch_compile`: ``"auto"`` (large batches only), ``"on"`` or ``"off"``; environment
+- `torch_compile`: ``"auto"`` (every batch on a GPU, large batches only on the CPU),
+  ``"on"`` or ``"off"``; environment
   ``KERAS_DYART_TORCH_COMPILE`` = ``auto`` / ``1`` / ``0``.
 - `fast_kernels`: ``True`` or ``False``; environment ``KERAS_DYART_FAST_KERNELS`` = ``1`` /
   ``0``.
@@ -19,10 +20,11 @@ What they do:
 - ``torch_compile``: whether PyTorch fuses the boundary search's elementwise work with
   ``torch.compile`` (`keras_dyart.backend.fuse`).
 - ``fast_kernels``: while keras-dyart runs a train step or a compiled search or attack, JAX's
-  non-overlapping max pooling is computed as a running maximum and PyTorch's 4-D layout
-  change is a view instead of a copy (the same numbers; see docs/performance.md).  Both
-  replace a function inside Keras's backend for the duration of the call (Keras has no
-  public hook for it); ``False`` leaves Keras untouched.
+  non-overlapping max pooling is computed as a running maximum (on the CPU only, whose
+  pooling gradient is slow) and PyTorch's 4-D layout change is a view instead of a copy
+  (the same numbers; see docs/performance.md).  Both replace a function inside Keras's
+  backend for the duration of the call (Keras has no public hook for it); ``False`` leaves
+  Keras untouched.
 
 >>> from keras_dyart import config
 >>> config.set_unroll_loops(False)
@@ -73,8 +75,9 @@ def torch_compile() -> str:
 
 
 def set_torch_compile(mode: str | bool) -> None:
-    """``"auto"`` (batches of at least `keras_dyart.backend.torch.FUSE_MIN_ELEMENTS`
-    numbers), ``"on"`` / ``True`` (every batch) or ``"off"`` / ``False``."""
+    """``"auto"`` (every batch on a GPU; on the CPU batches of at least
+    `keras_dyart.backend.torch.FUSE_MIN_ELEMENTS` numbers), ``"on"`` / ``True`` (every
+    batch) or ``"off"`` / ``False``."""
     if isinstance(mode, bool):
         mode = "on" if mode else "off"
     if mode not in TORCH_COMPILE_MODES:

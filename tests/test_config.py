@@ -76,3 +76,56 @@ def test_a_missing_keras_function_warns_once_and_changes_nothing():
             pass
         assert owner.helper is len
     assert owner.helper is abs
+
+
+# -- choices keyed on the platform, with the device faked ----------------------------------
+
+def test_loops_are_written_out_on_cpu_and_kept_on_accelerators(monkeypatch):
+    assert dyart_backend.unroll_loops() is True           # this machine: a CPU
+    if BACKEND == "jax":
+        import jax
+
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    else:
+        pytest.skip("eager PyTorch runs a loop in Python on any device")
+    assert dyart_backend.unroll_loops() is False
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX pooling fast path")
+def test_jax_pooling_swap_is_cpu_only(monkeypatch):
+    import jax
+
+    from keras_dyart.backend import jax as jax_backend
+
+    original = jax_backend._keras_jax_nn.max_pool
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with dyart_backend.step_scope():
+        assert jax_backend._keras_jax_nn.max_pool is original
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's torch.compile of the FAB update")
+def test_torch_fuses_every_batch_on_a_gpu_and_large_ones_on_the_cpu(monkeypatch):
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+
+    small = [torch.zeros(4, 6)]
+    assert not torch_backend._worth_compiling(small)
+    assert torch_backend._worth_compiling([torch.zeros(torch_backend.FUSE_MIN_ELEMENTS)])
+    monkeypatch.setattr(torch_backend, "on_accelerator", lambda tensors: True)
+    assert torch_backend._worth_compiling(small)
+
+
+def test_input_gradient_of_numpy_inputs_runs_where_keras_puts_tensors():
+    import numpy as np
+    from keras import ops
+
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    v, g = dyart_backend.value_and_grad(lambda z: ops.sum(z * z, axis=-1), x)
+    np.testing.assert_allclose(ops.convert_to_numpy(g), 2 * x)
+    np.testing.assert_allclose(ops.convert_to_numpy(v), (x * x).sum(-1))

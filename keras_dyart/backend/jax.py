@@ -13,6 +13,7 @@ only, `keras_dyart.config.set_fast_kernels(False)` turns it off, and a Keras wit
 a warning and Keras's own pooling.
 """
 
+import contextlib
 import itertools
 
 import jax
@@ -62,7 +63,10 @@ def _reshape_max_pool(inputs, pool_size, strides=None, padding="valid", data_for
 
 def fast_pooling():
     """Within the block, Keras's JAX ``max_pool`` uses the reshape form where it applies
-    (unless `keras_dyart.config.fast_kernels` is off)."""
+    (unless `keras_dyart.config.fast_kernels` is off).  CPU only: it exists because
+    XLA:CPU's pooling gradient is slow; on accelerators Keras's pooling is kept."""
+    if jax.default_backend() != "cpu":
+        return contextlib.nullcontext()
     return swapped(_keras_jax_nn, "max_pool", _reshape_max_pool, "JAX max-pooling")
 
 

@@ -15,6 +15,7 @@ a Keras without the helper gets a warning and Keras's own path.
 
 import warnings
 
+import keras
 import torch
 
 from keras_dyart import config
@@ -44,7 +45,9 @@ def fast_layout():
 
 def value_and_grad(f, x):
     with torch.enable_grad(), fast_layout():
-        z = torch.as_tensor(x).detach().requires_grad_(True)
+        if not isinstance(x, torch.Tensor):     # NumPy: onto Keras's device (a GPU too)
+            x = keras.ops.convert_to_tensor(x)
+        z = x.detach().requires_grad_(True)
         v = f(z)
         (g,) = torch.autograd.grad(v.sum(), z, allow_unused=True)
     if g is None:
@@ -99,16 +102,30 @@ _compiled = {}
 _failed = set()
 
 
+def on_accelerator(tensors) -> bool:
+    """Whether the tensors live on a GPU (or another non-CPU device)."""
+    return any(t.device.type != "cpu" for t in tensors)
+
+
+def _worth_compiling(tensors) -> bool:
+    # On a GPU each op of the update is a kernel launch, which fusing saves at any size; on
+    # the CPU small batches do not repay the compile time.
+    if on_accelerator(tensors):
+        return True
+    return max((t.numel() for t in tensors), default=0) >= FUSE_MIN_ELEMENTS
+
+
 def fuse(fn):
     """``fn`` compiled by `torch.compile` as `keras_dyart.config.torch_compile` asks
-    (``"auto"``: batches of at least `FUSE_MIN_ELEMENTS` numbers); else ``fn`` itself."""
+    (``"auto"``: every batch on a GPU, batches of at least `FUSE_MIN_ELEMENTS` numbers on
+    the CPU); else ``fn`` itself."""
     mode = config.torch_compile()
     if mode == "off":
         return fn
 
     def run(*args, **kwargs):
-        size = max((a.numel() for a in args if isinstance(a, torch.Tensor)), default=0)
-        if fn in _failed or (mode == "auto" and size < FUSE_MIN_ELEMENTS):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if fn in _failed or (mode == "auto" and not _worth_compiling(tensors)):
             return fn(*args, **kwargs)
         if fn not in _compiled:
             _compiled[fn] = torch.compile(fn)
