@@ -5,7 +5,11 @@ message that names the argument, what was expected and what was given, instead o
 deep inside a backend.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +17,7 @@ NORMS = ("linf", "l2")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
-def norm_name(norm, arg="norm"):
+def norm_name(norm: str, arg: str = "norm") -> str:
     """Return the canonical norm name (``"linf"`` or ``"l2"``)."""
     aliases = {"linf": "linf", "l_inf": "linf", "inf": "linf", "Linf": "linf",
                "l2": "l2", "L2": "l2", "2": "l2"}
@@ -23,7 +27,7 @@ def norm_name(norm, arg="norm"):
     return aliases.get(key, aliases.get(key.lower()))
 
 
-def data_format(value, arg="data_format"):
+def data_format(value: str | None, arg: str = "data_format") -> str:
     """The image layout: ``"channels_last"`` or ``"channels_first"``; ``None``:
     ``keras.config.image_data_format()``."""
     if value is None:
@@ -37,7 +41,7 @@ def data_format(value, arg="data_format"):
     return value.lower()
 
 
-def parse_eps(value, arg="eps"):
+def parse_eps(value: float | str, arg: str = "eps") -> float:
     """Parse a perturbation size: a positive float or a fraction as text ("8/255")."""
     given = value
     if isinstance(value, str):
@@ -58,7 +62,8 @@ def parse_eps(value, arg="eps"):
     return value
 
 
-def positive(value, arg, integer=False, allow_zero=False):
+def positive(value: float, arg: str, integer: bool = False,
+             allow_zero: bool = False) -> int | float:
     """Check a positive (or non-negative) scalar hyper-parameter."""
     kind = "integer" if integer else "number"
     ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(
@@ -71,7 +76,7 @@ def positive(value, arg, integer=False, allow_zero=False):
     return int(value) if integer else float(value)
 
 
-def in_range(value, arg, low, high):
+def in_range(value: float, arg: str, low: float, high: float) -> float:
     """Check a scalar in the closed interval [low, high]."""
     value = positive(value, arg, allow_zero=True) if low >= 0 else float(value)
     if not low <= value <= high:
@@ -79,7 +84,7 @@ def in_range(value, arg, low, high):
     return value
 
 
-def labels(y, n, num_classes=None, arg="y"):
+def labels(y: Any, n: int, num_classes: int | None = None, arg: str = "y") -> np.ndarray:
     """Check integer class labels of length ``n`` in [0, num_classes)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -104,7 +109,7 @@ def labels(y, n, num_classes=None, arg="y"):
     return y
 
 
-def logits_shape(shape, n, arg="model"):
+def logits_shape(shape: Sequence[int | None], n: int, arg: str = "model") -> int:
     """Check that a model output has shape (N, K) with K >= 2."""
     shape = tuple(shape)
     if len(shape) != 2 or shape[0] != n or shape[1] is None or shape[1] < 2:
@@ -114,7 +119,7 @@ def logits_shape(shape, n, arg="model"):
     return int(shape[1])
 
 
-def bounds(value, arg="bounds"):
+def bounds(value: tuple[float, float], arg: str = "bounds") -> tuple[float, float]:
     """Check input bounds ``(lower, upper)``: two finite numbers with lower < upper."""
     try:
         lo, hi = value
@@ -133,7 +138,8 @@ def _bounds_text(lo, hi):
     return f"[{lo:g}, {hi:g}]"
 
 
-def input_values(x, arg="x", box=(0.0, 1.0)):
+def input_values(x: np.ndarray, arg: str = "x",
+                 box: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Check the values of a batch of inputs against the model's input bounds ``box``.
 
     ``x`` is a NumPy array (a batch or a whole data set).  Integer pixels, NaN/inf and values
@@ -164,14 +170,14 @@ def input_values(x, arg="x", box=(0.0, 1.0)):
     return x
 
 
-def images(x, arg="x", box=(0.0, 1.0)):
+def images(x: Any, arg: str = "x", box: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Check a batch of inputs: float, finite, non-empty, values within ``box``
     (default [0, 1]).  Returns float32."""
     x = input_values(np.asarray(x), arg, box)
     return x.astype("float32", copy=False)
 
 
-def logits_output(out, n, arg="classifier"):
+def logits_output(out: Any, n: int, arg: str = "classifier") -> int:
     """Check one batch of a classifier's output: a single tensor of logits ``(N, K)``,
     K >= 2, not probabilities.  Returns K."""
     if isinstance(out, (dict, list, tuple)):
@@ -195,7 +201,7 @@ _PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentr
                        "categoricalcrossentropy", "binarycrossentropy")
 
 
-def logits_loss(loss, arg="loss"):
+def logits_loss(loss: Any, arg: str = "loss") -> Any:
     """Refuse a cross-entropy that expects probabilities (``from_logits=False``): the robust
     models' classifiers output logits."""
     name, from_logits = None, None

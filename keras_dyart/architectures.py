@@ -25,7 +25,11 @@ Rice et al.), trainable weights only: BatchNorm moving statistics are extra non-
 weights.  GroupNorm variants have the same trainable count.
 """
 
+from __future__ import annotations
+
 import operator
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import layers
@@ -152,7 +156,8 @@ def _conv(filters, kernel, stride, h, data_format="channels_last"):
                          data_format=data_format)(h)
 
 
-def small_cnn(num_classes=10, input_shape=None, name="small_cnn", data_format=None):
+def small_cnn(num_classes: int = 10, input_shape: tuple[int, ...] | None = None,
+              name: str = "small_cnn", data_format: str | None = None) -> keras.Model:
     """Small CNN for MNIST-sized inputs: conv 32 → pool → conv 64 → pool → dense 128 → logits.
 
     Args:
@@ -181,9 +186,12 @@ def small_cnn(num_classes=10, input_shape=None, name="small_cnn", data_format=No
 # -- Wide ResNet ---------------------------------------------------------------------------
 
 
-def wide_resnet(depth=28, width=10, num_classes=10, input_shape=None,
-                activation="relu", norm="batch", groups=16, dropout=0.0, bn_momentum=0.9,
-                epsilon=1e-5, mean=None, std=None, name=None, data_format=None):
+def wide_resnet(depth: int = 28, width: int = 10, num_classes: int = 10,
+                input_shape: tuple[int, ...] | None = None, activation: str | Callable = "relu",
+                norm: str = "batch", groups: int = 16, dropout: float = 0.0,
+                bn_momentum: float = 0.9, epsilon: float = 1e-5,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                name: str | None = None, data_format: str | None = None) -> keras.Model:
     """Wide ResNet WRN-``depth``-``width`` (Zagoruyko & Komodakis, 2016), pre-activation.
 
     Three groups of ``(depth - 4) / 6`` blocks with 16·width, 32·width and 64·width channels
@@ -250,16 +258,18 @@ def wide_resnet(depth=28, width=10, num_classes=10, input_shape=None,
     return keras.Model(inputs, outputs, name=name or f"wrn_{depth}_{width}")
 
 
-def wrn_28_10(num_classes=10, input_shape=None, activation="swish", norm="batch",
-              **kwargs):
+def wrn_28_10(num_classes: int = 10, input_shape: tuple[int, ...] | None = None,
+              activation: str | Callable = "swish", norm: str = "batch",
+              **kwargs: Any) -> keras.Model:
     """WRN-28-10 with swish, the DyART CIFAR-10 model: 36,479,194 trainable weights (10
     classes), as the published 36.5 M. Other arguments as `wide_resnet`."""
     return wide_resnet(28, 10, num_classes=num_classes, input_shape=input_shape,
                        activation=activation, norm=norm, **kwargs)
 
 
-def wrn_34_10(num_classes=10, input_shape=None, activation="relu", norm="batch",
-              **kwargs):
+def wrn_34_10(num_classes: int = 10, input_shape: tuple[int, ...] | None = None,
+              activation: str | Callable = "relu", norm: str = "batch",
+              **kwargs: Any) -> keras.Model:
     """WRN-34-10 (the TRADES / MART model): 46,160,474 trainable weights (10 classes)."""
     return wide_resnet(34, 10, num_classes=num_classes, input_shape=input_shape,
                        activation=activation, norm=norm, **kwargs)
@@ -315,9 +325,12 @@ def _resnet(preact, blocks, width, num_classes, input_shape, activation, norm, g
     return keras.Model(inputs, outputs, name=name)
 
 
-def preact_resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=None,
-                  activation="relu", norm="batch", groups=32, bn_momentum=0.9, epsilon=1e-5,
-                  mean=None, std=None, name="preact_resnet", data_format=None):
+def preact_resnet(blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64, num_classes: int = 10,
+                  input_shape: tuple[int, ...] | None = None, activation: str | Callable = "relu",
+                  norm: str = "batch", groups: int = 32, bn_momentum: float = 0.9,
+                  epsilon: float = 1e-5, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None, name: str = "preact_resnet",
+                  data_format: str | None = None) -> keras.Model:
     """Pre-activation ResNet (He et al., 2016) for small images.
 
     A 3×3 stem with ``width`` channels, stages of ``blocks[i]`` pre-activation basic blocks
@@ -337,7 +350,8 @@ def preact_resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=Non
                    bn_momentum, epsilon, mean, std, name, data_format)
 
 
-def preact_resnet18(num_classes=10, input_shape=None, **kwargs):
+def preact_resnet18(num_classes: int = 10, input_shape: tuple[int, ...] | None = None,
+                    **kwargs: Any) -> keras.Model:
     """PreAct ResNet-18, the DyART Tiny-ImageNet model: 11,172,170 trainable weights for 10
     classes, 11,269,640 for Tiny-ImageNet's 200 at 64×64. Arguments as `preact_resnet`."""
     kwargs.setdefault("name", "preact_resnet18")
@@ -345,9 +359,11 @@ def preact_resnet18(num_classes=10, input_shape=None, **kwargs):
                          **kwargs)
 
 
-def resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=None,
-           activation="relu", norm="batch", groups=32, bn_momentum=0.9, epsilon=1e-5,
-           mean=None, std=None, name="resnet", data_format=None):
+def resnet(blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64, num_classes: int = 10,
+           input_shape: tuple[int, ...] | None = None, activation: str | Callable = "relu",
+           norm: str = "batch", groups: int = 32, bn_momentum: float = 0.9, epsilon: float = 1e-5,
+           mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+           name: str = "resnet", data_format: str | None = None) -> keras.Model:
     """ResNet with basic blocks for small images (3×3 stem, no max-pool), post-activation.
 
     Arguments as `preact_resnet`; ``blocks=(2, 2, 2, 2)`` is the CIFAR ResNet-18.
@@ -356,7 +372,8 @@ def resnet(blocks=(2, 2, 2, 2), width=64, num_classes=10, input_shape=None,
                    bn_momentum, epsilon, mean, std, name, data_format)
 
 
-def resnet18(num_classes=10, input_shape=None, **kwargs):
+def resnet18(num_classes: int = 10, input_shape: tuple[int, ...] | None = None,
+             **kwargs: Any) -> keras.Model:
     """CIFAR ResNet-18: 11,173,962 trainable weights for 10 classes. Arguments as `resnet`."""
     kwargs.setdefault("name", "resnet18")
     return resnet((2, 2, 2, 2), num_classes=num_classes, input_shape=input_shape, **kwargs)
@@ -374,7 +391,7 @@ BUILDERS = {
 }
 
 
-def get(name, **kwargs):
+def get(name: str, **kwargs: Any) -> keras.Model:
     """Build an architecture by name, e.g. ``get("wrn-28-10", norm="group")``.
 
     Names: ``"small-cnn"``, ``"wide-resnet"``, ``"wrn-28-10"``, ``"wrn-34-10"``,

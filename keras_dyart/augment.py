@@ -14,6 +14,8 @@ search and the loss must see the same images, and a random layer inside the mode
 draw different crops for x and x̂.
 """
 
+from __future__ import annotations
+
 import keras
 import numpy as np
 from keras import ops
@@ -21,14 +23,16 @@ from keras import ops
 from keras_dyart import _checks
 
 
-def check_pad(pad):
+def check_pad(pad: int) -> int:
     """``pad`` as an int, refused unless it is an integer >= 0."""
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"`pad` must be an integer >= 0; got {pad!r}.")
     return int(pad)
 
 
-def random_crop_flip(images, pad=4, flip=True, rng=None, data_format=None):
+def random_crop_flip(images: np.ndarray, pad: int = 4, flip: bool = True,
+                     rng: np.random.Generator | int | None = None,
+                     data_format: str | None = None) -> np.ndarray:
     """Randomly crop (after zero padding by ``pad``) and horizontally flip each image.
 
     Equivalent to torchvision's ``RandomCrop(size, padding=pad)`` followed by

@@ -27,7 +27,7 @@ masked out at the end.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import keras
 from keras import ops
@@ -47,7 +47,8 @@ def _random_start(x, radius, norm, seed):
     return ops.clip(x + radius[:, None] * u, 0.0, 1.0)
 
 
-def illinois(fn, x, direction, m_lo, m_hi, steps, shift=0.0, is_lower=None):
+def illinois(fn: Callable, x: Any, direction: Any, m_lo: Any, m_hi: Any, steps: int,
+             shift: Any = 0.0, is_lower: Callable | None = None) -> tuple[Any, Any, Any, Any]:
     """Safeguarded secant (Illinois) steps for a root of g(t) = fn(x + t·direction) + shift
     on t in [0, 1], per row, forward passes only.
 
@@ -146,10 +147,11 @@ def _fab_update(x1, phi1, g1, x0, best, best_r, best_phi, *, norm, overshoot, al
     return x1, best, best_r, best_phi
 
 
-def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
-                         overshoot=1.05, alpha_max=0.1, step_back=0.9, random_start=False,
-                         eps_fab=8 / 255, restarts=1, refine=True, refine_steps=4,
-                         seed=None):
+def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, norm: str = "linf",
+                         n_iter: int = 20, overshoot: float = 1.05, alpha_max: float = 0.1,
+                         step_back: float = 0.9, random_start: bool = False,
+                         eps_fab: float = 8 / 255, restarts: int = 1, refine: bool = True,
+                         refine_steps: int = 4, seed: Any = None) -> dict:
     """Closest point on the soft boundary φ = 0 for each input, by scalar FAB.
 
     Args:
@@ -247,8 +249,9 @@ def find_boundary_points(value_and_grad, value, x, *, norm="linf", n_iter=20,
     }
 
 
-def quality_filter(x, x_hat, phi_hat, grad_hat, norm="linf", phi_min=-0.3, max_frac=0.8,
-                   align=0.9, small_grad=0.1):
+def quality_filter(x: Any, x_hat: Any, phi_hat: Any, grad_hat: Any, norm: str = "linf",
+                   phi_min: float = -0.3, max_frac: float = 0.8, align: float = 0.9,
+                   small_grad: float = 0.1) -> Any:
     """Keep boundary points that are close to a locally closest point (the "KKT check").
 
     At a locally closest L∞ boundary point the gradient of φ points against the step on the

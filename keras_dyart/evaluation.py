@@ -17,6 +17,7 @@ loaded from ``.keras``.  The attacks run in float32 whatever the dtype policy.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import keras
@@ -188,8 +189,12 @@ def _parent(path):
     os.makedirs(d, exist_ok=True)
 
 
-def evaluate(model, x, y, attack="autoattack", epsilons=(8 / 255,), *, norm="linf",
-             batch_size=500, seed=0, jit=True, options=None, progress=None, bounds=None):
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
+             attack: str | Sequence[str] = "autoattack",
+             epsilons: float | str | Sequence[float | str] = (8 / 255,), *, norm: str = "linf",
+             batch_size: int = 500, seed: int = 0, jit: bool = True, options: dict | None = None,
+             progress: Callable | None = None,
+             bounds: tuple[float, float] | None = None) -> RobustnessReport:
     """Evaluate robustness under one attack or AutoAttack at several radii.
 
     Args:
@@ -335,9 +340,11 @@ class MarginsReport:
         return path
 
 
-def margins_report(model, x, y, *, norm="linf", epsilons=(), n_iter=100,
-                   n_target_classes=9, batch_size=500, seed=0, jit=True, progress=None,
-                   bounds=None):
+def margins_report(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: str = "linf",
+                   epsilons: float | str | Sequence[float | str] = (), n_iter: int = 100,
+                   n_target_classes: int = 9, batch_size: int = 500, seed: int = 0,
+                   jit: bool = True, progress: Callable | None = None,
+                   bounds: tuple[float, float] | None = None) -> MarginsReport:
     """Per-point minimal adversarial distance by FAB-T (all targets, refined).
 
     Args:

@@ -23,6 +23,8 @@ radius per row ``(N,)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -34,7 +36,7 @@ TINY = 1e-12
 NORMS = _checks.NORMS
 
 
-def flat(x):
+def flat(x: Any) -> Any:
     """Reshape a batch ``(N, ...)`` to ``(N, d)``."""
     return ops.reshape(x, (ops.shape(x)[0], -1))
 

@@ -3,10 +3,12 @@ loaders (`keras_dyart.datasets`) and the input pipeline (`keras_dyart.pipeline`)
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
-def pixels(x, dtype, arg="x"):
+def pixels(x: np.ndarray, dtype: str, arg: str = "x") -> np.ndarray:
     """0–255 integer pixels (or floats in [0, 1]) → the requested dtype."""
     x = np.asarray(x)
     if x.dtype.kind in "iu":
@@ -26,7 +28,7 @@ def pixels(x, dtype, arg="x"):
     raise ValueError(f"`{arg}` must hold numeric pixels; got dtype {x.dtype}.")
 
 
-def label_vector(y, n, arg="y"):
+def label_vector(y: Any, n: int, arg: str = "y") -> np.ndarray:
     """``y`` as int32 class indices of shape ``(n,)`` (``(n, 1)`` is taken too)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -41,7 +43,7 @@ def label_vector(y, n, arg="y"):
     return y.astype("int32")
 
 
-def nhwc(x, arg="x"):
+def nhwc(x: np.ndarray, arg: str = "x") -> np.ndarray:
     """``x`` as a batch of images ``(N, H, W, C)`` (grey images ``(N, H, W)`` gain C = 1)."""
     if x.ndim == 3:
         x = x[..., None]

@@ -8,8 +8,11 @@ peeked batch first), so that `keras_dyart._checks` can check the values the mode
 whatever the pipeline.
 """
 
+from __future__ import annotations
+
 import itertools
 import types
+from typing import Any
 
 import numpy as np
 from keras.utils import unpack_x_y_sample_weight
@@ -50,7 +53,7 @@ def _kind(x):
     return "other"
 
 
-def peek(x, y=None):
+def peek(x: Any, y: Any = None) -> tuple[Any, Any, Any]:
     """The first batch of ``x`` (and ``y`` for arrays) as NumPy, and ``x`` to train on.
 
     Returns ``(x_batch, y_batch, x)``: ``x_batch`` / ``y_batch`` are NumPy arrays (or the

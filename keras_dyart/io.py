@@ -1,9 +1,15 @@
 """Run-directory files, written atomically (write to a temporary file, then rename)."""
 
+from __future__ import annotations
+
 import csv
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _atomic_write(path, write):
@@ -22,12 +28,12 @@ def _atomic_write(path, write):
         raise
 
 
-def write_json(path, data):
+def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     _atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=False))
 
 
-def write_csv(path, rows):
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write a list of dicts as CSV (columns: the union of keys, first-seen order)."""
     columns = []
     for row in rows:
@@ -41,7 +47,7 @@ def write_csv(path, rows):
     _atomic_write(path, write)
 
 
-def save_model(model, path):
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     """Save a Keras model to ``path`` (.keras) atomically."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

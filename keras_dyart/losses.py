@@ -1,17 +1,22 @@
 """The DyART objective: CE(f(x), y) + λ·(1/N)·Σ_i w_i·(−φ(x̂_i; θ))."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from keras import ops
 
 from keras_dyart.margins import soft_margin
 
 
-def robust_term(logits_hat, y, weights, beta=5.0):
+def robust_term(logits_hat: Any, y: Any, weights: Any, beta: float = 5.0) -> Any:
     """(1/N)·Σ_i w_i·(−φ(x̂_i; θ)), N the batch size; x̂ and w are constants."""
     weights = ops.stop_gradient(ops.cast(weights, logits_hat.dtype))
     return ops.mean(weights * -soft_margin(logits_hat, y, beta))
 
 
-def dyart_loss(logits, logits_hat, y, weights, beta=5.0, lam=1000.0):
+def dyart_loss(logits: Any, logits_hat: Any, y: Any, weights: Any, beta: float = 5.0,
+               lam: float = 1000.0) -> Any:
     """The full DyART loss on one batch: mean cross-entropy plus ``lam`` times the robust term.
 
     Args:

@@ -7,13 +7,15 @@ decision boundary* of the point.
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
 # Added to the true-class logit before the smooth maximum so that it drops out of the sum.
 _EXCLUDE = 1e9
 
 
-def soft_margin(logits, y, beta=5.0):
+def soft_margin(logits: Any, y: Any, beta: float = 5.0) -> Any:
     """Soft margin φ of each row of ``logits`` for labels ``y``.
 
     Args:

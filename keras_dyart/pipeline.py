@@ -119,9 +119,11 @@ class Batches(keras.utils.PyDataset):
         self._order()
 
 
-def pipeline(x, y, batch_size=128, augment=True, pad=4, extra=None, extra_fraction=0.0,
-             shuffle=True, drop_remainder=False, seed=0, workers=1,
-             use_multiprocessing=False, max_queue_size=10):
+def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int = 128, augment: bool = True,
+             pad: int = 4, extra: tuple[np.ndarray, np.ndarray] | None = None,
+             extra_fraction: float = 0.0, shuffle: bool = True, drop_remainder: bool = False,
+             seed: int = 0, workers: int = 1, use_multiprocessing: bool = False,
+             max_queue_size: int = 10) -> Batches:
     """Training batches for `Model.fit` under any backend (a `keras.utils.PyDataset`).
 
     Every epoch shuffles ``x``; every batch holds ``batch_size - k`` images of ``x`` and,

@@ -31,8 +31,10 @@ Everything is batched with static shapes (no boolean indexing); the loop runs un
 row of the batch has stopped.
 """
 
+from __future__ import annotations
+
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from keras import ops
 
@@ -43,7 +45,7 @@ _TINY = 1e-12
 NEWTON_STEPS = 4
 
 
-def project_to_hyperplane(x, w, c, norm="linf"):
+def project_to_hyperplane(x: Any, w: Any, c: Any, norm: str = "linf") -> Any:
     """Minimal-norm step from ``x`` onto ``{z : w·z = c}`` inside the box ``[0, 1]^d``.
 
     Args:
@@ -100,7 +102,7 @@ class NewtonProblem(NamedTuple):
         return self.direction, self.room, self.aw, self.feasible
 
 
-def newton_start(x, w, c, norm):
+def newton_start(x: Any, w: Any, c: Any, norm: str) -> tuple[NewtonProblem, tuple]:
     """The projection problem of ``x``, ``w``, ``c`` and the state after the first
     `NEWTON_STEPS` Newton steps: ``(problem, state)`` (see above)."""
     x = ops.convert_to_tensor(x)
@@ -152,7 +154,7 @@ def _newton_step(problem, k, t, slope, done):
     return k + 1, t_next, slope_next, done | (slope_next >= slope)
 
 
-def newton_continue(problem, state):
+def newton_continue(problem: NewtonProblem, state: tuple) -> tuple:
     """Newton steps from ``state`` until every row has stopped (at most d + 1 in all)."""
     d = ops.shape(problem.room)[-1]
 
@@ -165,7 +167,7 @@ def newton_continue(problem, state):
     return ops.while_loop(cond, body, state)
 
 
-def newton_finish(direction, room, aw, feasible, t, norm):
+def newton_finish(direction: Any, room: Any, aw: Any, feasible: Any, t: Any, norm: str) -> Any:
     """The step δ of each row from the root ``t`` (the corner step where infeasible)."""
     if norm == "linf":  # infeasible rows go to the corner: every coordinate saturated
         return direction * ops.minimum(ops.where(feasible, t, math.inf)[:, None], room)

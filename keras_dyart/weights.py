@@ -6,12 +6,14 @@ at locally closest boundary points, so a descent step ascends Σ h(R_i).
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
 from keras_dyart import geometry
 
 
-def h_prime(r, alpha=3.0, r0=16 / 255):
+def h_prime(r: Any, alpha: float = 3.0, r0: float = 16 / 255) -> Any:
     """Derivative of the margin utility: exp(−α·r) for r < r0, 0 beyond (truncated).
 
     >>> import numpy as np
@@ -23,7 +25,8 @@ def h_prime(r, alpha=3.0, r0=16 / 255):
     return ops.where(r < r0, ops.exp(-alpha * r), 0.0)
 
 
-def dyart_weights(margin, grad_hat, usable, norm="linf", alpha=3.0, r0=16 / 255):
+def dyart_weights(margin: Any, grad_hat: Any, usable: Any, norm: str = "linf", alpha: float = 3.0,
+                  r0: float = 16 / 255) -> Any:
     """Weights ``usable · h'(R) / ‖∇_x φ(x̂)‖_q`` (zero where unusable or the norm is 0)."""
     gq = geometry.get(norm).dual_size(ops.convert_to_tensor(grad_hat))
     keep = ops.logical_and(ops.convert_to_tensor(usable), gq > 0)

@@ -21,6 +21,8 @@ the loss as a gradient-free column.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from keras import ops
@@ -31,6 +33,9 @@ from keras_dyart.attacks import driver
 from keras_dyart.attacks import losses as L
 from keras_dyart.attacks.registry import register
 from keras_dyart.geometry import rows
+
+if TYPE_CHECKING:
+    import keras
 
 RHO = 0.75
 
@@ -70,8 +75,8 @@ def _schedule(n_iter):
     return is_check, window
 
 
-def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="linf",
-               loss="ce", rho=RHO):
+def apgd_batch(logits_fn: Callable, x: Any, y: Any, start: Any, eps: Any, target_rank: Any, *,
+               n_iter: int = 100, norm: str = "linf", loss: str = "ce", rho: float = RHO) -> dict:
     """APGD on one batch.
 
     Args:
@@ -169,8 +174,10 @@ def apgd_batch(logits_fn, x, y, start, eps, target_rank, *, n_iter=100, norm="li
 
 
 @driver.with_bounds(returns="success")
-def apgd(model, x, y, eps, *, norm="linf", loss="ce", n_iter=100, restarts=1,
-         n_target_classes=9, batch_size=500, seed=0, jit=True, progress=None):
+def apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, norm: str = "linf",
+         loss: str = "ce", n_iter: int = 100, restarts: int = 1, n_target_classes: int = 9,
+         batch_size: int = 500, seed: int = 0, jit: bool = True,
+         progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """APGD adversarial examples (APGD-CE, APGD-DLR or targeted APGD-T).
 
     Args:

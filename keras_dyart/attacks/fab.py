@@ -24,6 +24,8 @@ returns.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from keras import ops
@@ -36,6 +38,9 @@ from keras_dyart.attacks.registry import register
 from keras_dyart.boundary import illinois
 from keras_dyart.geometry import TINY, flat
 from keras_dyart.projection import project_to_hyperplane
+
+if TYPE_CHECKING:
+    import keras
 
 _BIG = 1e10
 REFINE_TOL = 1e-4
@@ -56,8 +61,10 @@ def _refine(margin_fn, x0, far, found, steps):
     return ops.where(valid[:, None], x0 + hi[:, None] * (far - x0), far)
 
 
-def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf",
-              overshoot=1.05, step_back=0.9, alpha_max=0.1, refine=True, refine_steps=6):
+def fab_batch(logits_fn: Callable, x: Any, y: Any, start: Any, target_rank: Any, *,
+              n_iter: int = 100, norm: str = "linf", overshoot: float = 1.05,
+              step_back: float = 0.9, alpha_max: float = 0.1, refine: bool = True,
+              refine_steps: int = 6) -> dict:
     """FAB-T on one batch for one target rank per row.
 
     Args:
@@ -138,9 +145,11 @@ def fab_batch(logits_fn, x, y, start, target_rank, *, n_iter=100, norm="linf",
 
 
 @driver.with_bounds(returns="distance")
-def fab_t(model, x, y, *, norm="linf", n_iter=100, n_target_classes=9, restarts=1,
-          eps=None, stop_at=None, refine=True, batch_size=500, seed=0, jit=True,
-          progress=None):
+def fab_t(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: str = "linf",
+          n_iter: int = 100, n_target_classes: int = 9, restarts: int = 1,
+          eps: float | str | None = None, stop_at: float | np.ndarray | None = None,
+          refine: bool = True, batch_size: int = 500, seed: int = 0, jit: bool = True,
+          progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Minimal adversarial perturbations by FAB-T.
 
     Args:

@@ -6,25 +6,26 @@ All take logits ``(N, K)`` and integer labels ``(N,)`` and return one value per 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from keras import ops
 
 LOSSES = ("ce", "cw", "dlr", "dlr-t")
 
 
-def cw_margin(logits, y):
+def cw_margin(logits: Any, y: Any) -> Any:
     """The CW margin ``f_y − max_{j≠y} f_j`` per row (> 0: correctly classified)."""
     onehot = ops.one_hot(y, ops.shape(logits)[-1], dtype=logits.dtype)
     f_y = ops.sum(logits * onehot, axis=-1)
     return f_y - ops.max(logits - 1e9 * onehot, axis=-1)
 
 
-def ce_loss(logits, y):
+def ce_loss(logits: Any, y: Any) -> Any:
     """Cross-entropy of the logits for labels ``y``, per row."""
     return ops.sparse_categorical_crossentropy(ops.cast(y, "int32"), logits, from_logits=True)
 
 
-def cw_loss(logits, y):
+def cw_loss(logits: Any, y: Any) -> Any:
     """The CW / margin loss ``max_{j≠y} f_j − f_y`` (> 0: misclassified)."""
     return -cw_margin(logits, ops.cast(y, "int32"))
 
@@ -36,7 +37,7 @@ def _sorted_column(sorted_logits, k):
     return sorted_logits[:, max(n_classes - k, 0)]
 
 
-def dlr_loss(logits, y):
+def dlr_loss(logits: Any, y: Any) -> Any:
     """Difference of Logits Ratio (Croce & Hein, 2020), untargeted.
 
     ``−(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 1e-12)`` with ``z_π1 ≥ z_π2 ≥ …`` the sorted
@@ -57,7 +58,7 @@ def dlr_loss(logits, y):
         _sorted_column(s, 1) - _sorted_column(s, 3) + 1e-12)
 
 
-def dlr_targeted_loss(logits, y, target):
+def dlr_targeted_loss(logits: Any, y: Any, target: Any) -> Any:
     """Targeted DLR: ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12)`` for target ``t``.
 
     With fewer than four classes the missing sorted logits are replaced by the smallest one.

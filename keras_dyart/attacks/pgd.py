@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from keras import ops
@@ -13,6 +15,9 @@ from keras_dyart.attacks import driver
 from keras_dyart.attacks import losses as L
 from keras_dyart.attacks.registry import register
 
+if TYPE_CHECKING:
+    import keras
+
 _LOSSES = {"ce": L.ce_loss, "cw": L.cw_loss}
 
 
@@ -22,7 +27,8 @@ def attack_loss(logits, y, loss: str = "ce"):
     return _LOSSES[loss](logits, y)
 
 
-def pgd_batch(logits_fn, x, y, noise, eps, step_size, steps, norm="linf", loss="ce"):
+def pgd_batch(logits_fn: Callable, x: Any, y: Any, noise: Any, eps: Any, step_size: Any, steps: int,
+              norm: str = "linf", loss: str = "ce") -> tuple[Any, Any]:
     """PGD on one batch from ``x + noise`` (noise already scaled into the ball).
 
     Returns ``(x_adv, success)`` for the last iterate; ``success`` is a bool per row.
@@ -44,8 +50,10 @@ def pgd_batch(logits_fn, x, y, noise, eps, step_size, steps, norm="linf", loss="
 
 
 @driver.with_bounds(returns="success")
-def pgd(model, x, y, eps, *, norm="linf", steps=40, rel_step=0.1, loss="ce",
-        random_start=True, restarts=1, batch_size=250, seed=0, jit=True, progress=None):
+def pgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, norm: str = "linf",
+        steps: int = 40, rel_step: float = 0.1, loss: str = "ce", random_start: bool = True,
+        restarts: int = 1, batch_size: int = 250, seed: int = 0, jit: bool = True,
+        progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """PGD adversarial examples for a logits model.
 
     Args:

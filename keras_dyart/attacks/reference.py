@@ -6,6 +6,8 @@ On the PyTorch backend a Keras model is a `torch.nn.Module`, so the `torchattack
 torchattacks``; it needs only torch, numpy, scipy, requests and tqdm).
 """
 
+from __future__ import annotations
+
 import time
 
 import keras
@@ -14,7 +16,8 @@ import numpy as np
 from keras_dyart import _checks
 
 
-def torchattacks_autoattack(model, x, y, eps, *, norm="linf", seed=0):
+def torchattacks_autoattack(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *,
+                            norm: str = "linf", seed: int = 0) -> tuple[float, np.ndarray, float]:
     """torchattacks' AutoAttack "standard" on a Keras logits model (PyTorch backend only).
 
     Args:

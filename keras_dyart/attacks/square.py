@@ -32,6 +32,8 @@ in, so the compiled step has static shapes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from keras import ops
@@ -42,6 +44,9 @@ from keras_dyart.attacks import driver
 from keras_dyart.attacks.losses import cw_margin
 from keras_dyart.attacks.registry import register
 from keras_dyart.geometry import rows
+
+if TYPE_CHECKING:
+    import keras
 
 P_INIT = 0.8
 
@@ -72,7 +77,8 @@ def _as_image(shape, data_format="channels_last"):
         f"(data_format {data_format!r}); got shape {shape}.")
 
 
-def square_chunk(logits_fn, x, y, x_best, margin_best, eps, side, top, left, signs):
+def square_chunk(logits_fn: Callable, x: Any, y: Any, x_best: Any, margin_best: Any, eps: Any,
+                 side: Any, top: Any, left: Any, signs: Any) -> tuple[Any, Any]:
     """Run ``len(side)`` Square queries on one batch of images ``(B, H, W, C)``.
 
     Args:
@@ -155,8 +161,8 @@ def _l2_init(rng, n, h, w, c):
     return delta.astype("float32")
 
 
-def square_l2_chunk(logits_fn, x, y, x_best, margin_best, eps, window, window2, pattern,
-                    signs):
+def square_l2_chunk(logits_fn: Callable, x: Any, y: Any, x_best: Any, margin_best: Any, eps: Any,
+                    window: Any, window2: Any, pattern: Any, signs: Any) -> tuple[Any, Any]:
     """Run L2 Square queries on a batch of images ``(B, H, W, C)``.
 
     ``window``, ``window2`` and ``pattern`` are ``(Q, H, W)`` maps of each query (the two
@@ -274,8 +280,10 @@ def _margin_fn(logits_fn, z, y):
 
 
 @driver.with_bounds(returns="success")
-def square(model, x, y, eps, *, norm="linf", n_queries=5000, p_init=P_INIT, chunk=100,
-           batch_size=500, seed=0, jit=True, progress=None, data_format=None):
+def square(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *,
+           norm: str = "linf", n_queries: int = 5000, p_init: float = P_INIT, chunk: int = 100,
+           batch_size: int = 500, seed: int = 0, jit: bool = True, progress: Callable | None = None,
+           data_format: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Square Attack adversarial examples (margin loss, one restart, as in AutoAttack).
 
     Args:

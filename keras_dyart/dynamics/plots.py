@@ -3,6 +3,7 @@ conflict share against the training step."""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Sequence
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from keras_dyart.dynamics.analysis import DynamicsResult
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the Agg backend unless another one was chosen already."""
     import matplotlib
 

@@ -8,7 +8,7 @@ mean speed per margin bin and the speed–margin correlation.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from keras import ops
@@ -27,7 +27,7 @@ def _safe_ratio(num, den):
     return ops.where(ok, num / ops.where(ok, den, 1.0), 0.0)
 
 
-def speed_from_jvp(jvp, grad_norm):
+def speed_from_jvp(jvp: Any, grad_norm: Any) -> Any:
     """Exact boundary speed ``∇_θφ(x̂)·Δθ / ‖∇_xφ(x̂)‖_q`` from the weight JVP of φ.
 
     Args:

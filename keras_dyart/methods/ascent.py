@@ -3,6 +3,9 @@ and the model's input box."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -11,7 +14,8 @@ from keras_dyart import backend as dyart_backend
 from keras_dyart.methods.base import RobustModel
 
 
-def pgd_ascent(value, x, start, eps, step_size, steps, norm):
+def pgd_ascent(value: Callable, x: Any, start: Any, eps: float, step_size: float, steps: int,
+               norm: str) -> Any:
     """Projected gradient ascent of a per-sample ``value(z)`` inside the ball and the box
     [0, 1].
 
@@ -28,7 +32,8 @@ def pgd_ascent(value, x, start, eps, step_size, steps, norm):
     return ops.stop_gradient(z)
 
 
-def ascend_in_box(model, value, x, eps, step_size, steps, norm, kind="uniform", start=True):
+def ascend_in_box(model: RobustModel, value: Callable, x: Any, eps: float, step_size: float,
+                  steps: int, norm: str, kind: str = "uniform", start: bool = True) -> Any:
     """PGD ascent of a per-sample ``value(z)`` in the eps ball around ``x`` and ``model``'s
     input box.
 
@@ -51,7 +56,8 @@ def ascend_in_box(model, value, x, eps, step_size, steps, norm, kind="uniform", 
     return model.from_unit(u_adv)
 
 
-def check_attack(eps, step_size, steps, norm):
+def check_attack(eps: float | str, step_size: float | str, steps: int,
+                 norm: str) -> tuple[float, float, int, str]:
     """Validate the inner attack's hyper-parameters; returns them normalised."""
     return (_checks.parse_eps(eps, "eps"), _checks.parse_eps(step_size, "step_size"),
             _checks.positive(steps, "steps", integer=True), _checks.norm_name(norm))

@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 
-def check_classifier_structure(classifier):
+def check_classifier_structure(classifier: keras.Model) -> None:
     """Refuse, at construction, classifiers whose graph shows they cannot give logits: several
     outputs, or a final softmax / sigmoid."""
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -9,7 +11,7 @@ from keras_dyart.methods.ascent import KLAttackModel
 from keras_dyart.methods.terms import cross_entropy, kl_divergence, weighted_mean
 
 
-def mart_terms(logits, logits_adv, y):
+def mart_terms(logits: Any, logits_adv: Any, y: Any) -> tuple[Any, Any]:
     """Per-sample MART terms from training-mode logits of x and of x_adv.
 
     Returns ``(boost, weighted_kl)``:
@@ -33,7 +35,7 @@ def mart_terms(logits, logits_adv, y):
     return boost, weighted_kl
 
 
-def mart_loss(logits, logits_adv, y, beta=6.0):
+def mart_loss(logits: Any, logits_adv: Any, y: Any, beta: float = 6.0) -> Any:
     """The MART loss of one batch: mean(CE(f(x_adv)) + boost) + β · mean(weighted KL)."""
     boost, weighted_kl = mart_terms(logits, logits_adv, y)
     ce_adv = ops.sparse_categorical_crossentropy(ops.cast(y, "int32"), logits_adv,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -10,7 +12,7 @@ from keras_dyart.methods.base import RobustModel
 from keras_dyart.methods.terms import cross_entropy, usable_mean, weighted_mean
 
 
-def mma_terms(logits, logits_hat, y, usable, wrong):
+def mma_terms(logits: Any, logits_hat: Any, y: Any, usable: Any, wrong: Any) -> Any:
     """Per-sample MMA margin term from training-mode logits of x and of x̂.
 
     ``usable`` (bool): correctly classified points whose closest boundary point x̂ lies
@@ -24,7 +26,8 @@ def mma_terms(logits, logits_hat, y, usable, wrong):
     return usable * cross_entropy(logits_hat, y) + wrong * cross_entropy(logits, y)
 
 
-def mma_loss(logits, logits_hat, y, usable, wrong, clean_weight=1 / 3):
+def mma_loss(logits: Any, logits_hat: Any, y: Any, usable: Any, wrong: Any,
+             clean_weight: float = 1 / 3) -> Any:
     """The MMA loss of one batch: ``clean_weight · mean CE(f(x)) + (1 − clean_weight) ·
     mean(mma_terms)``."""
     ce = ops.mean(cross_entropy(logits, y))

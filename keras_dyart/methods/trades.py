@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -9,7 +11,7 @@ from keras_dyart.methods.ascent import KLAttackModel
 from keras_dyart.methods.terms import kl_divergence, weighted_mean
 
 
-def trades_loss(logits, logits_adv, y, beta=6.0):
+def trades_loss(logits: Any, logits_adv: Any, y: Any, beta: float = 6.0) -> tuple[Any, Any, Any]:
     """The TRADES loss of one batch (training-mode logits of x and of x_adv):
 
         mean_i CE(f(x_i), y_i) + β · mean_i KL(softmax f(x_i) ‖ softmax f(x_adv_i))
