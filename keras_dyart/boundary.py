@@ -67,22 +67,24 @@ def illinois(fn: Callable, x: Any, direction: Any, m_lo: Any, m_hi: Any, steps: 
     g_lo, g_hi = m_lo + shift, m_hi + shift     # scaled by the Illinois rule
     v_lo, v_hi = m_lo, m_hi                     # fn itself at lo and hi
     last = ops.zeros((n,))                      # +1: lo moved last, -1: hi moved last
+    one = ops.ones((n,))
     for _ in range(steps):
         denom = g_hi - g_lo
         t = (lo * g_hi - hi * g_lo) / ops.where(ops.abs(denom) > _TINY, denom, -1.0)
         t = ops.where((t > lo) & (t < hi), t, 0.5 * (lo + hi))
         m_t = fn(x + t[:, None] * direction)
         g_t = m_t + shift
+        # The whole bracket moves in one select on one mask.  Several selects on `low` let a
+        # compiler recompute m_t for each (XLA does): near the root, where m_t is a rounding
+        # error away from 0, the copies can disagree on its sign and tear the bracket apart
+        # (an end moved without its value).
         low = is_lower(m_t)
-        g_hi = ops.where(low & (last > 0), 0.5 * g_hi, g_hi)
-        g_lo = ops.where(~low & (last < 0), 0.5 * g_lo, g_lo)
-        lo = ops.where(low, t, lo)
-        g_lo = ops.where(low, g_t, g_lo)
-        v_lo = ops.where(low, m_t, v_lo)
-        hi = ops.where(low, hi, t)
-        g_hi = ops.where(low, g_hi, g_t)
-        v_hi = ops.where(low, v_hi, m_t)
-        last = ops.where(low, 1.0, -1.0)
+        if_low = ops.stack([t, hi, g_t, ops.where(last > 0, 0.5 * g_hi, g_hi), m_t, v_hi,
+                            one], axis=-1)
+        if_high = ops.stack([lo, t, ops.where(last < 0, 0.5 * g_lo, g_lo), g_t, v_lo, m_t,
+                             -one], axis=-1)
+        state = ops.where(low[:, None], if_low, if_high)
+        lo, hi, g_lo, g_hi, v_lo, v_hi, last = (state[:, k] for k in range(7))
     return lo, hi, v_lo, v_hi
 
 

@@ -61,6 +61,20 @@ def test_fab_finds_closed_form_margin(norm, make_linear):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_compiled_search_is_as_exact_as_the_eager_one(norm, make_linear):
+    # As the train step runs it (jit under JAX, a graph under TensorFlow). The refinement's
+    # bracket once tore under XLA (an end moved without its value): 1.7e-3 off, not 1e-6.
+    weights, x, y, v, phi = two_class_problem()
+    clf = make_linear(weights)
+    margin, inside = closed_form(v, phi, norm)
+    run = dyart_backend.compile_model_fn(
+        clf, lambda f, a, b: search(lambda z, training=False: f(z), a, b, norm)["margin"],
+        jit=True)
+    got = ops.convert_to_numpy(run(ops.convert_to_tensor(x), ops.convert_to_tensor(y)))
+    np.testing.assert_allclose(got[inside], margin[inside], rtol=2e-5)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_model_search_and_filter_keep_closed_form_points(norm, make_linear):
     weights, x, y, v, phi = two_class_problem(seed=1)
     clf = make_linear(weights)
