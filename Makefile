@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BACKENDS := tensorflow jax torch
 
-.PHONY: install train lint test test-tensorflow test-jax test-torch docs bench device-wheels clean
+.PHONY: install train lint test docs bench device-wheels clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,7 @@ test: lint
 	  KERAS_BACKEND=$$b $(BIN)/python -m pytest -q $(PYTEST_ARGS) || exit $$?; \
 	done
 
+# One backend: make test-jax (a pattern rule, so not in .PHONY, which would skip it).
 test-%: $(STAMP)
 	KERAS_BACKEND=$* $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -8,6 +8,18 @@ import pytest
 
 BACKEND = keras.backend.backend()
 
+if BACKEND == "jax":
+    # Many tests compile the same functions (the same small models, steps and attacks at the
+    # same shapes); XLA's compilation cache, in a folder of this session, lets later ones
+    # load what an earlier one compiled.  Only compile time changes, never a result.
+    import tempfile
+
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="keras_dyart_xla_"))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
 
 def pytest_report_header(config):
     return f"keras backend: {BACKEND} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')})"
