@@ -352,25 +352,24 @@ def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
         A `BoundarySearch`.
     """
     y = ops.cast(y, "int32")
-    lo, hi = (float(b) for b in bounds)
-    scale = hi - lo
-    unit = (lo, hi) == (0.0, 1.0)
+    bounds = tuple(float(b) for b in bounds)
+    scale = bounds[1] - bounds[0]
 
     def phi(z):
         return soft_margin(ops.cast(logits_fn(z), "float32"), y, beta)
 
     def phi_unit(u):
-        return phi(u if unit else lo + scale * u)
+        return phi(geometry.from_unit(u, bounds))
 
     x = ops.cast(x, "float32")
-    u = x if unit else (x - lo) / scale
+    u = geometry.to_unit(x, bounds)
     out = find_boundary_points(
         lambda z: dyart_backend.value_and_grad(phi_unit, z), phi_unit, u, norm=norm,
         n_iter=n_iter, overshoot=overshoot, alpha_max=alpha_max, step_back=step_back,
         random_start=random_start, eps_fab=eps_fab / scale, restarts=restarts,
         refine=refine, refine_steps=refine_steps, seed=seed)
     u_hat = ops.stop_gradient(out["x_hat"])
-    x_hat = u_hat if unit else lo + scale * u_hat
+    x_hat = geometry.from_unit(u_hat, bounds)
     margin = out["margin"] * scale
     found = out["found"]
     if not at_boundary:

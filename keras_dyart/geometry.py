@@ -58,6 +58,23 @@ def lp_norm(x, p: str):
     raise ValueError(f"`p` must be 'linf', 'l1' or 'l2'; got {p!r}.")
 
 
+def to_unit(x, bounds: tuple = (0.0, 1.0)):
+    """Inputs in the box ``bounds = (lower, upper)`` → the unit box (the identity for
+    (0, 1))."""
+    lo, hi = bounds
+    if (lo, hi) == (0.0, 1.0):
+        return x
+    return (x - lo) / (hi - lo)
+
+
+def from_unit(u, bounds: tuple = (0.0, 1.0)):
+    """Points of the unit box → the box ``bounds`` (the identity for (0, 1))."""
+    lo, hi = bounds
+    if (lo, hi) == (0.0, 1.0):
+        return u
+    return lo + (hi - lo) * u
+
+
 class Norm:
     """One threat model's norm (use `get`).
 
@@ -191,4 +208,5 @@ def get(norm: str | Norm, arg: str = "norm") -> Norm:
     return _NORMS[_checks.norm_name(norm, arg)]
 
 
-__all__ = ["NORMS", "Norm", "TINY", "flat", "get", "lp_norm", "rows"]
+__all__ = ["NORMS", "Norm", "TINY", "flat", "from_unit", "get", "lp_norm", "rows",
+           "to_unit"]

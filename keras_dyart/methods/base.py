@@ -48,7 +48,7 @@ import keras
 from keras import ops
 from keras.utils import pack_x_y_sample_weight, unpack_x_y_sample_weight
 
-from keras_dyart import _checks
+from keras_dyart import _checks, geometry
 from keras_dyart import backend as dyart_backend
 from keras_dyart import inputs as _inputs
 from keras_dyart.methods.data_checks import InputErrorCheck, check_classifier_structure
@@ -270,17 +270,11 @@ class RobustModel(keras.Model):
 
     def to_unit(self, x):
         """Inputs in ``bounds`` → the unit box (the identity for the default (0, 1))."""
-        lo, hi = self.bounds
-        if (lo, hi) == (0.0, 1.0):
-            return x
-        return (x - lo) / (hi - lo)
+        return geometry.to_unit(x, self.bounds)
 
     def from_unit(self, u):
         """Points of the unit box → input units (the identity for the default (0, 1))."""
-        lo, hi = self.bounds
-        if (lo, hi) == (0.0, 1.0):
-            return u
-        return lo + (hi - lo) * u
+        return geometry.from_unit(u, self.bounds)
 
     def train_logits(self, z):
         """The classifier's training-mode logits of ``z``, in float32."""
