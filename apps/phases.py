@@ -40,7 +40,9 @@ class TrainData:
 
 def load_data(config: Mapping[str, Any], preset: Optional[Mapping[str, Any]]) -> TrainData:
     """The run's data: its data set (with the preset's loader settings), ``limit`` training
-    points and ``eval_n`` test points.
+    points and ``eval_n`` test points; with ``holdout``, the last ``holdout`` of the
+    ``limit`` training points are kept out of training and evaluated instead of the test
+    set (``eval_n`` of them).
 
     Raises:
         click.ClickException: the data set cannot be loaded.
@@ -70,6 +72,17 @@ def load_data(config: Mapping[str, Any], preset: Optional[Mapping[str, Any]]) ->
     limit, n = config["limit"], config["eval_n"]
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]
+    holdout = config.get("holdout") or 0
+    if holdout:
+        if holdout >= len(x_train):
+            raise typer.BadParameter(
+                f"`--holdout` ({holdout}) must be smaller than the {len(x_train)} training "
+                f"points of {dataset}: some must be left to train on.")
+        # the validation split replaces the test set: the run never sees the test points
+        x_test, y_test = x_train[-holdout:], y_train[-holdout:]
+        x_train, y_train = x_train[:-holdout], y_train[:-holdout]
+        if x_test.dtype == "uint8":
+            x_test = x_test.astype("float32") / 255.0
     return TrainData(x_train, y_train, x_test[:n], y_test[:n], extra,
                      (spec or {}).get("fraction", 0.0))
 
@@ -186,7 +199,7 @@ def method_stage(classifier, config: Mapping[str, Any], data: TrainData, out: st
         os.remove(history)
     # The history row of an epoch is written before its backup: a run killed between the
     # two repeats the epoch and rewrites the row (the last row wins).
-    callbacks = [recipe.SyncEpoch(data_batches),
+    callbacks = [recipe.SyncEpoch(data_batches), recipe.EpochSeconds(),
                  keras.callbacks.CSVLogger(history, append=True),
                  recipe.AtomicBackupAndRestore(os.path.join(out, "backup"))]
     if config["eval_every"]:

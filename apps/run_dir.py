@@ -19,8 +19,11 @@ RUN_FOLDERS = ("backup", "dynamics")
 RUN_PATTERNS = ("eval_*.json", "eval_*.csv", "margins.*", "best.keras.*", ".tmp-*")
 
 #: Settings a resumed run must share with the run it continues.
+#: Resume keys newer than some config.json files, with the value an older run had.
+_ADDED = {"holdout": 0}
+
 RESUME_KEYS = ("method", "backend", "seed", "dataset", "model", "epochs", "burn_in",
-               "batch_size", "limit", "init", "preset")
+               "batch_size", "limit", "holdout", "init", "preset")
 
 
 def default_out(method: str, backend: str) -> str:
@@ -66,7 +69,9 @@ def check_resume(out: str, config: Mapping[str, Any]) -> None:
         raise ValueError(f"`--resume`: {out!r} holds no config.json; nothing to resume.")
     with open(path) as f:
         previous = json.load(f)
-    changed = [k for k in RESUME_KEYS if previous.get(k) != config.get(k)]
+    # settings added after a run was written take their default ("holdout": none)
+    changed = [k for k in RESUME_KEYS
+               if previous.get(k, _ADDED.get(k)) != config.get(k, _ADDED.get(k))]
     if changed:
         raise ValueError(
             "`--resume` needs the options of the interrupted run; these differ: "

@@ -96,6 +96,10 @@ def train(
         0, "--eval-every", metavar="N", help="Keep best.keras (0: off)."),
     limit: Optional[int] = typer.Option(
         None, metavar="N", help="Use only the first N training points."),
+    holdout: int = typer.Option(
+        0, "--holdout", metavar="N",
+        help="Train without the last N training points and evaluate on them, not on the "
+             "test set (a validation split)."),
     eval_n: int = typer.Option(1000, "--eval-n", metavar="N", help="Test points to evaluate."),
     pgd_steps: int = typer.Option(40, "--pgd-steps", metavar="N",
                                   help="PGD steps of the evaluation."),

@@ -127,12 +127,15 @@ def _check_run_settings(o: dict[str, Any]) -> None:
     if o["dataset"] in ("svhn", "tinyimagenet") and data_path is None:
         raise ValueError(f"`--data-path`: --dataset {o['dataset']} needs the folder of its "
                          "files.")
-    for name in ("epochs", "burn_in", "eval_every"):
+    for name in ("epochs", "burn_in", "eval_every", "holdout"):
         _checks.positive(o[name], _flag(name), integer=True, allow_zero=True)
     for name in ("batch_size", "eval_n", "pgd_steps"):
         _checks.positive(o[name], _flag(name), integer=True)
     if o["limit"] is not None:
         _checks.positive(o["limit"], "--limit", integer=True)
+        if o["holdout"] >= o["limit"]:
+            raise ValueError(f"`--holdout` ({o['holdout']}) must be smaller than `--limit` "
+                             f"({o['limit']}): some points must be left to train on.")
 
 
 def _check_files(o: dict[str, Any]) -> None:

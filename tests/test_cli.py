@@ -49,11 +49,37 @@ def test_train_writes_run_directory(tmp_path):
     (["--ema-tau", "1.5"], "--ema-tau"), (["--schedule", "linear"], "--schedule"),
     (["--weight-decay-mode", "adamw"], "--weight-decay-mode"),
     (["--weight-decay", "-1"], "--weight-decay"), (["--clipnorm", "-1"], "--clipnorm"),
+    (["--holdout", "-1"], "--holdout"), (["--limit", "100", "--holdout", "100"], "--holdout"),
+    (["--holdout", "4000", "--epochs", "1", "--burn-in", "0"], "--holdout"),
 ])
 def test_train_rejects_bad_options(args, word):
     result = runner.invoke(app, ["train", *args])
     assert result.exit_code != 0
     assert word in result.output
+
+
+def test_holdout_trains_without_the_validation_points_and_evaluates_on_them(tmp_path):
+    from keras_dyart import datasets
+
+    out = os.path.join(tmp_path, "run")
+    result = runner.invoke(app, [
+        "train", "--method", "clean", "--limit", "300", "--holdout", "100", "--burn-in", "0",
+        "--epochs", "2", "--batch-size", "64", "--eval-n", "80", "--pgd-steps", "2",
+        "--eps", "0.1", "--out", out, "--verbose", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.load(open(os.path.join(out, "config.json")))["holdout"] == 100
+    x, y, _, _ = datasets.load("mnist5k")
+    # The evaluation is on the first 80 of the held-out points 200..299, not on test digits.
+    model = keras.saving.load_model(os.path.join(out, "averaged.keras"), compile=False)
+    predicted = np.argmax(model.predict(x[200:280], verbose=0), axis=1)
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["clean_accuracy"] == pytest.approx(float(np.mean(predicted == y[200:280])))
+    assert json.load(open(os.path.join(out, "eval_pgd.json")))["n"] == 80
+    # Every method epoch records its wall time.
+    lines = open(os.path.join(out, "history.csv")).read().strip().splitlines()
+    header = lines[0].split(",")
+    seconds = [float(line.split(",")[header.index("epoch_seconds")]) for line in lines[1:]]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
 
 
 def test_help_lists_every_option():

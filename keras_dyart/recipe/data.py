@@ -1,9 +1,11 @@
 """In-memory batches whose shuffle depends only on (seed, epoch), and the callback that
-starts such a stream at the epoch ``fit`` starts (after a resume)."""
+starts such a stream at the epoch ``fit`` starts (after a resume); each epoch's wall time
+in the logs."""
 
 from __future__ import annotations
 
 import math
+import time
 
 import keras
 import numpy as np
@@ -100,3 +102,19 @@ class SyncEpoch(keras.callbacks.Callback):
         if self._first:
             self.data.start_at_epoch(epoch)
             self._first = False
+
+
+class EpochSeconds(keras.callbacks.Callback):
+    """Add each epoch's wall time to its logs as ``epoch_seconds`` (compilation included).
+
+    Callbacks after it in the list (`keras.callbacks.CSVLogger`, ``fit``'s History) record
+    the value with the epoch's loss and metrics; `keras-dyart train` writes it to
+    history.csv.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
