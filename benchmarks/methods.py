@@ -1,182 +1,345 @@
-"""Robust-training methods side by side on MNIST-5k: same burn-in, same budget, same attack.
+"""Which method should a user pick?  A tuned comparison of the six training methods on
+MNIST-5k, judged by AutoAttack on test digits never used to choose a setting.
 
-    KERAS_BACKEND=tensorflow python benchmarks/methods.py [--epochs 10] [--burn-in 2]
-        [--limit 4000] [--eval-limit 1000] [--methods clean,pgd-at,trades,mart,mma,dyart]
-        [--attack autoattack]
+    KERAS_BACKEND=tensorflow python benchmarks/methods.py --all      # the study (hours)
+    KERAS_BACKEND=tensorflow python benchmarks/methods.py --quick    # a smoke run (minutes)
 
-Every method starts from the same clean burn-in checkpoint of `small_cnn` (``--burn-in``
-epochs of plain SGD), then trains ``--epochs`` epochs on the first ``--limit`` training
-digits with the recipe (`keras_dyart.recipe.build_optimizer`: SGD Nesterov, cosine decay
-with warm-up, weight decay off biases, global gradient-norm clipping, EMA of the weights).
-The *averaged* model is evaluated on the first ``--eval-limit`` test digits: clean
-accuracy and robust accuracy at L∞ eps 0.1, 0.2 and 0.3.
+The study has four phases; each run is a `keras-dyart train` run (the CLI's recipe: clean
+burn-in, then the method with SGD, weight decay, clipping and the weight average) in its
+own run directory, and each finished run leaves one JSON record.  A phase skips the runs
+whose record exists and resumes an interrupted one (``--resume``), so the study can be
+stopped at any time and continued by the same command.
 
-Attack: ``--attack autoattack`` (default): standard AutoAttack through
-`keras_dyart.evaluation.evaluate` (APGD-CE, APGD-T, FAB-T, Square; slow on a CPU); any
-comma-separated list of its attacks (e.g. ``apgd-ce,apgd-t``) runs that sequence
-worst-case; ``pgd-ce-cw``: a point counts as robust only if it survives both PGD with
-cross-entropy and PGD with the CW margin loss (``--attack-steps`` steps of eps/10 from a
-random start each, `keras_dyart.recipe.robust_accuracy`).
+1. ``tune``: for each method at most 8 settings (`GRIDS`), seed 0, trained on the first
+   3,000 of the 4,000 training digits (``--holdout 1000``); each averaged model is
+   attacked on the 1,000 held-out training digits (APGD-CE then APGD-T, L∞ 0.3).  The
+   chosen setting of a method is the one with the highest validation robust accuracy (ties:
+   clean accuracy).  The test digits are not touched.
+2. ``final``: each method's chosen setting, seeds 0, 1, 2, on all 4,000 training digits,
+   the same number of epochs; standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the
+   1,000 test digits at L∞ 0.1, 0.2 and 0.3.
+3. ``equal-time``: the same at DyART's training time: each other method trains for the
+   epochs that its median epoch time fits into DyART's mean training time (measured in
+   ``final`` on this machine), AutoAttack as in ``final``.
+4. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
+   paired per-seed differences, and two plots; written to ``--results`` (methods.md, the
+   JSON records) and ``--images``.
 
-Seconds per epoch are the method epochs' wall time (compilation included) divided by the
-epoch count, on this machine and backend.  Writes ``benchmarks/results/methods.md``.
+Times are each epoch's wall time from history.csv (`keras_dyart.recipe.EpochSeconds`);
+seconds per epoch is their median, which a busy moment of a shared machine moves less
+than the sum.  ``--quick`` runs every phase with a few points, one epoch and tiny attacks
+with three of the methods (a test of the pipeline, not a result) into
+``runs/methods-quick`` unless told otherwise.
 """
 
+from __future__ import annotations
+
 import argparse
-import math
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
 
-import keras  # noqa: E402
+METHODS = ("clean", "pgd-at", "trades", "mart", "mma", "dyart")
 
-from keras_dyart import architectures, datasets, methods, recipe  # noqa: E402
+#: The settings tried per method (CLI options over `keras-dyart train`'s defaults: lr 0.05,
+#: clipnorm 1.0, constant rate, 8 method epochs after 3 clean ones).  At most 8 each.
+GRIDS = {
+    # robust accuracy of a clean model is 0 whatever its setting: nothing to choose
+    "clean": [{}],
+    "pgd-at": [{"lr": lr, "clipnorm": c} for lr in (0.05, 0.02, 0.01, 0.005)
+               for c in (1.0, 0.1)],
+    "trades": [{"kl_beta": b, "lr": lr} for b in (1.0, 3.0, 6.0) for lr in (0.05, 0.02)]
+    + [{"kl_beta": 6.0, "lr": 0.01}, {"kl_beta": 10.0, "lr": 0.02}],
+    "mart": [{"kl_beta": b, "lr": lr} for b in (3.0, 6.0) for lr in (0.05, 0.02, 0.01)],
+    "mma": [{"d_max": d, "lr": lr} for d in (0.3, 0.4, 0.5) for lr in (0.05, 0.02)],
+    "dyart": [{}, {"lam": 300.0}, {"lam": 3000.0}, {"alpha": 1.0}, {"alpha": 10.0},
+              {"r0": 0.4}, {"r0": 1.0}, {"lr": 0.02}],
+}
 
-EPSILONS = (0.1, 0.2, 0.3)
+FULL = {
+    "limit": 4000, "holdout": 1000, "epochs": 8, "burn_in": 3, "batch_size": 128,
+    "seeds": (0, 1, 2), "test_n": 1000, "eps": (0.1, 0.2, 0.3), "val_eps": 0.3,
+    "val_attack": "apgd-ce,apgd-t", "attack_options": None, "common": {},
+    "grids": GRIDS, "max_epochs": 200, "methods": METHODS,
+}
+
+QUICK = {
+    "limit": 320, "holdout": 64, "epochs": 1, "burn_in": 1, "batch_size": 64,
+    "seeds": (0, 1), "test_n": 40, "eps": (0.1, 0.2, 0.3), "val_eps": 0.3,
+    "val_attack": "apgd-ce,apgd-t",
+    "attack_options": {"apgd-ce": {"n_iter": 5}, "apgd-t": {"n_iter": 5,
+                                                            "n_target_classes": 2},
+                       "fab-t": {"n_iter": 5, "n_target_classes": 2},
+                       "square": {"n_queries": 20}},
+    "common": {"n_iter": 3, "train_steps": 2, "pgd_steps": 2},
+    "grids": {"clean": GRIDS["clean"], "pgd-at": GRIDS["pgd-at"][:1],
+              "dyart": GRIDS["dyart"][:2]},
+    "max_epochs": 3, "methods": ("clean", "pgd-at", "dyart"),
+}
 
 
-def method_kwargs(name, eps, steps):
-    """The methods' MNIST settings (training radius ``eps``, ``steps`` attack steps)."""
-    attack = {"eps": eps, "step_size": 2.5 * eps / steps, "steps": steps}
+def tag(setting: dict) -> str:
+    """A run-name fragment for a setting: ``lr0.02-clipnorm0.1`` (``default`` for {})."""
+    return "-".join(f"{k.replace('_', '')}{v:g}" for k, v in sorted(setting.items())) \
+        or "default"
+
+
+def train_args(method: str, setting: dict, seed: int, epochs: int, plan: dict,
+               holdout: bool, out: str) -> list[str]:
+    """The `keras-dyart train` arguments of one run."""
+    args = ["train", "--method", method, "--seed", str(seed), "--epochs", str(epochs),
+            "--burn-in", str(plan["burn_in"]), "--batch-size", str(plan["batch_size"]),
+            "--limit", str(plan["limit"]), "--out", out, "--verbose", "0"]
+    if holdout:
+        args += ["--holdout", str(plan["holdout"]), "--eval-n", str(plan["holdout"]),
+                 "--eps", str(plan["val_eps"])]
+    else:
+        args += ["--eval-n", str(plan["test_n"])] + sum((["--eps", str(e)]
+                                                         for e in plan["eps"]), [])
+    for key, value in {**plan["common"], **setting}.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+def run_train(args: list[str], out: str) -> None:
+    """Run `keras-dyart train` in this process: resumes an interrupted run, replaces a
+    half-written one."""
+    import keras
+    from typer.main import get_command
+
+    from keras_dyart_apps.main import app
+
+    if os.path.exists(os.path.join(out, "config.json")):
+        args = args + (["--resume"] if os.path.isdir(os.path.join(out, "backup"))
+                       else ["--overwrite"])
+    import contextlib
+
+    keras.backend.clear_session()
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "train.log"), "a") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        get_command(app).main(args, prog_name="keras-dyart", standalone_mode=False)
+
+
+def epoch_seconds(out: str) -> list[float]:
+    """The method epochs' wall times from a run's history.csv."""
+    import csv
+
+    with open(os.path.join(out, "history.csv")) as f:
+        return [float(r["epoch_seconds"]) for r in csv.DictReader(f)
+                if r.get("epoch_seconds") not in (None, "")]
+
+
+def attack_run(out: str, x, y, attack: str, eps, seed: int, options) -> dict:
+    """Attack a run's averaged model; writes eval_<name>.json there and returns its
+    summary."""
+    import keras
+
+    from keras_dyart import evaluation
+
+    model = keras.saving.load_model(os.path.join(out, "averaged.keras"), compile=False)
+    begin = time.perf_counter()
+    report = evaluation.evaluate(model, x, y, attack, list(eps), seed=seed, options=options)
+    name = "autoattack" if attack == "autoattack" else attack.replace(",", "+")
+    report.to_json(os.path.join(out, f"eval_{name}.json"))
+    robust = report.robust.astype(bool)
     return {
-        "clean": {},
-        "pgd-at": attack,
-        "trades": {"beta": 6.0, **attack},
-        "mart": {"beta": 6.0, **attack},
-        "mma": {"d_max": 0.4, "n_iter": 20},
-        # DyART's CIFAR radii scaled to MNIST's eps (0.3 vs 8/255): r0 and eps_fab ×~9.5,
-        # alpha ÷9.5; lam is the GroupNorm-free value of the recipe's family.
-        "dyart": {"r0": 0.6, "alpha": 0.3, "lam": 400.0, "eps_fab": eps},
-    }[name]
+        "attack": attack, "n": int(report.n), "clean": float(report.clean_accuracy),
+        "robust": {f"{e:g}": float(report.robust_accuracy[e]) for e in eps},
+        # per point, for paired comparisons: bit i of the hex string is point i
+        "robust_points": {f"{e:g}": _bits(robust[:, i]) for i, e in enumerate(eps)},
+        "attack_seconds": round(time.perf_counter() - begin, 1),
+    }
 
 
-def robust_table(model, x, y, attack, steps, seed):
-    """Clean accuracy and robust accuracy at each of `EPSILONS`."""
-    if attack != "pgd-ce-cw":
-        from keras_dyart import evaluation
+def _bits(flags) -> str:
+    import numpy as np
 
-        report = evaluation.evaluate(model, x, y, attack, list(EPSILONS), seed=seed)
-        robust = {float(e): a for e, a in report.robust_accuracy.items()}
-        return float(report.clean_accuracy), [float(robust[e]) for e in EPSILONS]
-    clean = None
-    robust = []
-    for eps in EPSILONS:
-        ok = None
-        for loss in ("ce", "cw"):
-            correct, survived = recipe.robust_accuracy(model, x, y, eps, steps=steps,
-                                                       loss=loss, seed=seed)
-            clean = correct
-            ok = survived if ok is None else ok & survived
-        robust.append(float(ok.mean()))
-    return float(clean.mean()), robust
+    return np.packbits(np.asarray(flags, bool), bitorder="little").tobytes().hex()
 
 
-def attack_name(attack, steps):
-    if attack == "pgd-ce-cw":
-        return f"PGD-{steps} with CE and with CW loss (robust = survives both)"
-    from keras_dyart.attacks.autoattack import NAMES, resolve
-
-    names = resolve(attack)
-    if attack.strip().lower() in ("autoattack", "aa", "standard"):
-        return "AutoAttack (standard: " + ", ".join(NAMES[n] for n in names) + ")"
-    return "the worst case of " + ", ".join(NAMES[n] for n in names)
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
-def main(argv=None):
+class Study:
+    """The phases over one plan (`FULL` or `QUICK`), run directories and records."""
+
+    def __init__(self, plan: dict, runs: str, results: str, log=print):
+        self.plan, self.runs, self.results, self.log = plan, runs, results, log
+        self._data = None
+
+    def data(self):
+        """(x_val, y_val, x_test, y_test): the held-out training digits and the test
+        digits of the plan."""
+        if self._data is None:
+            from keras_dyart import datasets
+
+            x, y, x_test, y_test = datasets.load("mnist5k")
+            p = self.plan
+            x, y = x[:p["limit"]], y[:p["limit"]]
+            self._data = (x[-p["holdout"]:], y[-p["holdout"]:], x_test[:p["test_n"]],
+                          y_test[:p["test_n"]])
+        return self._data
+
+    def record_path(self, phase: str, name: str) -> str:
+        return os.path.join(self.results, phase, name + ".json")
+
+    def records(self, phase: str) -> list[dict]:
+        folder = os.path.join(self.results, phase)
+        if not os.path.isdir(folder):
+            return []
+        return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+                if f.endswith(".json")]
+
+    def run(self, phase: str, method: str, setting: dict, seed: int, epochs: int) -> dict:
+        """One run of a phase: train (or resume), attack, write and return its record."""
+        name = f"{method}-{tag(setting)}-e{epochs}-s{seed}"
+        path = self.record_path(phase, name)
+        if os.path.exists(path):
+            return json.load(open(path))
+        out = os.path.join(self.runs, phase, name)
+        validation = phase == "tune"
+        if not os.path.exists(os.path.join(out, "metrics.json")):
+            self.log(f"[{phase}] training {name}")
+            run_train(train_args(method, setting, seed, epochs, self.plan, validation, out),
+                      out)
+        x_val, y_val, x_test, y_test = self.data()
+        p = self.plan
+        if validation:
+            result = attack_run(out, x_val, y_val, p["val_attack"], (p["val_eps"],), seed,
+                                p["attack_options"])
+        else:
+            result = attack_run(out, x_test, y_test, "autoattack", p["eps"], seed,
+                                p["attack_options"])
+        seconds = epoch_seconds(out)
+        record = {
+            "phase": phase, "name": name, "method": method, "setting": setting,
+            "seed": seed, "epochs": epochs, "burn_in": p["burn_in"],
+            "train_points": p["limit"] - (p["holdout"] if validation else 0),
+            "evaluated_on": "held-out training digits" if validation else "test digits",
+            "epoch_seconds": [round(s, 2) for s in seconds],
+            "seconds_per_epoch": round(statistics.median(seconds), 2),
+            "train_seconds": round(statistics.median(seconds) * epochs, 1),
+            **result, "run_dir": out, "commit": commit(),
+            "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        }
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+        self.log(f"[{phase}] {name}: clean {record['clean']:.3f}, robust "
+                 + ", ".join(f"{e} {a:.3f}" for e, a in record["robust"].items())
+                 + f"; {record['seconds_per_epoch']} s/epoch, attack "
+                 f"{record['attack_seconds']} s")
+        return record
+
+    # -- phases -------------------------------------------------------------------------
+
+    def tune(self) -> dict:
+        """Every setting of every method on the validation split; returns `chosen`."""
+        for method in self.plan["methods"]:
+            for setting in self.plan["grids"][method]:
+                self.run("tune", method, setting, 0, self.plan["epochs"])
+        return self.chosen()
+
+    def chosen(self) -> dict:
+        """Each method's setting with the highest validation robust accuracy (ties: clean
+        accuracy), from the ``tune`` records."""
+        best = {}
+        eps = f"{self.plan['val_eps']:g}"
+        for r in self.records("tune"):
+            if r["setting"] not in self.plan["grids"][r["method"]]:
+                continue
+            key = (r["robust"][eps], r["clean"])
+            if r["method"] not in best or key > best[r["method"]][0]:
+                best[r["method"]] = (key, r["setting"])
+        missing = [m for m in self.plan["methods"] if m not in best]
+        if missing:
+            raise SystemExit(f"the tune phase has not run for {missing}: run --phase tune")
+        return {m: best[m][1] for m in self.plan["methods"]}
+
+    def final(self) -> None:
+        chosen = self.chosen()
+        for seed in self.plan["seeds"]:
+            for method in self.plan["methods"]:
+                self.run("final", method, chosen[method], seed, self.plan["epochs"])
+
+    def equal_time_epochs(self) -> dict:
+        """Epochs per method that fit DyART's mean training time (from ``final``)."""
+        final = self.records("final")
+        budget = statistics.mean(r["train_seconds"] for r in final if r["method"] == "dyart")
+        epochs = {}
+        for method in self.plan["methods"]:
+            per_epoch = statistics.median(
+                s for r in final if r["method"] == method for s in r["epoch_seconds"])
+            epochs[method] = int(min(self.plan["max_epochs"],
+                                     max(1, round(budget / per_epoch))))
+        epochs["dyart"] = self.plan["epochs"]
+        return epochs
+
+    def equal_time(self) -> None:
+        chosen, epochs = self.chosen(), self.equal_time_epochs()
+        for seed in self.plan["seeds"]:
+            for method in self.plan["methods"]:
+                if epochs[method] != self.plan["epochs"]:
+                    self.run("equal-time", method, chosen[method], seed, epochs[method])
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default="clean,pgd-at,trades,mart,mma,dyart")
-    parser.add_argument("--epochs", type=int, default=10, help="method epochs")
-    parser.add_argument("--burn-in", type=int, default=2, help="clean burn-in epochs")
-    parser.add_argument("--limit", type=int, default=4000, help="training digits used")
-    parser.add_argument("--eval-limit", type=int, default=1000, help="test digits attacked")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--eps", type=float, default=0.3, help="training radius (L∞)")
-    parser.add_argument("--train-steps", type=int, default=10, help="inner attack steps")
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--clipnorm", type=float, default=0.1)
-    parser.add_argument("--attack", default="autoattack",
-                        help="'autoattack' (standard), a comma-separated list of attacks of "
-                             "keras_dyart.evaluation.evaluate (e.g. apgd-ce,apgd-t), or "
-                             "'pgd-ce-cw' (the recipe's own PGD, CE and CW)")
-    parser.add_argument("--attack-steps", type=int, default=40,
-                        help="PGD steps of --attack pgd-ce-cw")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "methods.md"))
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="the study: every phase")
+    which.add_argument("--quick", action="store_true",
+                       help="every phase on a tiny budget (a pipeline check, not a result)")
+    parser.add_argument("--phase", action="append",
+                        choices=("tune", "final", "equal-time", "report"),
+                        help="run only these phases (repeat); default: all four")
+    parser.add_argument("--runs", help="run directories (default runs/methods, "
+                                       "runs/methods-quick with --quick)")
+    parser.add_argument("--results", help="records and methods.md (default "
+                                          "benchmarks/results/methods, or the runs folder "
+                                          "with --quick)")
+    parser.add_argument("--images", help="the plots (default docs/img, or the results "
+                                         "folder with --quick)")
     args = parser.parse_args(argv)
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for name in names:
-        if name not in methods.METHODS:
-            parser.error(f"--methods: unknown method {name!r}; choose from "
-                         f"{sorted(methods.METHODS)}")
+    plan = QUICK if args.quick else FULL
+    root = os.path.dirname(HERE)
+    runs = args.runs or os.path.join(root, "runs", "methods-quick" if args.quick
+                                     else "methods")
+    results = args.results or (os.path.join(runs, "results") if args.quick
+                               else os.path.join(HERE, "results", "methods"))
+    images = args.images or (results if args.quick else os.path.join(root, "docs", "img"))
+    phases = args.phase or ["tune", "final", "equal-time", "report"]
 
-    x_train, y_train, x_test, y_test = datasets.load("mnist5k")
-    x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    x_test, y_test = x_test[:args.eval_limit], y_test[:args.eval_limit]
-    backend = keras.backend.backend()
+    def log(line):
+        print(time.strftime("%H:%M:%S ") + line, flush=True)
 
-    # One clean burn-in checkpoint for every method.
-    keras.utils.set_random_seed(args.seed)
-    burn = methods.CleanModel(architectures.small_cnn())
-    burn.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
-                 metrics=["accuracy"])
-    burn.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.burn_in, verbose=0)
-    start_weights = burn.classifier.get_weights()
-    print(f"burn-in: {args.burn_in} epochs, test accuracy "
-          f"{burn.evaluate(x_test, y_test, verbose=0)[1]:.3f}", flush=True)
+    study = Study(plan, runs, results, log)
+    if "tune" in phases:
+        log("chosen settings: " + json.dumps(study.tune()))
+    if "final" in phases:
+        study.final()
+    if "equal-time" in phases:
+        log("equal-time epochs: " + json.dumps(study.equal_time_epochs()))
+        study.equal_time()
+    if "report" in phases:
+        from methods_report import write_report
 
-    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    rows = []
-    for name in names:
-        keras.utils.set_random_seed(args.seed)
-        classifier = architectures.small_cnn()
-        classifier.set_weights(start_weights)
-        model = methods.get(name, classifier, **method_kwargs(name, args.eps,
-                                                              args.train_steps))
-        model.compile(optimizer=recipe.build_optimizer(
-            args.epochs * steps_per_epoch, learning_rate=args.lr,
-            global_clipnorm=args.clipnorm or None), metrics=["accuracy"])
-        batches = recipe.ArrayBatches(x_train, y_train, args.batch_size, seed=args.seed)
-        begin = time.perf_counter()
-        model.fit(batches, epochs=args.epochs, steps_per_epoch=batches.steps_per_epoch,
-                  shuffle=False, callbacks=[recipe.SyncEpoch(batches)], verbose=0)
-        per_epoch = (time.perf_counter() - begin) / args.epochs
-        averaged = recipe.averaged_model(model)
-        clean, robust = robust_table(averaged, x_test, y_test, args.attack,
-                                     args.attack_steps, args.seed)
-        rows.append((name, clean, robust, per_epoch))
-        print(f"{name:7s} clean {clean:.3f}  robust " + " ".join(f"{r:.3f}" for r in robust)
-              + f"  {per_epoch:.1f} s/epoch", flush=True)
-
-    attack = attack_name(args.attack, args.attack_steps)
-    command = ("KERAS_BACKEND=" + backend + " python benchmarks/methods.py "
-               + " ".join(a for a in (argv if argv is not None else sys.argv[1:])))
-    lines = [
-        "# Methods on MNIST-5k",
-        "",
-        f"`{command.strip()}`",
-        "",
-        f"Backend {backend}, {os.cpu_count()} CPU cores.  small_cnn, {len(x_train)} training "
-        f"digits, clean burn-in {args.burn_in} epochs, then {args.epochs} epochs per method "
-        f"(batch {args.batch_size}, recipe optimizer: lr {args.lr}, global clipnorm "
-        f"{args.clipnorm}, EMA τ 0.995).  Training radius L∞ {args.eps}, inner attack "
-        f"{args.train_steps} steps.  The averaged (EMA) model is evaluated on "
-        f"{len(x_test)} test digits with {attack}.",
-        "",
-        "| method | clean | robust ε=0.1 | robust ε=0.2 | robust ε=0.3 | s/epoch |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, clean, robust, per_epoch in rows:
-        lines.append(f"| {name} | {clean:.3f} | " + " | ".join(f"{r:.3f}" for r in robust)
-                     + f" | {per_epoch:.1f} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[-len(rows) - 2:]))
-    print(f"wrote {args.out}")
+        command = "python benchmarks/methods.py " + ("--quick" if args.quick else "--all")
+        for path in write_report(study, images, command):
+            log(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The report of `benchmarks/methods.py`: tables over seeds, a verdict computed from paired
+per-seed differences, and two plots.  Reads only the study's JSON records."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+
+from methods import METHODS
+
+COLORS = {"clean": "#7f7f7f", "pgd-at": "#1f77b4", "trades": "#2ca02c", "mart": "#9467bd",
+          "mma": "#ff7f0e", "dyart": "#d62728"}
+
+
+def _mean_std(values) -> str:
+    values = list(values)
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _setting(setting: dict) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(setting.items())) or "defaults"
+
+
+def tune_table(study) -> list[str]:
+    p = study.plan
+    eps = f"{p['val_eps']:g}"
+    chosen = study.chosen()
+    lines = [f"| method | setting | val clean | val robust ε={eps} | s/epoch | chosen |",
+             "|---|---|---|---|---|---|"]
+    records = sorted(study.records("tune"), key=lambda r: (METHODS.index(r["method"]),
+                                                           -r["robust"][eps]))
+    for r in records:
+        mark = "**yes**" if r["setting"] == chosen[r["method"]] else ""
+        lines.append(f"| {r['method']} | {_setting(r['setting'])} | {r['clean']:.3f} | "
+                     f"{r['robust'][eps]:.3f} | {r['seconds_per_epoch']:.1f} | {mark} |")
+    return lines
+
+
+def by_method(records) -> dict:
+    out = {m: [] for m in METHODS}
+    for r in records:
+        out[r["method"]].append(r)
+    return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in out.items() if rs}
+
+
+def result_table(groups: dict, eps) -> list[str]:
+    head = " | ".join(f"AA ε={e:g}" for e in eps)
+    lines = [f"| method | setting | epochs | seeds | clean | {head} | s/epoch | training s |",
+             "|---|---|---|---|---|" + "---|" * len(eps) + "---|---|"]
+    for method, rs in groups.items():
+        cells = [_mean_std(r["robust"][f"{e:g}"] for r in rs) for e in eps]
+        lines.append(
+            f"| {method} | {_setting(rs[0]['setting'])} | {rs[0]['epochs']} | {len(rs)} | "
+            f"{_mean_std(r['clean'] for r in rs)} | " + " | ".join(cells)
+            + f" | {statistics.median(r['seconds_per_epoch'] for r in rs):.1f} | "
+            f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |")
+    return lines
+
+
+def paired(a: list[dict], b: list[dict], key) -> tuple[float, float, int]:
+    """Mean and standard deviation over seeds of key(a) − key(b), paired by seed."""
+    seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
+    da = {r["seed"]: key(r) for r in a}
+    db = {r["seed"]: key(r) for r in b}
+    diffs = [da[s] - db[s] for s in seeds]
+    if not diffs:
+        return math.nan, math.nan, 0
+    return (statistics.mean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
+            len(diffs))
+
+
+#: Two-sided 95 % quantiles of Student's t by degrees of freedom (paired t-test over seeds).
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def _sign(d: float, s: float, n: int) -> int:
+    """+1 or −1 when a paired mean difference ``d`` (std ``s`` over ``n`` seeds) is
+    significant by a two-sided paired t-test at 95 %, else 0."""
+    if n < 2 or math.isnan(s):
+        return 0
+    if s == 0:
+        return int(math.copysign(1, d)) if d else 0
+    t = abs(d) / (s / math.sqrt(n))
+    return int(math.copysign(1, d)) if t > T95.get(n - 1, 1.96) else 0
+
+
+def verdict(groups: dict, eps: float, label: str) -> list[str]:
+    """Who is best at ``eps`` in one table, and DyART against each method, by paired
+    per-seed differences (same seed, same test digits)."""
+    key = f"{eps:g}"
+    means = {m: statistics.mean(r["robust"][key] for r in rs) for m, rs in groups.items()}
+    order = sorted(means, key=means.get, reverse=True)
+    lines = [f"**{label}.** Highest mean AutoAttack accuracy at ε={key}: **{order[0]}** "
+             f"({means[order[0]]:.3f}); order: " + " > ".join(order) + "."]
+    if "dyart" not in groups:
+        return lines
+    rows = []
+    for other in order:
+        if other == "dyart":
+            continue
+        d, s, n = paired(groups["dyart"], groups[other], lambda r: r["robust"][key])
+        dc, sc, _ = paired(groups["dyart"], groups[other], lambda r: r["clean"])
+        robust, clean = _sign(d, s, n), _sign(dc, sc, n)
+        if n < 2:
+            call = "one seed: no spread to judge by"
+        else:
+            call = {1: "DyART more robust", -1: "DyART less robust",
+                    0: "robust accuracy within the seed spread"}[robust] + "; " + {
+                1: "DyART more accurate", -1: "DyART less accurate",
+                0: "clean accuracy within the seed spread"}[clean]
+        rows.append(f"- DyART − {other}: robust {d:+.3f} ± {s:.3f}, clean {dc:+.3f} ± "
+                    f"{sc:.3f} ({n} seeds; {call})")
+    return lines + ["", "DyART against each method: mean ± standard deviation over seeds of "
+                        "the paired difference (same seed, same test digits); a difference "
+                        "counts only where a two-sided paired t-test over the seeds rejects "
+                        "0 at 95 %:", ""] + rows
+
+
+def plots(final: list[dict], equal: list[dict], images: str, eps: float) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"{eps:g}"
+    paths = []
+    for name, x_of, xlabel in (
+            ("methods_aa_vs_clean.png", lambda r: r["clean"], "clean accuracy"),
+            ("methods_aa_vs_time.png", lambda r: r["train_seconds"],
+             "training time of the method epochs (s, this machine)")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for records, marker, what in ((final, "o", "equal epochs"),
+                                      (equal, "^", "equal time")):
+            for method in METHODS:
+                rs = [r for r in records if r["method"] == method]
+                if rs:
+                    ax.scatter([x_of(r) for r in rs], [r["robust"][key] for r in rs],
+                               c=COLORS[method], marker=marker, s=36, alpha=0.85,
+                               label=f"{method} ({what})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"AutoAttack accuracy, L∞ ε={key}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title("One point per run (seed); MNIST-5k test digits")
+        fig.tight_layout()
+        os.makedirs(images, exist_ok=True)
+        path = os.path.join(images, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(study, images: str, command: str) -> list[str]:
+    """Write methods.md (into the results folder) and the two plots; returns the paths."""
+    p = study.plan
+    final, equal = study.records("final"), study.records("equal-time")
+    if not final:
+        raise SystemExit("no `final` records yet: run --phase final first")
+    epochs = study.equal_time_epochs()
+    # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
+    equal_groups = by_method([r for r in final if epochs[r["method"]] == p["epochs"]]
+                             + equal)
+    final_groups = by_method(final)
+    commits = sorted({r["commit"] for r in final + equal + study.records("tune")})
+    eps = p["eps"]
+    lines = [
+        "# Which method? The tuned comparison on MNIST-5k",
+        "",
+        f"`KERAS_BACKEND=tensorflow {command}` (records from commits "
+        f"{', '.join(commits)}; {os.cpu_count()} CPU cores).",
+        "",
+        f"small_cnn, `keras-dyart train`'s recipe: {p['burn_in']} clean epochs, then "
+        f"{p['epochs']} method epochs (batch {p['batch_size']}, SGD with Nesterov momentum, "
+        "constant rate, weight decay 5e-4, gradient clipping, weight average τ 0.995; the "
+        "averaged model is evaluated).  Settings are chosen on a validation split (the last "
+        f"{p['holdout']} of the first {p['limit']} training digits, attacked by "
+        f"{p['val_attack'].upper()} at L∞ {p['val_eps']:g}); the test digits are used only "
+        f"by the final runs: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the "
+        f"first {p['test_n']} test digits.  Mean ± standard deviation over seeds.",
+        "",
+        "## Equal epochs",
+        "",
+        *result_table(final_groups, eps),
+        "",
+        "## Equal training time",
+        "",
+        "Each method trains for the epochs its median epoch time fits into DyART's mean "
+        "training time: " + ", ".join(f"{m} {e}" for m, e in epochs.items()) + ".",
+        "",
+        *result_table(equal_groups, eps),
+        "",
+        "## Verdict (computed from the records)",
+        "",
+        *verdict(final_groups, max(eps), "Equal epochs"),
+        "",
+        *verdict(equal_groups, max(eps), "Equal training time"),
+        "",
+        "## Tuning (validation split, seed 0)",
+        "",
+        *tune_table(study),
+        "",
+        "Settings are `keras-dyart train` options over its defaults (lr 0.05, clipnorm 1.0; "
+        "DyART λ 1000, α 3, r0 0.6; TRADES/MART β (kl_beta) 6; MMA d_max 0.4).",
+        "",
+    ]
+    os.makedirs(study.results, exist_ok=True)
+    path = os.path.join(study.results, "methods.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return [path] + plots(final, [r for r in equal], images, max(eps))
+
+
+__all__ = ["write_report"]
