@@ -22,8 +22,9 @@ stopped at any time and continued by the same command.
    epochs that its median epoch time fits into DyART's mean training time (measured in
    ``final`` on this machine), AutoAttack as in ``final``.
 4. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
-   paired per-seed differences, and two plots; written to ``--results`` (methods.md, the
-   JSON records) and ``--images``.
+   paired per-seed differences, and two plots: ``--report`` (benchmarks/results/methods.md)
+   and ``--images`` (docs/img/methods_aa_vs_clean.png, methods_aa_vs_time.png), from the
+   JSON records in ``--results`` (benchmarks/results/methods/<phase>/<run>.json).
 
 Times are each epoch's wall time from history.csv (`keras_dyart.recipe.EpochSeconds`);
 seconds per epoch is their median, which a busy moment of a shared machine moves less
@@ -97,7 +98,8 @@ def train_args(method: str, setting: dict, seed: int, epochs: int, plan: dict,
             "--burn-in", str(plan["burn_in"]), "--batch-size", str(plan["batch_size"]),
             "--limit", str(plan["limit"]), "--out", out, "--verbose", "0"]
     if holdout:
-        args += ["--holdout", str(plan["holdout"]), "--eval-n", str(plan["holdout"]),
+        # train's own PGD check on 100 held-out digits; the study attacks all of them
+        args += ["--holdout", str(plan["holdout"]), "--eval-n", str(min(100, plan["holdout"])),
                  "--eps", str(plan["val_eps"])]
     else:
         args += ["--eval-n", str(plan["test_n"])] + sum((["--eps", str(e)]
@@ -250,11 +252,15 @@ class Study:
         for method in self.plan["methods"]:
             for setting in self.plan["grids"][method]:
                 self.run("tune", method, setting, 0, self.plan["epochs"])
-        return self.chosen()
+        chosen = self.chosen()
+        with open(os.path.join(self.results, "chosen.json"), "w") as f:
+            json.dump(chosen, f, indent=1)
+        return chosen
 
-    def chosen(self) -> dict:
+    def chosen(self, strict: bool = True) -> dict:
         """Each method's setting with the highest validation robust accuracy (ties: clean
-        accuracy), from the ``tune`` records."""
+        accuracy), from the ``tune`` records; ``strict=False``: of the methods tuned so
+        far."""
         best = {}
         eps = f"{self.plan['val_eps']:g}"
         for r in self.records("tune"):
@@ -264,6 +270,8 @@ class Study:
             if r["method"] not in best or key > best[r["method"]][0]:
                 best[r["method"]] = (key, r["setting"])
         missing = [m for m in self.plan["methods"] if m not in best]
+        if missing and not strict:
+            return {m: best[m][1] for m in self.plan["methods"] if m in best}
         if missing:
             raise SystemExit(f"the tune phase has not run for {missing}: run --phase tune")
         return {m: best[m][1] for m in self.plan["methods"]}
@@ -275,11 +283,14 @@ class Study:
                 self.run("final", method, chosen[method], seed, self.plan["epochs"])
 
     def equal_time_epochs(self) -> dict:
-        """Epochs per method that fit DyART's mean training time (from ``final``)."""
+        """Epochs per method that fit DyART's mean training time (from ``final``; {} before
+        a DyART final run)."""
         final = self.records("final")
+        if not any(r["method"] == "dyart" for r in final):
+            return {}
         budget = statistics.mean(r["train_seconds"] for r in final if r["method"] == "dyart")
         epochs = {}
-        for method in self.plan["methods"]:
+        for method in sorted({r["method"] for r in final}, key=METHODS.index):
             per_epoch = statistics.median(
                 s for r in final if r["method"] == method for s in r["epoch_seconds"])
             epochs[method] = int(min(self.plan["max_epochs"],
@@ -289,6 +300,9 @@ class Study:
 
     def equal_time(self) -> None:
         chosen, epochs = self.chosen(), self.equal_time_epochs()
+        missing = [m for m in self.plan["methods"] if m not in epochs]
+        if missing:
+            raise SystemExit(f"the final phase has not run for {missing}: run --phase final")
         for seed in self.plan["seeds"]:
             for method in self.plan["methods"]:
                 if epochs[method] != self.plan["epochs"]:
@@ -311,6 +325,9 @@ def main(argv=None) -> int:
                                           "with --quick)")
     parser.add_argument("--images", help="the plots (default docs/img, or the results "
                                          "folder with --quick)")
+    parser.add_argument("--report", help="the Markdown report (default "
+                                         "benchmarks/results/methods.md, or methods.md in "
+                                         "the results folder with --quick)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     root = os.path.dirname(HERE)
@@ -319,6 +336,8 @@ def main(argv=None) -> int:
     results = args.results or (os.path.join(runs, "results") if args.quick
                                else os.path.join(HERE, "results", "methods"))
     images = args.images or (results if args.quick else os.path.join(root, "docs", "img"))
+    report = args.report or (os.path.join(results, "methods.md") if args.quick
+                             else os.path.join(HERE, "results", "methods.md"))
     phases = args.phase or ["tune", "final", "equal-time", "report"]
 
     def log(line):
@@ -336,7 +355,7 @@ def main(argv=None) -> int:
         from methods_report import write_report
 
         command = "python benchmarks/methods.py " + ("--quick" if args.quick else "--all")
-        for path in write_report(study, images, command):
+        for path in write_report(study, report, images, command):
             log(f"wrote {path}")
     return 0
 

@@ -29,13 +29,13 @@ def _setting(setting: dict) -> str:
 def tune_table(study) -> list[str]:
     p = study.plan
     eps = f"{p['val_eps']:g}"
-    chosen = study.chosen()
+    chosen = study.chosen(strict=False)
     lines = [f"| method | setting | val clean | val robust ε={eps} | s/epoch | chosen |",
              "|---|---|---|---|---|---|"]
     records = sorted(study.records("tune"), key=lambda r: (METHODS.index(r["method"]),
                                                            -r["robust"][eps]))
     for r in records:
-        mark = "**yes**" if r["setting"] == chosen[r["method"]] else ""
+        mark = "**yes**" if r["setting"] == chosen.get(r["method"]) else ""
         lines.append(f"| {r['method']} | {_setting(r['setting'])} | {r['clean']:.3f} | "
                      f"{r['robust'][eps]:.3f} | {r['seconds_per_epoch']:.1f} | {mark} |")
     return lines
@@ -156,64 +156,72 @@ def plots(final: list[dict], equal: list[dict], images: str, eps: float) -> list
     return paths
 
 
-def write_report(study, images: str, command: str) -> list[str]:
-    """Write methods.md (into the results folder) and the two plots; returns the paths."""
+def write_report(study, path: str, images: str, command: str) -> list[str]:
+    """Write the Markdown report to ``path`` and, once there are final runs, the two plots
+    into ``images``; returns the paths.  Phases not run yet are reported as such."""
     p = study.plan
-    final, equal = study.records("final"), study.records("equal-time")
-    if not final:
-        raise SystemExit("no `final` records yet: run --phase final first")
+    tune, final, equal = (study.records("tune"), study.records("final"),
+                          study.records("equal-time"))
     epochs = study.equal_time_epochs()
-    # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
-    equal_groups = by_method([r for r in final if epochs[r["method"]] == p["epochs"]]
-                             + equal)
     final_groups = by_method(final)
-    commits = sorted({r["commit"] for r in final + equal + study.records("tune")})
+    # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
+    equal_groups = by_method([r for r in final if epochs.get(r["method"]) == p["epochs"]]
+                             + equal)
+    commits = sorted({r["commit"] for r in tune + final + equal})
     eps = p["eps"]
+    planned = len(p["methods"]) * len(p["seeds"])
+    tuned = sum(len(p["grids"][m]) for m in p["methods"])
+    status = (f"Runs recorded: tune {len(tune)} of {tuned}, final {len(final)} of {planned}, "
+              f"equal time {len(equal)}.")
     lines = [
         "# Which method? The tuned comparison on MNIST-5k",
         "",
         f"`KERAS_BACKEND=tensorflow {command}` (records from commits "
-        f"{', '.join(commits)}; {os.cpu_count()} CPU cores).",
+        f"{', '.join(commits) or '–'}; {os.cpu_count()} CPU cores).  {status}",
         "",
         f"small_cnn, `keras-dyart train`'s recipe: {p['burn_in']} clean epochs, then "
         f"{p['epochs']} method epochs (batch {p['batch_size']}, SGD with Nesterov momentum, "
         "constant rate, weight decay 5e-4, gradient clipping, weight average τ 0.995; the "
         "averaged model is evaluated).  Settings are chosen on a validation split (the last "
         f"{p['holdout']} of the first {p['limit']} training digits, attacked by "
-        f"{p['val_attack'].upper()} at L∞ {p['val_eps']:g}); the test digits are used only "
+        f"{p['val_attack'].upper().replace(',', ' then ')} at L∞ {p['val_eps']:g}); the "
+        "test digits are used only "
         f"by the final runs: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the "
-        f"first {p['test_n']} test digits.  Mean ± standard deviation over seeds.",
+        f"first {p['test_n']} test digits, seeds {', '.join(map(str, p['seeds']))}.  "
+        "Mean ± standard deviation over seeds.",
         "",
         "## Equal epochs",
         "",
-        *result_table(final_groups, eps),
+        *(result_table(final_groups, eps) if final else ["Not run yet."]),
         "",
         "## Equal training time",
         "",
-        "Each method trains for the epochs its median epoch time fits into DyART's mean "
-        "training time: " + ", ".join(f"{m} {e}" for m, e in epochs.items()) + ".",
-        "",
-        *result_table(equal_groups, eps),
-        "",
-        "## Verdict (computed from the records)",
-        "",
-        *verdict(final_groups, max(eps), "Equal epochs"),
-        "",
-        *verdict(equal_groups, max(eps), "Equal training time"),
-        "",
-        "## Tuning (validation split, seed 0)",
-        "",
-        *tune_table(study),
+    ]
+    if equal:
+        lines += ["Each method trains for the epochs its median epoch time fits into DyART's "
+                  "mean training time: " + ", ".join(f"{m} {e}" for m, e in epochs.items())
+                  + ".", "", *result_table(equal_groups, eps)]
+    else:
+        lines += ["Not run yet."]
+    lines += ["", "## Verdict (computed from the records)", ""]
+    if final_groups.get("dyart") and len(final_groups) > 1:
+        lines += verdict(final_groups, max(eps), "Equal epochs")
+        if equal:
+            lines += ["", *verdict(equal_groups, max(eps), "Equal training time")]
+    else:
+        lines += ["Not before the final runs."]
+    lines += ["", "## Tuning (validation split, seed 0)", ""]
+    lines += tune_table(study) if tune else ["Not run yet."]
+    lines += [
         "",
         "Settings are `keras-dyart train` options over its defaults (lr 0.05, clipnorm 1.0; "
         "DyART λ 1000, α 3, r0 0.6; TRADES/MART β (kl_beta) 6; MMA d_max 0.4).",
         "",
     ]
-    os.makedirs(study.results, exist_ok=True)
-    path = os.path.join(study.results, "methods.md")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines))
-    return [path] + plots(final, [r for r in equal], images, max(eps))
+    return [path] + (plots(final, equal, images, max(eps)) if final else [])
 
 
 __all__ = ["write_report"]

@@ -1,0 +1,81 @@
+"""`benchmarks/methods.py --quick`: every phase of the methods study on a tiny budget, its
+records, its choice, its report and plots, and a second call that redoes nothing.
+
+The study is a driver of `keras-dyart train` and `keras_dyart.evaluation` (tested on every
+backend elsewhere); it runs here under TensorFlow, the backend of the recorded study.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the study script runs under TensorFlow in the suite (3 minutes)")
+
+
+def _study(tmp, *extra):
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "methods.py"), "--quick",
+         "--runs", str(tmp / "runs"), "--results", str(tmp / "results"),
+         "--images", str(tmp / "img"), "--report", str(tmp / "methods.md"), *extra],
+        capture_output=True, text=True, env=env, timeout=900)
+
+
+def _records(tmp, phase):
+    folder = tmp / "results" / phase
+    return [json.load(open(folder / f)) for f in sorted(os.listdir(folder))]
+
+
+def test_quick_study_runs_every_phase_and_resumes(tmp_path):
+    done = _study(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    tune = _records(tmp_path, "tune")
+    assert {r["method"] for r in tune} == {"clean", "pgd-at", "dyart"}
+    for r in tune:
+        assert r["evaluated_on"] == "held-out training digits"
+        config = json.load(open(os.path.join(r["run_dir"], "config.json")))
+        assert config["holdout"] == 64 and config["limit"] == 320 and config["eval_n"] == 64
+        assert r["n"] == 64 and 0 <= r["robust"]["0.3"] <= r["clean"] <= 1
+    # the choice is the best validation robust accuracy (ties: clean accuracy)
+    dyart = [r for r in tune if r["method"] == "dyart"]
+    best = max(dyart, key=lambda r: (r["robust"]["0.3"], r["clean"]))
+    final = _records(tmp_path, "final")
+    assert {r["seed"] for r in final} == {0, 1}
+    assert all(r["setting"] == best["setting"] for r in final if r["method"] == "dyart")
+    for r in final:
+        assert r["attack"] == "autoattack" and r["n"] == 40
+        assert r["evaluated_on"] == "test digits"
+        assert r["robust"]["0.3"] <= r["robust"]["0.1"] <= r["clean"]
+        # the per-point bits are the reported accuracy
+        for eps, acc in r["robust"].items():
+            bits = np.unpackbits(np.frombuffer(bytes.fromhex(r["robust_points"][eps]),
+                                               np.uint8), bitorder="little")[:40]
+            assert bits.mean() == pytest.approx(acc)
+        assert len(r["epoch_seconds"]) == r["epochs"] == 1
+        report = json.load(open(os.path.join(r["run_dir"], "eval_autoattack.json")))
+        assert report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    equal = _records(tmp_path, "equal-time")
+    assert equal and all(r["method"] != "dyart" and r["epochs"] != 1 for r in equal)
+
+    text = (tmp_path / "methods.md").read_text()
+    for part in ("## Equal epochs", "## Equal training time", "## Verdict", "## Tuning",
+                 "| dyart |", "| pgd-at |", "DyART − pgd-at"):
+        assert part in text, part
+    for name in ("methods_aa_vs_clean.png", "methods_aa_vs_time.png"):
+        assert (tmp_path / "img" / name).stat().st_size > 10_000
+
+    # A second call finds every record and trains and attacks nothing again.
+    again = _study(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training" not in again.stdout and "] clean-" not in again.stdout
+    assert (tmp_path / "methods.md").read_text() == text
