@@ -1,47 +1,150 @@
-"""Conflicting boundary dynamics: PGD-AT against DyART from one burn-in checkpoint.
+"""Conflicting boundary dynamics: the robust methods with their tuned settings, over seeds.
 
 The paper's analysis (Xu et al., ICLR 2023, §3): under PGD adversarial training a large share
 of the *vulnerable* points (correct, margin < r0) see their decision boundary move towards
 them at each step, while it moves away from others; DyART lowers that share.  This script
-measures it on MNIST-5k with `keras_dyart.dynamics.BoundaryDynamics`:
+measures it on MNIST-5k with `keras_dyart.dynamics.BoundaryDynamics`, per seed:
 
-1. clean burn-in of the small CNN (``--burn-in`` epochs), saved as ``burn_in.keras``;
-2. from that checkpoint, ``--steps`` training steps of PGD-AT and of DyART with the same
-   optimiser and the same batches, the callback recording the boundary speed of a fixed
-   probe set (the first ``--probe`` test points) every ``--every`` steps;
-3. a table of the conflict shares and the figures ``conflict_share.png`` (both curves) and
-   ``speed_vs_margin.png`` (side by side), plus ``summary.json``, in ``--out``.
+1. a clean burn-in of the small CNN (``--burn-in`` epochs, `keras-dyart train`'s burn-in
+   recipe), one checkpoint shared by every method of that seed;
+2. from it, ``--steps`` training steps of each method in ``--methods`` with the setting the
+   methods study chose (``--settings``, `benchmarks/methods.py`'s chosen.json; the
+   `keras-dyart train` defaults where it has none) and `keras-dyart train`'s optimizer for
+   that setting (`keras_dyart_apps.settings.method_optimizer`: SGD with Nesterov momentum,
+   weight decay, clipping, the weight average), the same batches for every method; the
+   callback records the exact boundary speed of a fixed probe set (the first ``--probe``
+   test digits) every ``--every`` steps;
+3. per method and seed the mean conflict share (share of vulnerable probes whose boundary
+   moves towards them) and the pooled share; over seeds their mean ± std and the paired
+   difference of each method against DyART (two-sided paired t-test at 95 %).
 
-    KERAS_BACKEND=jax python benchmarks/dynamics_compare.py --out docs/img/dynamics
+Writes ``summary.json``, ``conflict_share.png`` (mean over seeds, band = min..max) and
+``speed_vs_margin.png`` (seed 0) into ``--out``, and prints the Markdown table.
+
+    KERAS_BACKEND=tensorflow python benchmarks/dynamics_compare.py --out docs/img/dynamics
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
+import sys
 import time
 
 import numpy as np
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+CHOSEN = os.path.join(HERE, "results", "methods", "chosen.json")
+
+
+def burn_in(seed: int, args, x_train, y_train, path: str):
+    """The seed's clean burn-in checkpoint (`keras-dyart train`'s burn-in recipe)."""
+    import keras
+
+    from keras_dyart import architectures, recipe
+
+    if os.path.exists(path):
+        return
+    keras.utils.set_random_seed(seed)
+    classifier = architectures.small_cnn()
+    classifier.compile(optimizer=recipe.DecaySGD(0.05, momentum=0.9, nesterov=True,
+                                                 weight_decay=5e-4,
+                                                 weight_decay_mode="coupled"),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=["accuracy"])
+    batches = recipe.ArrayBatches(x_train, y_train, batch_size=args.batch_size, seed=seed + 1)
+    classifier.fit(batches, epochs=args.burn_in, steps_per_epoch=batches.steps_per_epoch,
+                   shuffle=False, verbose=0)
+    classifier.save(path)
+
+
+def segment(method: str, setting: dict, seed: int, ckpt: str, xs, ys, probe, args,
+            log_dir: str) -> dict:
+    """``args.steps`` steps of ``method`` from ``ckpt`` with the callback; its records."""
+    import keras
+
+    from keras_dyart import methods
+    from keras_dyart.dynamics import BoundaryDynamics
+    from keras_dyart_apps import settings as run_settings
+
+    s = run_settings.run_settings({**setting, "method": method, "seed": seed})
+    model = methods.get(method, keras.saving.load_model(ckpt, compile=False),
+                        **run_settings.method_kwargs(method, s))
+    model.compile(optimizer=run_settings.method_optimizer(args.steps, s),
+                  metrics=["accuracy"])
+    cb = BoundaryDynamics(probe[0], probe[1], every=args.every, r0=args.r0, norm="linf",
+                          beta=5.0, log_dir=log_dir)
+    begin = time.time()
+    model.fit(xs, ys, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
+              callbacks=[cb])
+    shares = np.array([r["conflict_share"] for r in cb.records], float)
+    pts = cb.point_records
+    speed = np.concatenate([p["speed"] for p in pts])
+    vulnerable = np.concatenate([p["vulnerable"] for p in pts])
+    accuracy = float(np.mean(np.argmax(model.predict(probe[0], verbose=0), 1) == probe[1]))
+    return {
+        "setting": setting, "seed": seed,
+        "steps": [r["step"] for r in cb.records], "conflict_share": shares.tolist(),
+        "mean_conflict_share": float(np.nanmean(shares)),
+        "pooled_conflict_share": (float(np.mean(speed[vulnerable] < 0))
+                                  if vulnerable.any() else None),
+        "pooled_n_vulnerable": int(vulnerable.sum()),
+        "speed_margin_corr": [r["speed_margin_corr"] for r in cb.records],
+        "probe_accuracy_after": accuracy, "seconds": round(time.time() - begin, 1),
+        "margin_seed_points": np.concatenate([p["margin"] for p in pts]).tolist(),
+        "speed_seed_points": speed.tolist(),
+    }
+
+
+def paired_t(a: list[float], b: list[float]) -> tuple[float, float, bool]:
+    """Mean and std of a − b over paired seeds, and whether a two-sided paired t-test
+    rejects 0 at 95 %."""
+    from methods_report import T95
+
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(diffs)
+    std = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+    if len(diffs) < 2 or not std:
+        return mean, std, False
+    return mean, std, abs(mean) / (std / math.sqrt(len(diffs))) > T95.get(len(diffs) - 1, 1.96)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default="pgd-at,dyart",
+                        help="comma-separated robust methods (default pgd-at,dyart)")
+    parser.add_argument("--settings", default=CHOSEN,
+                        help="JSON of each method's setting (train options); default: the "
+                             "methods study's chosen.json")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--burn-in", type=int, default=3, help="clean epochs first")
     parser.add_argument("--steps", type=int, default=100, help="steps of each method")
     parser.add_argument("--every", type=int, default=10, help="record every N steps")
     parser.add_argument("--probe", type=int, default=256, help="probe points (test set)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--eps", type=float, default=0.3, help="PGD-AT radius (L∞)")
-    parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--r0", type=float, default=0.3,
                         help="vulnerability radius of the analysis")
-    parser.add_argument("--dyart-r0", type=float, default=0.6, help="DyART's own r0")
-    parser.add_argument("--lam", type=float, default=1000.0, help="DyART λ")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/img/dynamics")
     parser.add_argument("--work", default="runs/dynamics_compare",
-                        help="folder of the checkpoints and per-method logs")
+                        help="folder of the checkpoints, per-run logs and records")
     args = parser.parse_args(argv)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    from keras_dyart_apps.settings import METHODS
+
+    for name in names:
+        if name not in METHODS or name == "clean":
+            parser.error(f"--methods: {name!r} is not a robust method of {METHODS[1:]}")
+    chosen = {}
+    if args.settings and os.path.exists(args.settings):
+        chosen = json.load(open(args.settings))
+    elif args.settings != CHOSEN:
+        parser.error(f"--settings: no file {args.settings!r}")
 
     import keras
     import matplotlib
@@ -49,134 +152,96 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keras_dyart import architectures, datasets, dynamics, methods
-    from keras_dyart.dynamics import BoundaryDynamics
+    from keras_dyart import datasets, dynamics
 
     backend = keras.backend.backend()
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
     x_train, y_train, x_test, y_test = datasets.load("mnist5k")
-    probe_x, probe_y = x_test[:args.probe], y_test[:args.probe]
+    probe = (x_test[:args.probe], y_test[:args.probe])
+    runs = {name: [] for name in names}
+    for seed in seeds:
+        ckpt = os.path.join(args.work, f"burn_in_s{seed}.keras")
+        burn_in(seed, args, x_train, y_train, ckpt)
+        order = np.random.RandomState(seed).permutation(
+            np.resize(np.arange(len(x_train)), args.steps * args.batch_size))
+        xs, ys = x_train[order], y_train[order]
+        for name in names:
+            record = os.path.join(args.work, f"{name}_s{seed}.json")
+            if os.path.exists(record):
+                result = json.load(open(record))
+            else:
+                keras.backend.clear_session()
+                result = segment(name, chosen.get(name, {}), seed, ckpt, xs, ys, probe,
+                                 args, os.path.join(args.work, f"{name}_s{seed}"))
+                with open(record, "w") as f:
+                    json.dump(result, f)
+            runs[name].append(result)
+            print(f"seed {seed} {name}: mean conflict share "
+                  f"{result['mean_conflict_share']:.3f}, pooled "
+                  f"{result['pooled_conflict_share']:.3f} "
+                  f"(n={result['pooled_n_vulnerable']}), probe accuracy "
+                  f"{result['probe_accuracy_after']:.3f}, {result['seconds']:.0f} s",
+                  flush=True)
 
-    def optimizer():
-        return keras.optimizers.SGD(args.lr, momentum=0.9, nesterov=True,
-                                    weight_decay=5e-4, global_clipnorm=0.1)
-
-    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    t0 = time.time()
-    ckpt = os.path.join(args.work, "burn_in.keras")
-    classifier = architectures.small_cnn()
-    classifier.compile(optimizer=keras.optimizers.SGD(args.lr, momentum=0.9, nesterov=True),
-                       loss=ce, metrics=["accuracy"])
-    classifier.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.burn_in,
-                   shuffle=True, verbose=0)
-    classifier.save(ckpt)
-    burn_acc = float(np.mean(np.argmax(classifier.predict(probe_x, verbose=0), 1) == probe_y))
-    print(f"burn-in: {args.burn_in} epochs, probe accuracy {burn_acc:.3f} "
-          f"({time.time() - t0:.0f} s, {backend})")
-
-    # The same batches for both methods.
-    order = np.random.RandomState(args.seed).permutation(
-        np.resize(np.arange(len(x_train)), args.steps * args.batch_size))
-    xs, ys = x_train[order], y_train[order]
-
-    settings = {
-        "pgd-at": dict(eps=args.eps, step_size=2.5 * args.eps / args.pgd_steps,
-                       steps=args.pgd_steps, norm="linf", seed=args.seed),
-        "dyart": dict(norm="linf", lam=args.lam, alpha=3.0, r0=args.dyart_r0,
-                      eps_fab=0.3, beta=5.0, n_iter=20, seed=args.seed),
-    }
-    results = {}
-    for name, kwargs in settings.items():
-        t1 = time.time()
-        model = methods.get(name, keras.saving.load_model(ckpt, compile=False), **kwargs)
-        model.compile(optimizer=optimizer(), loss=ce, metrics=["accuracy"])
-        cb = BoundaryDynamics(probe_x, probe_y, every=args.every, r0=args.r0,
-                              norm="linf", beta=5.0,
-                              log_dir=os.path.join(args.work, name))
-        model.fit(xs, ys, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[cb])
-        acc = float(np.mean(np.argmax(model.predict(probe_x, verbose=0), 1) == probe_y))
-        shares = np.array([r["conflict_share"] for r in cb.records])
-        results[name] = {
-            "steps": [r["step"] for r in cb.records],
-            "conflict_share": shares.tolist(),
-            "mean_conflict_share": float(np.nanmean(shares)),
-            "n_vulnerable": [r["n_vulnerable"] for r in cb.records],
-            "speed_margin_corr": [r["speed_margin_corr"] for r in cb.records],
-            "mean_speed_vulnerable": [r["mean_speed_vulnerable"] for r in cb.records],
-            "probe_accuracy_after": acc,
-            "seconds": round(time.time() - t1, 1),
-            "points": cb.point_records,
-        }
-        print(f"{name}: mean conflict share {results[name]['mean_conflict_share']:.3f} "
-              f"over {len(shares)} records; probe accuracy {acc:.3f} "
-              f"({results[name]['seconds']:.0f} s)")
-
-    # Figures: the two conflict-share curves, and speed against margin side by side.
-    fig = dynamics.plot_conflict_share(
-        {f"{n} (mean {r['mean_conflict_share']:.2f})": (r["steps"], r["conflict_share"])
-         for n, r in results.items()},
-        title=f"MNIST-5k, probe {args.probe}, r0 {args.r0:g}")
-    fig.savefig(os.path.join(args.out, "conflict_share.png"), dpi=110,
-                bbox_inches="tight")
+    # Figures: mean conflict share over seeds with its range; speed against margin, seed 0.
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, rs in runs.items():
+        steps = rs[0]["steps"]
+        curves = np.array([r["conflict_share"] for r in rs], float)
+        mean = np.nanmean(curves, axis=0)
+        line, = ax.plot(steps, mean, "-o", ms=3,
+                        label=f"{name} (mean {np.nanmean(curves):.2f}, {len(rs)} seeds)")
+        ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0),
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("conflict share (vulnerable probes with s < 0)")
+    ax.set_title(f"MNIST-5k, probe {args.probe}, r0 {args.r0:g}; band: min..max over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "conflict_share.png"), dpi=110)
     plt.close(fig)
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4))
-    for ax, (name, res) in zip(np.atleast_1d(axes), results.items()):
-        margin = np.concatenate([p["margin"] for p in res["points"]])
-        speed = np.concatenate([p["speed"] for p in res["points"]])
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4))
+    for ax, (name, rs) in zip(np.atleast_1d(axes), runs.items()):
+        margin, speed = (np.asarray(rs[0]["margin_seed_points"]),
+                         np.asarray(rs[0]["speed_seed_points"]))
         dynamics.plot_speed_vs_margin((margin, speed), ax=ax, r0=args.r0,
-                                      title=f"{name}: all {len(res['points'])} records")
-        ok = np.isfinite(speed)
-        edges = np.quantile(margin[ok], np.linspace(0, 1, 9)) if ok.any() else []
-        mids, means = [], []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            sel = ok & (margin >= lo) & (margin <= hi)
-            if sel.any():
-                mids.append(0.5 * (lo + hi))
-                means.append(speed[sel].mean())
-        ax.plot(mids, means, "r-o", ms=4, label="mean per margin octile")
-        ax.legend()
+                                      title=f"{name}, seed {rs[0]['seed']}: all records")
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "speed_vs_margin.png"), dpi=110)
     plt.close(fig)
 
-    # Pooled over all records: the conflict share and the speed by margin band.
-    bands = [(0.0, args.r0 / 3), (args.r0 / 3, 2 * args.r0 / 3), (2 * args.r0 / 3, args.r0),
-             (args.r0, np.inf)]
-    for name, res in results.items():
-        pts = res["points"]
-        margin = np.concatenate([p["margin"] for p in pts])
-        speed = np.concatenate([p["speed"] for p in pts])
-        usable = np.concatenate([p["usable"] for p in pts])
-        vul = np.concatenate([p["vulnerable"] for p in pts])
-        res["pooled_conflict_share"] = float(np.mean(speed[vul] < 0)) if vul.any() else None
-        res["pooled_n_vulnerable"] = int(vul.sum())
-        res["bands"] = []
-        for lo, hi in bands:
-            sel = usable & (margin >= lo) & (margin < hi)
-            res["bands"].append({
-                "margin": [lo, hi], "n": int(sel.sum()),
-                "mean_speed": float(speed[sel].mean()) if sel.any() else None,
-                "share_negative": float(np.mean(speed[sel] < 0)) if sel.any() else None})
-        print(f"{name}: pooled conflict share {res['pooled_conflict_share']} over "
-              f"{res['pooled_n_vulnerable']} vulnerable points; by margin band "
-              + ", ".join(f"[{b['margin'][0]:.2g},{b['margin'][1]:.2g}): n={b['n']} "
-                          f"mean s={b['mean_speed']} share<0={b['share_negative']}"
-                          for b in res["bands"]))
-
-    summary = {"backend": backend, "args": vars(args), "burn_in_probe_accuracy": burn_acc,
-               "methods": {n: {k: v for k, v in r.items() if k != "points"}
-                           for n, r in results.items()}}
+    summary = {"backend": backend, "args": vars(args), "settings": chosen,
+               "methods": {n: [{k: v for k, v in r.items() if not k.endswith("_points")}
+                               for r in rs] for n, rs in runs.items()}}
+    rows = ["| method | setting | seeds | mean conflict share | pooled share | "
+            "probe accuracy after | s per run |", "|---|---|---|---|---|---|---|"]
+    for name, rs in runs.items():
+        def ms(key, rs=rs):
+            vals = [r[key] for r in rs]
+            return (f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+                    if len(vals) > 1 else f"{vals[0]:.3f}")
+        setting = ", ".join(f"{k}={v:g}" for k, v in sorted(rs[0]["setting"].items()))
+        rows.append(f"| {name} | {setting or 'defaults'} | {len(rs)} | "
+                    f"{ms('mean_conflict_share')} | {ms('pooled_conflict_share')} | "
+                    f"{ms('probe_accuracy_after')} | "
+                    f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
+    if "dyart" in runs:
+        summary["paired_vs_dyart"] = {}
+        for name in runs:
+            if name == "dyart":
+                continue
+            d, s, significant = paired_t([r["mean_conflict_share"] for r in runs["dyart"]],
+                                         [r["mean_conflict_share"] for r in runs[name]])
+            summary["paired_vs_dyart"][name] = {"mean": d, "std": s,
+                                                "significant_95": significant}
+            rows.append(f"\nDyART − {name}, mean conflict share: {d:+.3f} ± {s:.3f} over "
+                        f"{len(seeds)} seeds (paired t-test at 95 %: "
+                        f"{'significant' if significant else 'not significant'})")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print("\n| method | mean conflict share | first | last | mean corr(s, R) | seconds |")
-    print("|---|---|---|---|---|---|")
-    for name, r in results.items():
-        corr = np.nanmean(r["speed_margin_corr"])
-        print(f"| {name} | {r['mean_conflict_share']:.3f} | {r['conflict_share'][0]:.3f} | "
-              f"{r['conflict_share'][-1]:.3f} | {corr:.3f} | {r['seconds']:.0f} |")
+        json.dump(summary, f, indent=1)
+    print("\n" + "\n".join(rows))
     return summary
 
 
