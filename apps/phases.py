@@ -252,9 +252,11 @@ def finish(robust, config: Mapping[str, Any], data: TrainData, out: str,
     metrics = report.pgd_metrics(averaged, data.x_test, data.y_test, ev["eps"], out,
                                  norm=config["norm"], steps=ev["steps"], seed=config["seed"])
     metrics["train_seconds"] = round(train_seconds, 1)
+    points = "held-out training points" if config.get("holdout") else "test points"
+    metrics["evaluated_on"] = f"{len(data.x_test)} {points}"
     io.write_json(os.path.join(out, "metrics.json"), metrics)
     report.print_metrics(metrics, title=f"{config['method']} on {config['dataset']} "
                                         f"({config['backend']}), averaged model, "
-                                        f"{len(data.x_test)} test points")
+                                        f"{len(data.x_test)} {points}")
     typer.echo(f"run directory: {out}")
     return metrics

@@ -73,6 +73,7 @@ def test_holdout_trains_without_the_validation_points_and_evaluates_on_them(tmp_
     model = keras.saving.load_model(os.path.join(out, "averaged.keras"), compile=False)
     predicted = np.argmax(model.predict(x[200:280], verbose=0), axis=1)
     metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["evaluated_on"] == "80 held-out training points"
     assert metrics["clean_accuracy"] == pytest.approx(float(np.mean(predicted == y[200:280])))
     assert json.load(open(os.path.join(out, "eval_pgd.json")))["n"] == 80
     # Every method epoch records its wall time.
