@@ -184,7 +184,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
         "constant rate, weight decay 5e-4, gradient clipping, weight average τ 0.995; the "
         "averaged model is evaluated).  Settings are chosen on a validation split (the last "
         f"{p['holdout']} of the first {p['limit']} training digits, attacked by "
-        f"{p['val_attack'].upper().replace(',', ' then ')} at L∞ {p['val_eps']:g}); the "
+        f"{p['val_text']} at L∞ {p['val_eps']:g}); the "
         "test digits are used only "
         f"by the final runs: standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the "
         f"first {p['test_n']} test digits, seeds {', '.join(map(str, p['seeds']))}.  "
