@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BACKENDS := tensorflow jax torch
 
-.PHONY: install train lint test docs bench device-wheels clean
+.PHONY: install train lint test docs bench methods device-wheels clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py
+
+# The methods study (hours on a CPU; stops and resumes): docs/study.md.
+methods: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/methods.py --all
 
 # Wheels for the GPU machine (Python 3.12, CUDA PyTorch and JAX, no Keras, no network) into
 # the ignored .device-wheels/; benchmarks/device/run.sh installs them there.
