@@ -253,7 +253,8 @@ class Study:
 
     def tune(self) -> dict:
         """Every setting of every method on the validation split; returns `chosen`."""
-        for method in self.plan["methods"]:
+        # DyART first: its choice is also `keras-dyart train`'s default
+        for method in sorted(self.plan["methods"], key=lambda m: m != "dyart"):
             for setting in self.plan["grids"][method]:
                 self.run("tune", method, setting, 0, self.plan["epochs"])
         chosen = self.chosen()
