@@ -199,7 +199,11 @@ def method_stage(classifier, config: Mapping[str, Any], data: TrainData, out: st
         os.remove(history)
     # The history row of an epoch is written before its backup: a run killed between the
     # two repeats the epoch and rewrites the row (the last row wins).
-    callbacks = [recipe.SyncEpoch(data_batches), recipe.EpochSeconds(),
+    # CSVLogger appends rows with the columns of this run's logs: a run resumed from a
+    # history written without epoch times (an older version) must not gain that column.
+    timer = [] if resume and not _has_column(history, "epoch_seconds") else \
+        [recipe.EpochSeconds()]
+    callbacks = [recipe.SyncEpoch(data_batches), *timer,
                  keras.callbacks.CSVLogger(history, append=True),
                  recipe.AtomicBackupAndRestore(os.path.join(out, "backup"))]
     if config["eval_every"]:
@@ -210,6 +214,14 @@ def method_stage(classifier, config: Mapping[str, Any], data: TrainData, out: st
     robust.fit(data_batches, epochs=epochs, steps_per_epoch=steps, shuffle=False,
                verbose=verbose, callbacks=callbacks)
     return robust
+
+
+def _has_column(path: str, name: str) -> bool:
+    """Whether the CSV at ``path`` is missing or empty, or its header has ``name``."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return True
+    with open(path) as f:
+        return name in next(csv.reader(f), [name])
 
 
 def read_history(path: str, phase: str, first_epoch: int) -> list[dict[str, Any]]:
@@ -226,7 +238,8 @@ def read_history(path: str, phase: str, first_epoch: int) -> list[dict[str, Any]
                 epoch = first_epoch + int(row.pop("epoch")) + 1
                 by_epoch[epoch] = {"epoch": epoch, "phase": phase, **row}
     return [{k: (v if k == "phase" else int(v) if k == "epoch" else float(v))
-             for k, v in by_epoch[epoch].items() if v not in ("", "NA")}
+             for k, v in by_epoch[epoch].items()
+             if k is not None and v is not None and v not in ("", "NA")}
             for epoch in sorted(by_epoch)]
 
 
