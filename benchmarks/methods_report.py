@@ -200,7 +200,9 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     if equal:
         lines += ["Each method trains for the epochs its median epoch time fits into DyART's "
                   "mean training time: " + ", ".join(f"{m} {e}" for m, e in epochs.items())
-                  + ".", "", *result_table(equal_groups, eps)]
+                  + ".  AutoAttack at "
+                  + ", ".join(f"ε={e:g}" for e in p["equal_time_eps"]) + " only.",
+                  "", *result_table(equal_groups, p["equal_time_eps"])]
     else:
         lines += ["Not run yet."]
     lines += ["", "## Verdict (computed from the records)", ""]
