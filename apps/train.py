@@ -82,7 +82,7 @@ def train(
         1 / 3, "--clean-weight", metavar="X", show_default="1/3",
         help="MMA: clean-loss weight."),
     lam: float = typer.Option(1000.0, metavar="X", help="DyART: robust weight λ."),
-    alpha: float = typer.Option(3.0, metavar="X", help="DyART: α in exp(-α r)."),
+    alpha: float = typer.Option(0.3, metavar="X", help="DyART: α in exp(-α r)."),
     r0: float = typer.Option(0.6, metavar="X", help="DyART: margin cut-off."),
     eps_fab: str = typer.Option("0.3", "--eps-fab", metavar="EPS",
                                 help="DyART: FAB start scale."),
