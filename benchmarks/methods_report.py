@@ -212,12 +212,15 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
             lines += ["", *verdict(equal_groups, max(eps), "Equal training time")]
     else:
         lines += ["Not before the final runs."]
-    lines += ["", "## Tuning (validation split, seed 0)", ""]
+    lines += ["", "## Tuning (validation split, seed 0)", "",
+              "Seconds per epoch here are rough: tuning runs shared the machine with other "
+              "work; the tables above time the final runs.", ""]
     lines += tune_table(study) if tune else ["Not run yet."]
     lines += [
         "",
         "Settings are `keras-dyart train` options over its defaults (lr 0.05, clipnorm 1.0; "
-        "DyART λ 1000, α 3, r0 0.6; TRADES/MART β (kl_beta) 6; MMA d_max 0.4).",
+        "DyART λ 1000, r0 0.6, with α given in every DyART setting; TRADES/MART β "
+        "(kl_beta) 6; MMA d_max 0.4).",
         "",
     ]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
