@@ -18,10 +18,10 @@ RUN_FILES = ("config.json", "burn_in.keras", "model.keras", "averaged.keras", "b
 RUN_FOLDERS = ("backup", "dynamics")
 RUN_PATTERNS = ("eval_*.json", "eval_*.csv", "margins.*", "best.keras.*", ".tmp-*")
 
-#: Settings a resumed run must share with the run it continues.
 #: Resume keys newer than some config.json files, with the value an older run had.
 _ADDED = {"holdout": 0}
 
+#: Settings a resumed run must share with the run it continues.
 RESUME_KEYS = ("method", "backend", "seed", "dataset", "model", "epochs", "burn_in",
                "batch_size", "limit", "holdout", "init", "preset")
 

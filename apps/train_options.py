@@ -133,9 +133,6 @@ def _check_run_settings(o: dict[str, Any]) -> None:
         _checks.positive(o[name], _flag(name), integer=True)
     if o["limit"] is not None:
         _checks.positive(o["limit"], "--limit", integer=True)
-        if o["holdout"] >= o["limit"]:
-            raise ValueError(f"`--holdout` ({o['holdout']}) must be smaller than `--limit` "
-                             f"({o['limit']}): some points must be left to train on.")
 
 
 def _check_files(o: dict[str, Any]) -> None:

@@ -104,14 +104,12 @@ def segment(method: str, setting: dict, seed: int, ckpt: str, xs, ys, probe, arg
 def paired_t(a: list[float], b: list[float]) -> tuple[float, float, bool]:
     """Mean and std of a − b over paired seeds, and whether a two-sided paired t-test
     rejects 0 at 95 %."""
-    from methods_report import T95
+    from methods_report import t_sign
 
     diffs = [x - y for x, y in zip(a, b)]
     mean = statistics.mean(diffs)
     std = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-    if len(diffs) < 2 or not std:
-        return mean, std, False
-    return mean, std, abs(mean) / (std / math.sqrt(len(diffs))) > T95.get(len(diffs) - 1, 1.96)
+    return mean, std, t_sign(mean, std, len(diffs)) != 0
 
 
 def main(argv=None):

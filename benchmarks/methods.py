@@ -38,6 +38,7 @@ with three of the methods (a test of the pipeline, not a result) into
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -130,8 +131,6 @@ def run_train(args: list[str], out: str) -> None:
     if os.path.exists(os.path.join(out, "config.json")):
         args = args + (["--resume"] if os.path.isdir(os.path.join(out, "backup"))
                        else ["--overwrite"])
-    import contextlib
-
     keras.backend.clear_session()
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train.log"), "a") as log, \

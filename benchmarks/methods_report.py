@@ -78,7 +78,7 @@ def paired(a: list[dict], b: list[dict], key) -> tuple[float, float, int]:
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def _sign(d: float, s: float, n: int) -> int:
+def t_sign(d: float, s: float, n: int) -> int:
     """+1 or −1 when a paired mean difference ``d`` (std ``s`` over ``n`` seeds) is
     significant by a two-sided paired t-test at 95 %, else 0."""
     if n < 2 or math.isnan(s):
@@ -105,7 +105,7 @@ def verdict(groups: dict, eps: float, label: str) -> list[str]:
             continue
         d, s, n = paired(groups["dyart"], groups[other], lambda r: r["robust"][key])
         dc, sc, _ = paired(groups["dyart"], groups[other], lambda r: r["clean"])
-        robust, clean = _sign(d, s, n), _sign(dc, sc, n)
+        robust, clean = t_sign(d, s, n), t_sign(dc, sc, n)
         if n < 2:
             call = "one seed: no spread to judge by"
         else:
