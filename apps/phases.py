@@ -169,7 +169,8 @@ def burn_in(classifier, config: Mapping[str, Any], data: TrainData, out: str, *,
         metrics=["accuracy"])
     burn_data = batches(data, config, config["seed"] + 1, with_extra=False)
     hist = classifier.fit(burn_data, epochs=epochs, verbose=verbose,
-                          steps_per_epoch=steps_per_epoch(burn_data), shuffle=False)
+                          steps_per_epoch=steps_per_epoch(burn_data), shuffle=False,
+                          callbacks=[recipe.HostMemory()])
     io.write_csv(os.path.join(out, "history_burn_in.csv"),
                  report.history_rows(hist.history, "burn-in", 0))
     io.save_model(classifier, path)

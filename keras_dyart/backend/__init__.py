@@ -20,6 +20,9 @@ Keras keeps one ``trainer.py`` per backend:
 - ``fuse(fn)``: ``fn``, a function of tensors doing elementwise work only (the FAB update),
   compiled into fused kernels where the backend would otherwise run it op by op: XLA on
   TensorFlow, ``torch.compile`` on PyTorch (large batches), the identity under JAX's jit.
+- ``restore_malloc_thresholds()``: undo what the backend's input pipeline did to the host
+  allocator (TensorFlow's generator datasets; `keras_dyart.recipe.HostMemory`); ``True``
+  where something was set.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ def fuse(fn):
     """``fn`` (elementwise work between two network passes) compiled into fused kernels
     where the backend runs it op by op and fusing is enabled; else ``fn`` itself."""
     return current().fuse(fn)
+
+
+def restore_malloc_thresholds() -> bool:
+    return current().restore_malloc_thresholds()
 
 
 def fori_loop(lower, upper, body, init):

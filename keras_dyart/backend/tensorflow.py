@@ -62,3 +62,41 @@ def fuse(fn):
     if fn not in _fused:
         _fused[fn] = tf.function(fn, jit_compile=True, autograph=False)
     return _fused[fn]
+
+
+# glibc's mallopt parameters, and the values its dynamic thresholds grow to on 64-bit
+# systems (DEFAULT_MMAP_THRESHOLD_MAX, and twice that for trimming).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
+
+
+def _glibc():
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def restore_malloc_thresholds() -> bool:
+    """Undo TensorFlow's malloc setting for generator datasets; True where it was set.
+
+    Creating a ``tf.data.Dataset.from_generator`` (which Keras does for every `PyDataset`
+    and Python generator given to ``fit`` on this backend) calls glibc's
+    ``mallopt(M_TRIM_THRESHOLD, 128 KB)``.  Setting any threshold turns off glibc's dynamic
+    thresholds, so from then on every allocation above 128 KB (a batch of activations) is a
+    fresh ``mmap`` whose pages fault in and are returned at ``free``: on the CPU a DyART
+    epoch on MNIST spent 84 s in the kernel against 3 s, and took 30 s instead of 16 s.
+    This sets the thresholds to the values glibc's dynamic rule would reach (mmap above
+    32 MiB, trim above 64 MiB free), so freed memory is reused as it was before the
+    generator.  A no-op outside Linux with glibc.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))

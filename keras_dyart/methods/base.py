@@ -52,6 +52,7 @@ from keras_dyart import _checks, geometry
 from keras_dyart import backend as dyart_backend
 from keras_dyart import inputs as _inputs
 from keras_dyart.methods.data_checks import InputErrorCheck, check_classifier_structure
+from keras_dyart.recipe.data import HostMemory
 
 # The keys of the dict that carries a train step's batch into Keras's step (`step_inputs`).
 STEP_KEYS = ("forward", "inner", "input_errors", "x")
@@ -144,7 +145,8 @@ class RobustModel(keras.Model):
 
     def fit(self, *args, **kwargs):
         """As `keras.Model.fit`; the training and validation data are checked first
-        (`check_data`), through any input pipeline."""
+        (`check_data`), through any input pipeline, and a `PyDataset` or generator does
+        not slow the host allocator (`keras_dyart.recipe.HostMemory`)."""
         bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
         a = bound.arguments
         if a.get("x") is not None:
@@ -156,13 +158,14 @@ class RobustModel(keras.Model):
             a["validation_data"] = self.check_data(val, None, "validation_data",
                                                    "validation_data")
         callbacks = list(a.get("callbacks") or [])
-        a["callbacks"] = [*callbacks, InputErrorCheck()]
+        a["callbacks"] = [HostMemory(), *callbacks, InputErrorCheck()]
         return super().fit(*bound.args[1:], **bound.kwargs)
 
     def evaluate(self, *args, **kwargs):
         """As `keras.Model.evaluate` (clean inputs); the data are checked first."""
         bound = inspect.signature(keras.Model.evaluate).bind(self, *args, **kwargs)
         a = bound.arguments
+        a["callbacks"] = [HostMemory(), *list(a.get("callbacks") or [])]
         cached = a.get("kwargs", {}).get("_use_cached_eval_dataset", False)
         if a.get("x") is not None and not cached:
             a["x"] = self.check_data(a.get("x"), a.get("y"))

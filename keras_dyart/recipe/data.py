@@ -1,6 +1,6 @@
 """In-memory batches whose shuffle depends only on (seed, epoch), and the callback that
 starts such a stream at the epoch ``fit`` starts (after a resume); each epoch's wall time
-in the logs."""
+in the logs; the host allocator's settings kept fast under a Python input pipeline."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from keras_dyart import _checks
+from keras_dyart import backend as dyart_backend
 
 
 class ArrayBatches(keras.utils.PyDataset):
@@ -118,3 +119,31 @@ class EpochSeconds(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+class HostMemory(keras.callbacks.Callback):
+    """Keep the host allocator fast when ``fit`` reads a `PyDataset` or a generator.
+
+    On TensorFlow, Keras feeds a `PyDataset` (`ArrayBatches`, `keras_dyart.datasets.
+    pipeline`) through ``tf.data.Dataset.from_generator``, which sets glibc's malloc trim
+    threshold to 128 KB and so turns every large allocation of the train step into fresh
+    pages from the kernel: about twice the epoch time of the same step fed from arrays on
+    the CPU (docs/performance.md).  At the first batch of every epoch, evaluation and
+    prediction, after the dataset is made, this puts the thresholds back to what glibc's
+    own rule reaches (`keras_dyart.backend.tensorflow.restore_malloc_thresholds`).  A
+    no-op on JAX and PyTorch and outside Linux with glibc.  `RobustModel.fit` adds it;
+    add it yourself to the ``fit`` of a plain Keras model.
+    """
+
+    def _restore(self, batch):
+        if batch == 0:
+            dyart_backend.restore_malloc_thresholds()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._restore(batch)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._restore(batch)
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._restore(batch)
