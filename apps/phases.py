@@ -182,8 +182,6 @@ def method_stage(classifier, config: Mapping[str, Any], data: TrainData, out: st
     """The method (``epochs`` epochs) with the recipe's optimizer, a CSV history, a backup
     each epoch (what ``--resume`` continues) and, with ``eval_every``, best.keras.
     Returns the method model (compiled, also when ``epochs`` is 0)."""
-    import keras
-
     from keras_dyart import methods, recipe
 
     method, epochs, seed = config["method"], config["epochs"], config["seed"]
@@ -200,12 +198,10 @@ def method_stage(classifier, config: Mapping[str, Any], data: TrainData, out: st
         os.remove(history)
     # The history row of an epoch is written before its backup: a run killed between the
     # two repeats the epoch and rewrites the row (the last row wins).
-    # CSVLogger appends rows with the columns of this run's logs: a run resumed from a
-    # history written without epoch times (an older version) must not gain that column.
-    timer = [] if resume and not _has_column(history, "epoch_seconds") else \
-        [recipe.EpochSeconds()]
-    callbacks = [recipe.SyncEpoch(data_batches), *timer,
-                 keras.callbacks.CSVLogger(history, append=True),
+    # A run resumed from a history written by an older version (without epoch times) keeps
+    # that history's columns (`AppendingCSVLogger`).
+    callbacks = [recipe.SyncEpoch(data_batches), recipe.EpochSeconds(),
+                 recipe.AppendingCSVLogger(history),
                  recipe.AtomicBackupAndRestore(os.path.join(out, "backup"))]
     if config["eval_every"]:
         callbacks.append(recipe.AveragedCheckpoint(
@@ -215,14 +211,6 @@ def method_stage(classifier, config: Mapping[str, Any], data: TrainData, out: st
     robust.fit(data_batches, epochs=epochs, steps_per_epoch=steps, shuffle=False,
                verbose=verbose, callbacks=callbacks)
     return robust
-
-
-def _has_column(path: str, name: str) -> bool:
-    """Whether the CSV at ``path`` is missing or empty, or its header has ``name``."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return True
-    with open(path) as f:
-        return name in next(csv.reader(f), [name])
 
 
 def read_history(path: str, phase: str, first_epoch: int) -> list[dict[str, Any]]:

@@ -315,3 +315,34 @@ def test_coupled_decay_refuses_what_keras_applies_before_clipping():
     assert opt.weight_decay is None and opt.coupled_weight_decay == 1e-3   # not Keras's form
     config = opt.get_config()
     assert (config["weight_decay"], config["global_clipnorm"]) == (1e-3, 0.1)
+
+
+def test_appending_csv_logger_keeps_the_existing_columns(tmp_path):
+    # A history written without a column the running fit logs (an older version's, resumed
+    # by a newer one): the appended rows stay under the file's own header.
+    import csv
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 4)).astype("float32")
+    y = rng.integers(0, 2, size=32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,accuracy\n0,9.5,0.25\n")           # another column order too
+    hist = model.fit(x, y, epochs=3, initial_epoch=1, verbose=0,
+                     callbacks=[recipe.EpochSeconds(),
+                                recipe.AppendingCSVLogger(str(path))])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "loss", "accuracy"]
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    for row, loss, acc in zip(rows[1:], hist.history["loss"], hist.history["accuracy"]):
+        assert float(row["loss"]) == pytest.approx(loss, rel=1e-6)
+        assert float(row["accuracy"]) == pytest.approx(acc, rel=1e-6)
+    # a new file gets the logs' own columns, the epoch time among them
+    fresh = tmp_path / "fresh.csv"
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=[recipe.EpochSeconds(), recipe.AppendingCSVLogger(str(fresh))])
+    with open(fresh, newline="") as f:
+        assert "epoch_seconds" in next(csv.reader(f))

@@ -21,7 +21,8 @@ Python users.  By concern:
 - `keras_dyart.recipe.data`: `ArrayBatches` (in-memory batches whose shuffle depends only
   on (seed, epoch)) and `SyncEpoch` (moves such data to the epoch ``fit`` starts), so a run
   resumed with `AtomicBackupAndRestore` sees the same data as one that was never
-  interrupted; `EpochSeconds` (each epoch's wall time in the logs); `HostMemory` (keeps
+  interrupted; `EpochSeconds` (each epoch's wall time in the logs); `AppendingCSVLogger`
+  (a resumed run's rows under the existing history's columns); `HostMemory` (keeps
   malloc fast when TensorFlow reads a `PyDataset`).
 - `keras_dyart.recipe.backup`: `AtomicBackupAndRestore`, a backup at epoch ends that is
   safe against a kill at any instant (weights and epoch are replaced as one consistent
@@ -52,7 +53,13 @@ from keras_dyart.recipe.averaged import (
                                          robust_accuracy,
 )
 from keras_dyart.recipe.backup import AtomicBackupAndRestore
-from keras_dyart.recipe.data import ArrayBatches, EpochSeconds, HostMemory, SyncEpoch
+from keras_dyart.recipe.data import (
+                                         AppendingCSVLogger,
+                                         ArrayBatches,
+                                         EpochSeconds,
+                                         HostMemory,
+                                         SyncEpoch,
+)
 from keras_dyart.recipe.optimizers import (
                                          NO_DECAY,
                                          WEIGHT_DECAY_MODES,
@@ -68,8 +75,9 @@ from keras_dyart.recipe.schedules import (
 )
 
 __all__ = [
-    "NO_DECAY", "SCHEDULES", "WEIGHT_DECAY_MODES", "ArrayBatches", "AtomicBackupAndRestore",
-    "AveragedCheckpoint", "AveragingSGD", "DecaySGD", "EpochSeconds", "HostMemory", "SyncEpoch",
+    "NO_DECAY", "SCHEDULES", "WEIGHT_DECAY_MODES", "AppendingCSVLogger", "ArrayBatches",
+    "AtomicBackupAndRestore", "AveragedCheckpoint", "AveragingSGD", "DecaySGD", "EpochSeconds",
+    "HostMemory", "SyncEpoch",
     "averaged_model", "averaged_weights", "build_optimizer", "cosine_schedule", "ema_decay",
     "learning_rate_schedule", "robust_accuracy",
 ]

@@ -1,10 +1,13 @@
 """In-memory batches whose shuffle depends only on (seed, epoch), and the callback that
 starts such a stream at the epoch ``fit`` starts (after a resume); each epoch's wall time
-in the logs; the host allocator's settings kept fast under a Python input pipeline."""
+in the logs; a CSV history appended by its own columns; the host allocator's settings kept
+fast under a Python input pipeline."""
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import time
 
 import keras
@@ -147,3 +150,31 @@ class HostMemory(keras.callbacks.Callback):
 
     def on_predict_batch_begin(self, batch, logs=None):
         self._restore(batch)
+
+
+class AppendingCSVLogger(keras.callbacks.CSVLogger):
+    """`keras.callbacks.CSVLogger` that, appending to an existing file, writes its rows in
+    that file's columns.
+
+    Keras's logger writes a row with the keys of the running ``fit``'s logs; appending to a
+    history written with other keys (a run resumed by a newer version that logs one more
+    value) would shift every value of the new rows under the wrong column.  Here the
+    file's header decides: a key it lacks is left out of the appended rows, a column the
+    logs lack is written ``NA``.  A new or empty file gets the logs' own columns.
+
+    Args:
+        filename: the CSV file.
+        separator: the column separator.
+    """
+
+    def __init__(self, filename, separator=","):
+        super().__init__(filename, separator=separator, append=True)
+
+    def on_train_begin(self, logs=None):
+        header = []
+        if os.path.exists(self.filename) and os.path.getsize(self.filename):
+            with open(self.filename, newline="") as f:
+                header = next(csv.reader(f, delimiter=self.sep), [])
+        super().on_train_begin(logs)
+        if header:
+            self.keys = [k for k in header if k != "epoch"]     # rows: these, in order
