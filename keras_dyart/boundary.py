@@ -153,7 +153,7 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
                          n_iter: int = 20, overshoot: float = 1.05, alpha_max: float = 0.1,
                          step_back: float = 0.9, random_start: bool = False,
                          eps_fab: float = 8 / 255, restarts: int = 1, refine: bool = True,
-                         refine_steps: int = 4, seed: Any = None) -> dict:
+                         refine_steps: int = 4, seed: Any = None, start: Any = None) -> dict:
     """Closest point on the soft boundary φ = 0 for each input, by scalar FAB.
 
     Args:
@@ -175,6 +175,10 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
         refine_steps: number of those steps.
         seed: seed for the random starts (an int, a `keras.random.SeedGenerator` or a
             seed tensor of shape (2,)).
+        start: where the first run starts instead of ``x`` (shaped like ``x``, in [0, 1]):
+            a warm start, for instance the boundary points an earlier search found for the
+            same inputs under slightly different weights.  φ at ``x`` then costs one more
+            forward pass.  Takes the place of ``random_start`` for the first run.
 
     Returns:
         dict with ``x_hat`` (shape of ``x``; equal to ``x`` where nothing was found),
@@ -221,7 +225,11 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
     phi_x = ops.zeros((n,))
     for k in range(restarts):
         at_random = random_start or k > 0
-        if at_random:
+        if k == 0 and start is not None:
+            phi_x = val(x0)
+            x1 = flat(ops.cast(ops.convert_to_tensor(start), x0.dtype))
+            at_random = True                    # φ(x) is not the first iterate's
+        elif at_random:
             if k == 0:
                 phi_x = val(x0)
             run_seed = seed
@@ -316,7 +324,7 @@ def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
            step_back: float = 0.9, random_start: bool = False, eps_fab: float = 8 / 255,
            restarts: int = 1, refine: bool = True, refine_steps: int = 4,
            use_filter: bool = True, at_boundary: bool = True, seed=None,
-           bounds: tuple = (0.0, 1.0)) -> BoundarySearch:
+           bounds: tuple = (0.0, 1.0), start=None) -> BoundarySearch:
     """The closest points on the soft decision boundary of a batch: the one boundary search
     of DyART, MMA and the boundary-dynamics analysis.
 
@@ -347,6 +355,8 @@ def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
         at_boundary: evaluate φ and its gradient at ``x_hat`` (one more input-gradient
             pass; needed by ``use_filter``, DyART's weights and the dynamics analysis).
         bounds: ``(lower, upper)`` of the inputs.
+        start: optional starting points of the first run, in input units (a warm start:
+            ``x_hat`` of an earlier search of the same inputs).
 
     Returns:
         A `BoundarySearch`.
@@ -367,7 +377,8 @@ def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
         lambda z: dyart_backend.value_and_grad(phi_unit, z), phi_unit, u, norm=norm,
         n_iter=n_iter, overshoot=overshoot, alpha_max=alpha_max, step_back=step_back,
         random_start=random_start, eps_fab=eps_fab / scale, restarts=restarts,
-        refine=refine, refine_steps=refine_steps, seed=seed)
+        refine=refine, refine_steps=refine_steps, seed=seed,
+        start=None if start is None else geometry.to_unit(ops.cast(start, "float32"), bounds))
     u_hat = ops.stop_gradient(out["x_hat"])
     x_hat = geometry.from_unit(u_hat, bounds)
     margin = out["margin"] * scale

@@ -192,3 +192,34 @@ def test_fused_fab_update_matches_the_op_by_op_update(norm, monkeypatch):
     # the update moved points and recorded some successes: the comparison is not vacuous
     assert np.abs(plain[0] - ops.convert_to_numpy(args[0])).max() > 1e-3
     assert np.isfinite(plain[2]).sum() > np.isfinite(ops.convert_to_numpy(args[5])).sum()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_warm_start_from_an_earlier_point_keeps_the_closed_form_margin(norm, make_linear):
+    # A warm start (`start`) from points past the boundary, as an earlier search under other
+    # weights leaves them: the margins are still the closed form's, and φ(x) is x's own.
+    weights, x, y, v, phi = two_class_problem()
+    clf = make_linear(weights)
+    margin, inside = closed_form(v, phi, norm)
+    step = np.sign(v) if norm == "linf" else v / np.linalg.norm(v, axis=1, keepdims=True)
+    start = np.clip(x - 1.3 * margin[:, None] * step, 0, 1).astype("float32")
+    out = search(clf, x, y, norm, n_iter=3, start=start)
+    found = ops.convert_to_numpy(out["found"])
+    assert found[inside].all()
+    np.testing.assert_allclose(ops.convert_to_numpy(out["margin"])[inside], margin[inside],
+                               rtol=1e-3)
+    np.testing.assert_allclose(ops.convert_to_numpy(out["phi_x"]),
+                               ops.convert_to_numpy(soft_margin(clf(x), y)), rtol=1e-5,
+                               atol=1e-6)
+    # starting at x itself is the cold search
+    cold = search(clf, x, y, norm, n_iter=3)
+    same = search(clf, x, y, norm, n_iter=3, start=x)
+    np.testing.assert_allclose(ops.convert_to_numpy(same["margin"]),
+                               ops.convert_to_numpy(cold["margin"]), rtol=1e-5, atol=1e-7)
+    # with no iterations at all, the start itself (past the boundary) is the answer, put on
+    # the boundary by the refinement along x → start; a cold search finds nothing
+    out = search(clf, x, y, norm, n_iter=0, start=start)
+    assert ops.convert_to_numpy(out["found"])[inside].all()
+    np.testing.assert_allclose(ops.convert_to_numpy(out["margin"])[inside], margin[inside],
+                               rtol=1e-3)
+    assert not ops.convert_to_numpy(search(clf, x, y, norm, n_iter=0)["found"]).any()
