@@ -278,3 +278,25 @@ def test_bad_input_names_the_argument():
         methods.MARTModel(linear_classifier(w), steps=0)
     with pytest.raises(TypeError, match="`classifier`"):
         methods.CleanModel("small-cnn")
+
+
+def test_fit_with_validation_and_evaluate_with_callbacks():
+    # fit's validation calls evaluate with its own CallbackList; evaluate given a list adds
+    # the host-memory callback to it; both run through whatever the backend.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(48, 6)).astype("float32")
+    y = rng.integers(0, 3, size=48)
+    w = rng.normal(size=(6, 3)).astype("float32")
+    model = methods.get("pgd-at", linear_classifier(w), eps=0.1, step_size=0.05, steps=2)
+    model.compile(optimizer="sgd", metrics=["accuracy"])
+    hist = model.fit(x, y, batch_size=16, epochs=1, verbose=0, validation_data=(x, y))
+    assert "val_accuracy" in hist.history
+
+    class Count(keras.callbacks.Callback):
+        batches = 0
+
+        def on_test_batch_end(self, batch, logs=None):
+            Count.batches += 1
+
+    model.evaluate(x, y, batch_size=16, verbose=0, callbacks=[Count()])
+    assert Count.batches == 3

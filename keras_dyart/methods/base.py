@@ -165,7 +165,10 @@ class RobustModel(keras.Model):
         """As `keras.Model.evaluate` (clean inputs); the data are checked first."""
         bound = inspect.signature(keras.Model.evaluate).bind(self, *args, **kwargs)
         a = bound.arguments
-        a["callbacks"] = [HostMemory(), *list(a.get("callbacks") or [])]
+        callbacks = a.get("callbacks")
+        if callbacks is None or isinstance(callbacks, (list, tuple)):
+            # (fit's validation passes its own CallbackList, HostMemory already in it)
+            a["callbacks"] = [HostMemory(), *(callbacks or [])]
         cached = a.get("kwargs", {}).get("_use_cached_eval_dataset", False)
         if a.get("x") is not None and not cached:
             a["x"] = self.check_data(a.get("x"), a.get("y"))
