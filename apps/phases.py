@@ -87,14 +87,20 @@ def load_data(config: Mapping[str, Any], preset: Optional[Mapping[str, Any]]) ->
                      (spec or {}).get("fraction", 0.0))
 
 
-def batches(data: TrainData, config: Mapping[str, Any], seed: int, with_extra: bool):
-    """The training batches: in memory (`recipe.ArrayBatches`), or augmented with the
-    preset's padding, with its extra data when ``with_extra``."""
+def batches(data: TrainData, config: Mapping[str, Any], seed: int, with_extra: bool,
+            index: bool = False):
+    """The training batches: in memory (`recipe.ArrayBatches`, with the rows' indices when
+    ``index``), or augmented with the preset's padding, with its extra data when
+    ``with_extra``."""
     from keras_dyart import datasets, recipe
 
     if config["augment_pad"] is None:
         return recipe.ArrayBatches(data.x_train, data.y_train,
-                                   batch_size=config["batch_size"], seed=seed)
+                                   batch_size=config["batch_size"], seed=seed, index=index)
+    if index:
+        raise ValueError("`--warm-start` needs the same images at every visit; this "
+                         "preset augments them (random crops and flips). Drop "
+                         "`--warm-start`.")
     fraction = data.extra_fraction if with_extra else 0.0
     return datasets.pipeline(data.x_train, data.y_train, batch_size=config["batch_size"],
                              augment=True, pad=config["augment_pad"],
@@ -186,7 +192,8 @@ def method_stage(classifier, config: Mapping[str, Any], data: TrainData, out: st
 
     method, epochs, seed = config["method"], config["epochs"], config["seed"]
     robust = methods.get(method, classifier, **settings.method_kwargs(method, config))
-    data_batches = batches(data, config, seed, with_extra=True)
+    warm = method == "dyart" and config.get("warm_start") is not None
+    data_batches = batches(data, config, seed, with_extra=True, index=warm)
     steps = steps_per_epoch(data_batches)
     robust.compile(optimizer=settings.method_optimizer(max(epochs, 1) * steps, config),
                    metrics=["accuracy"])

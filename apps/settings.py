@@ -85,7 +85,8 @@ def method_kwargs(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
                 "margin_beta": s["beta"], "n_iter": s["n_iter"]},
         "dyart": {"norm": s["norm"], "beta": s["beta"], "lam": s["lam"], "alpha": s["alpha"],
                   "r0": s["r0"], "n_iter": s["n_iter"], "eps_fab": s["eps_fab"],
-                  "random_start": s["random_start"]},
+                  "random_start": s["random_start"], "warm_start": s.get("warm_start"),
+                  "cache_dtype": s.get("cache_dtype") or "float16"},
     }[method]
     return kwargs | ({} if method == "clean" else {"seed": s["seed"]})
 
@@ -124,7 +125,8 @@ def run_config(o: Mapping[str, Any], backend: str, keras_version: str) -> dict[s
         "train_steps": o["train_steps"], "kl_beta": o["kl_beta"], "d_max": o["d_max"],
         "clean_weight": o["clean_weight"], "lam": o["lam"], "alpha": o["alpha"],
         "r0": o["r0"], "eps_fab": o["eps_fab"], "beta": o["beta"], "n_iter": o["n_iter"],
-        "random_start": o["random_start"], "eval_every": o["eval_every"],
+        "random_start": o["random_start"], "warm_start": o["warm_start"],
+        "cache_dtype": o["cache_dtype"], "eval_every": o["eval_every"],
         "eval_n": o["eval_n"],
         "eval": {"attack": "pgd", "steps": o["pgd_steps"], "rel_step": 0.1, "loss": "ce",
                  "random_start": "uniform", "eps": o["eps"], "model": "averaged"},

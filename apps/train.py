@@ -92,6 +92,13 @@ def train(
     random_start: bool = typer.Option(
         False, "--random-start/--no-random-start", show_default=False,
         help="DyART: random FAB start (off)."),
+    warm_start: Optional[int] = typer.Option(
+        None, "--warm-start", metavar="N",
+        help="DyART: after its first visit, search each point in N FAB iterations from "
+             "its last boundary point (off: every search cold, as in the paper)."),
+    cache_dtype: str = typer.Option(
+        "float16", "--cache-dtype", metavar="TYPE",
+        help="DyART --warm-start: memory per pixel, float16 or int8."),
     eval_every: int = typer.Option(
         0, "--eval-every", metavar="N", help="Keep best.keras (0: off)."),
     limit: Optional[int] = typer.Option(

@@ -68,6 +68,10 @@ def check(options: dict[str, Any]) -> dict[str, Any]:
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     _add_preset(o)
+    if o["warm_start"] is not None and o["augment_pad"] is not None:
+        raise typer.BadParameter(
+            "`--warm-start` needs the same images at every visit; this preset augments "
+            "them (random crops and flips). Drop `--warm-start`.")
     return o
 
 
@@ -107,6 +111,16 @@ def _check_method_settings(o: dict[str, Any]) -> None:
     for name in ("r0", "beta"):
         _checks.positive(o[name], _flag(name))
     _checks.positive(o["n_iter"], "--n-iter", integer=True)
+    if o["warm_start"] is not None:
+        _checks.positive(o["warm_start"], "--warm-start", integer=True, allow_zero=True)
+        if o["random_start"]:
+            raise ValueError("`--warm-start` replaces the random start: drop "
+                             "`--random-start`.")
+        if o["distribute"]:
+            raise ValueError("`--warm-start` is not supported with `--distribute` (one "
+                             "memory per replica); drop one of them.")
+    if o["cache_dtype"] not in ("float16", "int8"):
+        raise ValueError(f"`--cache-dtype` must be float16 or int8; got {o['cache_dtype']!r}.")
     if o["verbose"] not in (0, 1, 2):
         raise ValueError(f"`--verbose` must be 0, 1 or 2; got {o['verbose']!r}.")
 

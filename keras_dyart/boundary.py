@@ -183,7 +183,9 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
     Returns:
         dict with ``x_hat`` (shape of ``x``; equal to ``x`` where nothing was found),
         ``found`` (bool ``(N,)``: φ(x) > 0 and a point with φ ≤ 0 was found),
-        ``margin`` (``(N,)``, ‖x_hat − x‖_p, 0 where not found), ``phi_x`` (φ at x).
+        ``margin`` (``(N,)``, ‖x_hat − x‖_p, 0 where not found), ``phi_x`` (φ at x) and
+        ``x_last`` (the last run's final iterate: where a search that found nothing
+        stopped, a start for the next one).
     """
     shape = ops.shape(x)
     x0 = flat(ops.convert_to_tensor(x))
@@ -217,7 +219,7 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
         carry = dyart_backend.fori_loop(0, n_iter, body, (x1, phi_x, best, best_r, best_phi))
         x1, phi_x, best, best_r, best_phi = carry
         best, best_r, best_phi = _record(x1, val(x1), x0, best, best_r, best_phi, p)
-        return phi_x, best, best_r, best_phi
+        return x1, phi_x, best, best_r, best_phi
 
     best = x0
     best_r = ops.full((n,), math.inf)
@@ -241,8 +243,8 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
             x1 = _random_start(x0, radius, p, run_seed)
         else:
             x1 = x0
-        phi_x, best, best_r, best_phi = one_run(x1, phi_x, best, best_r, best_phi,
-                                                capture_phi_x=not at_random)
+        last, phi_x, best, best_r, best_phi = one_run(x1, phi_x, best, best_r, best_phi,
+                                                      capture_phi_x=not at_random)
 
     found = (phi_x > 0) & (best_r < math.inf)
     far = ops.where(found[:, None], best, x0)
@@ -256,6 +258,7 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
         "found": found,
         "margin": ops.where(found, dist(x_hat), 0.0),
         "phi_x": phi_x,
+        "x_last": ops.reshape(last, shape),
     }
 
 
@@ -307,6 +310,7 @@ class BoundarySearch(NamedTuple):
         grad_hat: ``∇_x φ(x_hat)`` in input units (``None`` with ``at_boundary=False``).
         unit_grad_hat: the same gradient in the unit box, ``grad_hat·(upper − lower)``
             (what DyART's weights divide by; ``None`` with ``at_boundary=False``).
+        x_last: FAB's final iterate (where a search that found nothing stopped).
     """
 
     x_hat: object
@@ -317,6 +321,7 @@ class BoundarySearch(NamedTuple):
     phi_hat: object = None
     grad_hat: object = None
     unit_grad_hat: object = None
+    x_last: object = None
 
 
 def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
@@ -383,10 +388,11 @@ def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
     x_hat = geometry.from_unit(u_hat, bounds)
     margin = out["margin"] * scale
     found = out["found"]
+    x_last = geometry.from_unit(ops.stop_gradient(out["x_last"]), bounds)
     if not at_boundary:
         if use_filter:
             raise ValueError("`use_filter=True` needs `at_boundary=True`.")
-        return BoundarySearch(x_hat, found, found, margin, out["phi_x"])
+        return BoundarySearch(x_hat, found, found, margin, out["phi_x"], x_last=x_last)
     phi_hat, grad_hat = dyart_backend.value_and_grad(phi, x_hat)
     unit_grad = grad_hat * scale
     usable = found
@@ -394,4 +400,4 @@ def search(logits_fn: Callable, x, y, *, beta: float = 5.0, norm: str = "linf",
         # in the unit box, where its thresholds are set
         usable = usable & quality_filter(u, u_hat, phi_hat, unit_grad, norm)
     return BoundarySearch(x_hat, found, usable, margin, out["phi_x"], phi_hat, grad_hat,
-                          unit_grad)
+                          unit_grad, x_last)

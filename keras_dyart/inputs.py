@@ -18,7 +18,8 @@ import numpy as np
 from keras.utils import unpack_x_y_sample_weight
 
 
-def _to_numpy(value):
+def to_numpy(value):
+    """A batch part as NumPy (torch and TensorFlow tensors too); structures as they are."""
     if value is None:
         return None
     if isinstance(value, (dict, list, tuple)):
@@ -31,6 +32,11 @@ def _to_numpy(value):
         except Exception:  # noqa: BLE001 - fall back to the array protocol
             pass
     return np.asarray(value)
+
+
+def is_array(x) -> bool:
+    """Whether ``x`` is an in-memory array (NumPy or a backend tensor)."""
+    return _kind(x) == "array"
 
 
 def _kind(x):
@@ -65,7 +71,7 @@ def peek(x: Any, y: Any = None) -> tuple[Any, Any, Any]:
     if kind == "other":                 # dict inputs, lists, ...: Keras's own checks apply
         return None, None, x
     if kind == "array":                  # in memory: checked whole
-        return _to_numpy(x), _to_numpy(y), x
+        return to_numpy(x), to_numpy(y), x
     if kind == "tf.data":
         batch = next(iter(x.take(1)))
     elif kind == "pydataset":
@@ -89,4 +95,4 @@ def peek(x: Any, y: Any = None) -> tuple[Any, Any, Any]:
         batch = tuple(batch)
     bx, by, _ = unpack_x_y_sample_weight(batch) if isinstance(batch, tuple) else (
         batch, None, None)
-    return _to_numpy(bx), _to_numpy(by), x
+    return to_numpy(bx), to_numpy(by), x

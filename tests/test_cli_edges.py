@@ -41,6 +41,11 @@ def _tiny_model(path):
     (["--lr", "0"], "--lr"),
     (["--verbose", "3"], "--verbose"),
     (["--overwrite", "--resume"], "--overwrite"),
+    (["--warm-start", "-1"], "--warm-start"),
+    (["--warm-start", "3", "--random-start"], "--warm-start"),
+    (["--warm-start", "3", "--distribute"], "--warm-start"),
+    (["--cache-dtype", "bfloat16"], "--cache-dtype"),
+    (["--preset", "cifar10-wrn28-10", "--warm-start", "3"], "--warm-start"),
 ])
 def test_train_bad_option_makes_no_directory(tmp_path, args, word):
     out = tmp_path / "run"

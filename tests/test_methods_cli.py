@@ -87,3 +87,16 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tmp_path, m
     rows = open(os.path.join(out, "history.csv")).read().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert train(*args, "--out", out, "--resume").exit_code != 0   # complete: refused
+
+
+def test_dyart_warm_start_run_remembers_every_point(tmp_path):
+    out = str(tmp_path / "run")
+    result = train("--warm-start", "1", "--cache-dtype", "int8", "--burn-in", "1",
+                   "--epochs", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["warm_start"] == 1 and config["cache_dtype"] == "int8"
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert model.warm_start == 1 and model.cache.n_examples == 64
+    # every training point was visited (the memory says so: scale >= 0)
+    assert np.all(keras.ops.convert_to_numpy(model.cache.scales) >= 0)

@@ -52,6 +52,7 @@ from keras_dyart import _checks, geometry
 from keras_dyart import backend as dyart_backend
 from keras_dyart import inputs as _inputs
 from keras_dyart.methods.data_checks import InputErrorCheck, check_classifier_structure
+from keras_dyart.methods.warm import split_indexed
 from keras_dyart.recipe.data import HostMemory
 
 # The keys of the dict that carries a train step's batch into Keras's step (`step_inputs`).
@@ -107,6 +108,7 @@ class RobustModel(keras.Model):
         step = step_inputs(inputs)
         if step is not None:
             inputs = step["forward"]
+        inputs, _ = split_indexed(inputs)
         return self.classifier(inputs, training=training)
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
@@ -131,6 +133,8 @@ class RobustModel(keras.Model):
         Returns ``x`` to train on (a peeked generator is handed back replayed).
         """
         bx, by, x = _inputs.peek(x, y)
+        if isinstance(bx, dict):
+            bx = _inputs.to_numpy(split_indexed(bx)[0])
         if bx is None or isinstance(bx, (dict, tuple, list)):
             return x
         bx = _checks.input_values(bx, x_arg, self.bounds)
@@ -150,7 +154,7 @@ class RobustModel(keras.Model):
         bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
         a = bound.arguments
         if a.get("x") is not None:
-            a["x"] = self.check_data(a.get("x"), a.get("y"))
+            a["x"] = self.prepare_examples(self.check_data(a.get("x"), a.get("y")))
         val = a.get("validation_data")
         if isinstance(val, (tuple, list)) and len(val) in (2, 3):
             self.check_data(val[0], val[1], "validation_data[0]", "validation_data[1]")
@@ -205,6 +209,19 @@ class RobustModel(keras.Model):
 
     # -- what a method defines -------------------------------------------------------------
 
+    #: Whether `inner` takes the batch's example indices (``index=``; see
+    #: `keras_dyart.methods.warm`): a method that remembers something per example.
+    uses_index = False
+
+    def prepare_examples(self, x: Any) -> Any:
+        """The training data ``fit`` hands to Keras (after `check_data`): ``x`` itself.  A
+        method with ``uses_index`` attaches each row's index here."""
+        return x
+
+    def index_errors(self, index):
+        """The number of example indices of a batch that the method cannot use (0)."""
+        return ops.cast(0.0, "float32")
+
     def inner(self, logits_fn: Callable, x, y) -> dict | None:
         """Inner examples for one batch (``logits_fn``: the classifier in inference mode,
         float32 logits); ``None`` for none."""
@@ -234,19 +251,32 @@ class RobustModel(keras.Model):
         or ``(state, data)`` under JAX."""
         *state, data = args
         x, y, sample_weight = unpack_x_y_sample_weight(data)
+        x, index = split_indexed(x)
+        if self.uses_index and index is None:
+            raise ValueError(
+                f"{type(self).__name__} remembers each training example between visits, so "
+                "each batch must carry the examples' indices: pass arrays to `fit`, a "
+                "`keras_dyart.recipe.ArrayBatches(..., index=True)`, or batches whose "
+                "inputs are `keras_dyart.methods.warm.indexed(x)` dicts "
+                "({'inputs': x, 'example_index': indices}).")
         hooks = dyart_backend.current()
         with hooks.step_scope():
-            inner, state = hooks.inference(self, self._inner_examples, tuple(state), x, y)
+            inner, state = hooks.inference(self, self._inner_examples, tuple(state), x, y,
+                                           index)
+            errors = self.input_errors(x)
+            if index is not None:
+                errors = errors + self.index_errors(index)
             step = {"forward": self.forward_inputs(x, inner), "x": x, "inner": inner,
-                    "input_errors": self.input_errors(x)}
+                    "input_errors": errors}
             logs = super().train_step(*state, pack_x_y_sample_weight(step, y, sample_weight))
         return _without(logs, {"input_errors"})
 
-    def _inner_examples(self, logits_fn, x, y):
+    def _inner_examples(self, logits_fn, x, y, index=None):
         def logits32(z):
             return ops.cast(logits_fn(z), "float32")
 
-        inner = self.inner(logits32, ops.cast(x, "float32"), _class_indices(y))
+        extra = {"index": index} if self.uses_index else {}
+        inner = self.inner(logits32, ops.cast(x, "float32"), _class_indices(y), **extra)
         if inner is None:
             return {}
         return {k: ops.stop_gradient(v) for k, v in inner.items()}

@@ -43,8 +43,16 @@ class InputErrorCheck(keras.callbacks.Callback):
             raise ValueError(
                 f"`x` / `y`: {count} training rows of epoch {epoch + 1} had inputs outside "
                 f"the model's input bounds [{lo:g}, {hi:g}] (or NaN) or labels outside the "
-                f"classifier's classes. The first batch passed the checks; a later batch of "
-                f"the input pipeline did not. Fix the pipeline (or declare `bounds`).")
+                f"classifier's classes{_index_text(self.model)}. The first batch passed the "
+                f"checks; a later batch of the input pipeline did not. Fix the pipeline (or "
+                f"declare `bounds`).")
+
+
+def _index_text(model):
+    n = getattr(model, "n_examples", None)
+    if not getattr(model, "uses_index", False) or n is None:
+        return ""
+    return f" (or example indices outside [0, {n}), `n_examples`)"
 
 
 __all__ = ["InputErrorCheck", "check_classifier_structure"]

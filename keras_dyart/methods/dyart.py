@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_dyart import _checks, boundary
 from keras_dyart import backend as dyart_backend
+from keras_dyart import inputs as _inputs
 from keras_dyart.losses import robust_term
 from keras_dyart.methods.base import RobustModel
 from keras_dyart.methods.terms import usable_mean
+from keras_dyart.methods.warm import (
+    CACHE_DTYPES,
+    INDEX_KEY,
+    INPUTS_KEY,
+    ExampleCache,
+    indexed,
+    is_indexed,
+)
 from keras_dyart.weights import dyart_weights
 
 
@@ -46,6 +56,26 @@ class DyARTModel(RobustModel):
         alpha_max: FAB's largest bias towards the original point, α_max (default 0.1).
         step_back: FAB's step back towards x after a success, β (default 0.9).
         seed: seed of the random starts.
+        warm_start: ``None`` (default: every search starts cold, as in the paper) or a
+            number of FAB iterations k: the model remembers each training example's last
+            boundary point (or, where its search found none, where that search stopped), and
+            a batch whose examples have all been visited before (with the same inputs) is
+            searched with k iterations starting there (0.2 % further from x; a point
+            misclassified at its last visit starts at x); a batch with a new or changed
+            example gets the cold ``n_iter`` search.
+            The examples' indices travel with the batches: ``fit`` on arrays attaches
+            them; a pipeline yields `keras_dyart.methods.warm.indexed` inputs or uses
+            `keras_dyart.recipe.ArrayBatches` with ``index=True``.  Needs
+            ``random_start=False`` and ``restarts=1``.
+        n_examples: number of training examples the memory holds (indices ``0 ..
+            n_examples − 1``); ``fit`` on arrays or an ``ArrayBatches`` sets it from the
+            data.  Needed up front for other pipelines.
+        cache_dtype: storage of the remembered points, ``"float16"`` (default; 2 bytes per
+            input coordinate and example) or ``"int8"`` (1 byte).  50,000 CIFAR-10 images:
+            307 MB or 154 MB (`keras_dyart.methods.warm.cache_bytes`), saved with the
+            model.
+        cache_input_shape: the shape of one input, for a memory made before the
+            classifier is built (saved models record it; otherwise not needed).
         bounds: ``(lower, upper)`` of the inputs (default ``(0, 1)``); ``r0``, ``alpha``
             (per unit of length), ``eps_fab`` and the logged margins are in these units.
             The weights divide by the gradient norm in the unit box, so with lengths
@@ -61,7 +91,8 @@ class DyARTModel(RobustModel):
 
     hyper_parameters = ("norm", "beta", "lam", "alpha", "r0", "n_iter", "eps_fab",
                         "random_start", "restarts", "refine", "refine_steps", "use_filter",
-                        "overshoot", "alpha_max", "step_back")
+                        "overshoot", "alpha_max", "step_back", "warm_start", "n_examples",
+                        "cache_dtype")
     loss_terms = ("ce_loss", "robust_loss", "boundary_fraction")
 
     def __init__(self, classifier: keras.layers.Layer, norm: str = "linf", beta: float = 5.0,
@@ -69,7 +100,9 @@ class DyARTModel(RobustModel):
                  n_iter: int = 20, eps_fab: float | str = 8 / 255, random_start: bool = False,
                  restarts: int = 1, refine: bool = True, refine_steps: int = 4,
                  use_filter: bool = True, overshoot: float = 1.05, alpha_max: float = 0.1,
-                 step_back: float = 0.9, seed: int = 0, **kwargs):
+                 step_back: float = 0.9, seed: int = 0, warm_start: int | None = None,
+                 n_examples: int | None = None, cache_dtype: str = "float16",
+                 cache_input_shape=None, **kwargs):
         super().__init__(classifier, seed=seed, **kwargs)
         self.norm = _checks.norm_name(norm)
         self.beta = _checks.positive(beta, "beta")
@@ -88,6 +121,92 @@ class DyARTModel(RobustModel):
         self.alpha_max = _checks.in_range(alpha_max, "alpha_max", 0.0, 1.0)
         self.step_back = _checks.in_range(step_back, "step_back", 0.0, 1.0)
         self.margin_tracker = keras.metrics.Mean(name="mean_margin")
+        self.warm_start = (None if warm_start is None else
+                           _checks.positive(warm_start, "warm_start", integer=True,
+                                            allow_zero=True))
+        self.n_examples = (None if n_examples is None else
+                           _checks.positive(n_examples, "n_examples", integer=True))
+        if cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"`cache_dtype` must be one of {sorted(CACHE_DTYPES)}; "
+                             f"got {cache_dtype!r}.")
+        self.cache_dtype = cache_dtype
+        if self.warm_start is not None and (self.random_start or self.restarts > 1):
+            # (the searches run inside a branch that cannot advance the seed generator)
+            raise ValueError("`warm_start` replaces the random start of the search: use it "
+                             "with `random_start=False` and `restarts=1`.")
+        self.cache = None
+        if self.warm_start is not None and self.n_examples is not None:
+            shape = cache_input_shape or _classifier_input_shape(classifier)
+            if shape is not None:
+                self._make_cache(self.n_examples, shape)
+
+    # -- the memory of boundary points (``warm_start``) ------------------------------------
+
+    @property
+    def uses_index(self):
+        return self.warm_start is not None
+
+    def _make_cache(self, n_examples, input_shape):
+        self.cache = ExampleCache(self, n_examples, input_shape, self.cache_dtype)
+        self.n_examples = self.cache.n_examples
+        # a step traced before holds the old list of variables
+        self.train_function = None
+
+    def prepare_examples(self, x):
+        """With ``warm_start``: the memory sized from the training data (arrays or an
+        ``ArrayBatches``), and arrays given their row indices."""
+        if self.warm_start is None:
+            return x
+        from keras_dyart.recipe.data import ArrayBatches
+
+        if isinstance(x, ArrayBatches):
+            n, shape = len(x.x), x.x.shape[1:]
+            if not x.index:
+                raise ValueError("`DyARTModel(warm_start=...)` needs the examples' indices: "
+                                 "make the `ArrayBatches` with `index=True`.")
+        elif _inputs.is_array(x):
+            n, shape = len(x), tuple(x.shape[1:])
+            x = indexed(x)
+        elif is_indexed(x) and _inputs.is_array(x[INPUTS_KEY]):
+            # arrays the caller indexed: the memory holds up to the largest index
+            n = max(int(np.max(_inputs.to_numpy(x[INDEX_KEY]))) + 1, self.n_examples or 0)
+            shape = tuple(x[INPUTS_KEY].shape[1:])
+        else:
+            n, shape = self.n_examples, None
+            if n is None:
+                raise ValueError(
+                    "`DyARTModel(warm_start=...)` on a pipeline needs `n_examples` (the "
+                    "number of training examples, whose indices the batches carry).")
+            first, _, x = _inputs.peek(x)
+            if not is_indexed(first):
+                raise ValueError(
+                    "`DyARTModel(warm_start=...)` needs each batch to carry its examples' "
+                    "indices: the pipeline's inputs must be "
+                    "`keras_dyart.methods.warm.indexed(x)` dicts ({'inputs': x, "
+                    "'example_index': indices}).")
+        if self.cache is None:
+            if shape is None:
+                shape = _classifier_input_shape(self.classifier)
+            if shape is None:
+                raise ValueError("`DyARTModel(warm_start=...)` could not tell the shape of "
+                                 "one input: build the classifier first.")
+            self._make_cache(n, shape)
+        elif n is not None and n > self.cache.n_examples:
+            raise ValueError(
+                f"The model remembers {self.cache.n_examples} training examples "
+                f"(`n_examples`) but `fit` got {n}: make a new model for other data.")
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        if self.cache is not None:
+            config["cache_input_shape"] = list(self.cache.input_shape)
+        return config
+
+    def index_errors(self, index):
+        if self.cache is None:
+            return ops.cast(0.0, "float32")
+        return ops.sum(ops.cast(~self.cache.in_range(index), "float32"))
 
     @property
     def train_only_metrics(self):
@@ -95,18 +214,46 @@ class DyARTModel(RobustModel):
 
     # -- the boundary search --------------------------------------------------------------
 
-    def search(self, logits_fn, x, y) -> dict:
+    def search(self, logits_fn, x, y, index=None) -> dict:
         """Closest boundary points, quality filter and DyART weights for one batch.
 
-        ``logits_fn`` evaluates the classifier in inference mode.  Returns a dict with
-        ``x_hat``, ``usable`` (bool), ``margin``, ``weights``, ``phi_hat`` and ``grad_hat``.
+        ``logits_fn`` evaluates the classifier in inference mode; ``index`` (with
+        ``warm_start``) names the batch's examples.  Returns a dict with ``x_hat``,
+        ``usable`` (bool), ``margin``, ``weights``, ``phi_hat`` and ``grad_hat``.
         """
-        found = boundary.search(
-            logits_fn, x, y, beta=self.beta, norm=self.norm, n_iter=self.n_iter,
-            overshoot=self.overshoot, alpha_max=self.alpha_max, step_back=self.step_back,
-            random_start=self.random_start, eps_fab=self.eps_fab, restarts=self.restarts,
-            refine=self.refine, refine_steps=self.refine_steps, use_filter=self.use_filter,
-            seed=self.seed_generator, bounds=self.bounds)
+        def run(n_iter, start=None):
+            found = boundary.search(
+                logits_fn, x, y, beta=self.beta, norm=self.norm, n_iter=n_iter,
+                overshoot=self.overshoot, alpha_max=self.alpha_max,
+                step_back=self.step_back, random_start=self.random_start,
+                eps_fab=self.eps_fab, restarts=self.restarts, refine=self.refine,
+                refine_steps=self.refine_steps, use_filter=self.use_filter,
+                seed=self.seed_generator, bounds=self.bounds, start=start)
+            return tuple(found)
+
+        if index is not None and self.cache is None:
+            raise ValueError(
+                "`DyARTModel(warm_start=...)` has no memory yet: pass `n_examples` (and a "
+                "built classifier), or train with `fit`, which sizes it from the data.")
+        if index is not None and dyart_backend.num_replicas() > 1:
+            raise ValueError(
+                "`DyARTModel(warm_start=...)` is not supported under a `tf.distribute` "
+                "strategy with several replicas (each would write its own copy of the "
+                "memory); train with `warm_start=None` there.")
+        if index is None:
+            found = boundary.BoundarySearch(*run(self.n_iter))
+        else:
+            u = self.to_unit(x)
+            start, visited = self.cache.read(u, index)
+            start = self.from_unit(start)
+            found = boundary.BoundarySearch(*ops.cond(
+                ops.all(visited), lambda: run(self.warm_start, start),
+                lambda: run(self.n_iter)))
+            # remember where the search ended: the boundary point where one was found
+            # (usable or not), else FAB's last iterate (the next visit continues from it);
+            # nothing for misclassified points (φ(x) ≤ 0: no search)
+            ended = ops.where(_rows_like(found.found, x), found.x_hat, found.x_last)
+            self.cache.write(u, self.to_unit(ended), found.phi_x > 0, index)
         # w = h'(R)/‖∇φ‖_q with the gradient in the unit box: λ and the weights do not depend
         # on the units of the inputs (R, r0 and α are in input units, so h'(R) does not).
         weights = dyart_weights(found.margin, found.unit_grad_hat, found.usable, self.norm,
@@ -117,8 +264,8 @@ class DyARTModel(RobustModel):
 
     # -- the objective (see `keras_dyart.methods.base` for the train step) -----------------
 
-    def inner(self, logits_fn, x, y):
-        return self.search(logits_fn, x, y)
+    def inner(self, logits_fn, x, y, index=None):
+        return self.search(logits_fn, x, y, index)
 
     def objective(self, x, y, y_pred, sample_weight, inner):
         loss = self.keras_loss(x, y, y_pred, sample_weight)
@@ -141,3 +288,19 @@ class DyARTModel(RobustModel):
             robust_share, loss_per_batch = robust, loss
         return {"loss": loss + robust_share, "ce_loss": loss_per_batch,
                 "robust_loss": robust, "boundary_fraction": ops.mean(usable)}
+
+
+def _classifier_input_shape(classifier):
+    """The shape of one input of a built classifier (without the batch), or None."""
+    try:
+        shape = classifier.input_shape
+    except (AttributeError, ValueError):
+        return None
+    if not isinstance(shape, tuple) or len(shape) < 2 or any(s is None for s in shape[1:]):
+        return None
+    return tuple(shape[1:])
+
+
+def _rows_like(mask, x):
+    """A per-row bool ``(N,)`` broadcastable against ``x`` ``(N, ...)``."""
+    return ops.reshape(mask, (-1,) + (1,) * (len(x.shape) - 1))

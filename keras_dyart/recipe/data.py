@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_dyart import _checks
 from keras_dyart import backend as dyart_backend
+from keras_dyart.methods.warm import indexed
 
 
 class ArrayBatches(keras.utils.PyDataset):
@@ -34,11 +35,14 @@ class ArrayBatches(keras.utils.PyDataset):
         seed: seed of the shuffles.
         shuffle: ``False`` keeps the given order.
         sample_weight: optional per-sample weights.
+        index: ``True`` yields each batch's inputs with the rows' indices
+            (`keras_dyart.methods.warm.indexed`), which a `DyARTModel` with ``warm_start``
+            needs; default ``False``.
         **kwargs: `keras.utils.PyDataset` arguments (``workers``, ...).
     """
 
     def __init__(self, x, y, batch_size: int = 128, seed: int = 0, shuffle: bool = True,
-                 sample_weight=None, **kwargs):
+                 sample_weight=None, index: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.x, self.y = np.asarray(x), np.asarray(y)
         if len(self.y) != len(self.x):
@@ -48,6 +52,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.sample_weight = None if sample_weight is None else np.asarray(sample_weight)
         self.batch_size = _checks.positive(batch_size, "batch_size", integer=True)
         self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.index = bool(index)
         self.steps_per_epoch = math.ceil(len(self.x) / self.batch_size)
         self.offset = 0
         self._orders = {}
@@ -73,9 +78,10 @@ class ArrayBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         epoch, position = divmod(self.offset + int(index), self.steps_per_epoch)
         rows = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        x = indexed(self.x[rows], rows) if self.index else self.x[rows]
         if self.sample_weight is None:
-            return self.x[rows], self.y[rows]
-        return self.x[rows], self.y[rows], self.sample_weight[rows]
+            return x, self.y[rows]
+        return x, self.y[rows], self.sample_weight[rows]
 
 
 class SyncEpoch(keras.callbacks.Callback):
