@@ -4,7 +4,7 @@ MNIST-5k, judged by AutoAttack on test digits never used to choose a setting.
     KERAS_BACKEND=tensorflow python benchmarks/methods.py --all      # the study (hours)
     KERAS_BACKEND=tensorflow python benchmarks/methods.py --quick    # a smoke run (minutes)
 
-The study has four phases; each run is a `keras-dyart train` run (the CLI's recipe: clean
+The study has five phases; each run is a `keras-dyart train` run (the CLI's recipe: clean
 burn-in, then the method with SGD, weight decay, clipping and the weight average) in its
 own run directory, and each finished run leaves one JSON record.  A phase skips the runs
 whose record exists and resumes an interrupted one (``--resume``), so the study can be
@@ -19,11 +19,15 @@ stopped at any time and continued by the same command.
 2. ``final``: each method's chosen setting, seeds 0, 1, 2, on all 4,000 training digits,
    the same number of epochs; standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the
    1,000 test digits at L∞ 0.1, 0.2 and 0.3.
-3. ``equal-time``: the same at DyART's training time: each other method trains for the
+3. ``warm-start``: DyART's chosen setting with ``--warm-start 5`` (warm-started boundary
+   searches, `DyARTModel(warm_start=5)`), the same seeds, epochs and AutoAttack as
+   ``final``, whose DyART runs are the cold default it is compared with (issue 19: epoch
+   time against robust accuracy).
+4. ``equal-time``: the same at DyART's training time: each other method trains for the
    epochs that its median epoch time fits into DyART's mean training time (measured in
    ``final`` on this machine); AutoAttack at L∞ 0.3 only (the headline radius; 0.1, where
    most points survive to Square, costs the most).
-4. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
+5. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
    paired per-seed differences, and two plots: ``--report`` (benchmarks/results/methods.md)
    and ``--images`` (docs/img/methods_aa_vs_clean.png, methods_aa_vs_time.png), from the
    JSON records in ``--results`` (benchmarks/results/methods/<phase>/<run>.json).
@@ -85,7 +89,7 @@ FULL = {
     "val_attack": "apgd-ce,apgd-t", "val_options": {"apgd-t": {"n_target_classes": 3}},
     "val_text": "APGD-CE then APGD-T with 3 target classes",
     "attack_options": None, "common": {},
-    "grids": GRIDS, "max_epochs": 200, "methods": METHODS,
+    "grids": GRIDS, "max_epochs": 200, "methods": METHODS, "warm_start": 5,
 }
 
 QUICK = {
@@ -102,7 +106,7 @@ QUICK = {
     "common": {"n_iter": 3, "train_steps": 2, "pgd_steps": 2},
     "grids": {"clean": GRIDS["clean"], "pgd-at": GRIDS["pgd-at"][:1],
               "dyart": GRIDS["dyart"][3:5]},
-    "max_epochs": 3, "methods": ("clean", "pgd-at", "dyart"),
+    "max_epochs": 3, "methods": ("clean", "pgd-at", "dyart"), "warm_start": 1,
 }
 
 
@@ -304,6 +308,14 @@ class Study:
             for method in self.plan["methods"]:
                 self.run("final", method, chosen[method], seed, self.plan["epochs"])
 
+    def warm_setting(self) -> dict:
+        """DyART's chosen setting with warm-started searches."""
+        return {**self.chosen()["dyart"], "warm_start": self.plan["warm_start"]}
+
+    def warm_start(self) -> None:
+        for seed in self.plan["seeds"]:
+            self.run("warm-start", "dyart", self.warm_setting(), seed, self.plan["epochs"])
+
     def equal_time_epochs(self) -> dict:
         """Epochs per method that fit DyART's mean training time (from ``final``; {} before
         a DyART final run)."""
@@ -338,8 +350,8 @@ def main(argv=None) -> int:
     which.add_argument("--quick", action="store_true",
                        help="every phase on a tiny budget (a pipeline check, not a result)")
     parser.add_argument("--phase", action="append",
-                        choices=("tune", "final", "equal-time", "report"),
-                        help="run only these phases (repeat); default: all four")
+                        choices=("tune", "final", "warm-start", "equal-time", "report"),
+                        help="run only these phases (repeat); default: all five")
     parser.add_argument("--runs", help="run directories (default runs/methods, "
                                        "runs/methods-quick with --quick)")
     parser.add_argument("--results", help="records and methods.md (default "
@@ -360,7 +372,7 @@ def main(argv=None) -> int:
     images = args.images or (results if args.quick else os.path.join(root, "docs", "img"))
     report = args.report or (os.path.join(results, "methods.md") if args.quick
                              else os.path.join(HERE, "results", "methods.md"))
-    phases = args.phase or ["tune", "final", "equal-time", "report"]
+    phases = args.phase or ["tune", "final", "warm-start", "equal-time", "report"]
 
     def log(line):
         print(time.strftime("%H:%M:%S ") + line, flush=True)
@@ -370,6 +382,8 @@ def main(argv=None) -> int:
         log("chosen settings: " + json.dumps(study.tune()))
     if "final" in phases:
         study.final()
+    if "warm-start" in phases:
+        study.warm_start()
     if "equal-time" in phases:
         log("equal-time epochs: " + json.dumps(study.equal_time_epochs()))
         study.equal_time()

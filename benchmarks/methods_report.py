@@ -156,6 +156,32 @@ def plots(final: list[dict], equal: list[dict], images: str, eps: float) -> list
     return paths
 
 
+def warm_section(study, final: list[dict]) -> list[str]:
+    """DyART's final runs (cold searches, the paper's) against the same setting with
+    ``warm_start``: the table and the paired per-seed differences."""
+    warm = study.records("warm-start")
+    cold = [r for r in final if r["method"] == "dyart"]
+    k = study.plan["warm_start"]
+    if not warm or not cold:
+        return ["Not run yet."]
+    eps = study.plan["eps"]
+    key = f"{max(eps):g}"
+    groups = {"dyart (cold)": cold, f"dyart, warm_start={k}": sorted(warm,
+                                                                     key=lambda r: r["seed"])}
+    d, s, n = paired(warm, cold, lambda r: r["robust"][key])
+    dc, sc, _ = paired(warm, cold, lambda r: r["clean"])
+    dt, st, _ = paired(warm, cold, lambda r: r["seconds_per_epoch"])
+    ratio = (statistics.mean(r["seconds_per_epoch"] for r in warm)
+             / statistics.mean(r["seconds_per_epoch"] for r in cold))
+    return [f"The same DyART setting with `--warm-start {k}` (each point searched in {k} "
+            "FAB iterations from its last boundary point after its first visit), the same "
+            "seeds, epochs and AutoAttack:", "",
+            *result_table(groups, eps), "",
+            f"Warm − cold, paired by seed ({n} seeds): AutoAttack at ε={key} {d:+.3f} ± "
+            f"{s:.3f}, clean {dc:+.3f} ± {sc:.3f}, seconds per epoch {dt:+.1f} ± {st:.1f} "
+            f"(warm / cold epoch time {ratio:.2f})."]
+
+
 def write_report(study, path: str, images: str, command: str) -> list[str]:
     """Write the Markdown report to ``path`` and, once there are final runs, the two plots
     into ``images``; returns the paths.  Phases not run yet are reported as such."""
@@ -167,7 +193,8 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
     equal_groups = by_method([r for r in final if epochs.get(r["method"]) == p["epochs"]]
                              + equal)
-    commits = sorted({r["commit"] for r in tune + final + equal})
+    commits = sorted({r["commit"] for r in tune + final + equal
+                      + study.records("warm-start")})
     eps = p["eps"]
     planned = len(p["methods"]) * len(p["seeds"])
     tuned = sum(len(p["grids"][m]) for m in p["methods"])
@@ -212,6 +239,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
             lines += ["", *verdict(equal_groups, max(eps), "Equal training time")]
     else:
         lines += ["Not before the final runs."]
+    lines += ["", "## DyART with warm-started searches", "", *warm_section(study, final)]
     lines += ["", "## Tuning (validation split, seed 0)", "",
               "Seconds per epoch here are rough: tuning runs shared the machine with other "
               "work; the tables above time the final runs.", ""]

@@ -64,12 +64,20 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
         assert len(r["epoch_seconds"]) == r["epochs"] == 1
         report = json.load(open(os.path.join(r["run_dir"], "eval_autoattack.json")))
         assert report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    # DyART's chosen setting again with warm-started searches, the same seeds and attack
+    warm = _records(tmp_path, "warm-start")
+    assert {r["seed"] for r in warm} == {0, 1}
+    for r in warm:
+        assert r["setting"] == {**best["setting"], "warm_start": 1} and r["n"] == 40
+        config = json.load(open(os.path.join(r["run_dir"], "config.json")))
+        assert config["warm_start"] == 1
     equal = _records(tmp_path, "equal-time")
     assert equal and all(r["method"] != "dyart" and r["epochs"] != 1 for r in equal)
 
     text = (tmp_path / "methods.md").read_text()
     for part in ("## Equal epochs", "## Equal training time", "## Verdict", "## Tuning",
-                 "| dyart |", "| pgd-at |", "DyART − pgd-at"):
+                 "| dyart |", "| pgd-at |", "DyART − pgd-at",
+                 "## DyART with warm-started searches", "| dyart, warm_start=1 |"):
         assert part in text, part
     for name in ("methods_aa_vs_clean.png", "methods_aa_vs_time.png"):
         assert (tmp_path / "img" / name).stat().st_size > 10_000
