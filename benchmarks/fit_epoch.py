@@ -9,17 +9,22 @@ path, the paths taking turns so that a drift in the machine's speed moves both a
 
 - ``arrays``: ``fit(x, y, batch_size=128)``, Keras's own array adapter, shuffled;
 - ``ArrayBatches``: ``fit(kd.recipe.ArrayBatches(...), steps_per_epoch=...)``, the stream
-  `keras-dyart train` feeds (a `PyDataset`, with the callbacks `RobustModel.fit` adds).
+  `keras-dyart train` feeds (a `PyDataset`, with the callbacks `RobustModel.fit` adds);
+- with ``--warm K``, also ``warm K``: a second DyART model with ``warm_start=K`` fed an
+  ``ArrayBatches(..., index=True)`` (its warm-up epoch is its cold first visit).
 
-Each epoch's wall time comes from `keras_dyart.recipe.EpochSeconds`.  In the same process
-and the same rounds, interleaved: the floor (n_iter input-gradient passes + 2 clean steps,
-as in `benchmarks/step_time.py`) and one DyART ``train_on_batch``, each at batch 128 and at
-the partial batch, summed over the epoch's 32 batches: ``floor epoch`` and ``step epoch``.
-The issue's goals: epoch / floor epoch at most 1.2, and epochs of one path within 10 % of
-each other (``spread`` = (max − min) / median).  Run it with nothing else on the machine.
+Each epoch's wall time comes from `keras_dyart.recipe.EpochSeconds`.  In the same process:
+the floor (n_iter input-gradient passes + 2 clean steps, as in `benchmarks/step_time.py`)
+and one DyART ``train_on_batch``, each at batch 128 and at the partial batch, summed over the
+epoch's 32 batches: ``floor epoch`` and ``step epoch``.  The floor is also timed once after
+every ``fit`` call (``round floor``), so that each epoch can be set against the machine's
+speed of the same moment: ``epoch / round floor`` and its spread separate the machine's
+drift from the epoch's own.  The issue's goals: epoch / floor epoch at most 1.2, and epochs
+of one path within 10 % of each other (``spread`` = (max − min) / median).  Run it with
+nothing else on the machine.
 
 Usage: python benchmarks/fit_epoch.py [--backends tensorflow jax torch] [--rounds 3]
-       [--epochs 2] [--n 4000] [--quick] [--out benchmarks/results/fit_epoch.md]
+       [--epochs 2] [--n 4000] [--warm K] [--quick] [--out benchmarks/results/fit_epoch.md]
 """
 
 import argparse
@@ -59,20 +64,29 @@ def fit_batches(epochs, cbs):
     model.fit(batches, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, shuffle=False,
               verbose=0, callbacks=cbs)
 
+paths = {"arrays": fit_arrays, "ArrayBatches": fit_batches}
+if cfg["warm"] is not None:
+    warm_clf = kd.architectures.small_cnn()
+    warm_clf.set_weights(clf.get_weights())
+    warm_model = kd.DyARTModel(warm_clf, norm="linf", r0=0.6, eps_fab=0.3, n_iter=n_iter,
+                               warm_start=cfg["warm"])
+    warm_model.compile(optimizer=kd.recipe.build_optimizer(
+        total, learning_rate=0.05, global_clipnorm=1.0, schedule="constant"),
+        metrics=["accuracy"])
+    indexed_batches = kd.recipe.ArrayBatches(x, y, batch_size=batch, seed=0, index=True)
+
+    def fit_warm(epochs, cbs):
+        warm_model.fit(indexed_batches, epochs=epochs,
+                       steps_per_epoch=indexed_batches.steps_per_epoch, shuffle=False,
+                       verbose=0, callbacks=cbs)
+    paths[f"warm {cfg['warm']}"] = fit_warm
+
 class Record(keras.callbacks.Callback):
     def __init__(self, into):
         super().__init__()
         self.into = into
     def on_epoch_end(self, epoch, logs=None):
         self.into.append(float(logs["epoch_seconds"]))
-
-paths = {"arrays": fit_arrays, "ArrayBatches": fit_batches}
-for fit in paths.values():                       # warm-up: both batch sizes compiled
-    fit(1, [])
-epochs = {k: [] for k in paths}
-for _ in range(cfg["rounds"]):
-    for name, fit in paths.items():
-        fit(cfg["epochs"], [kd.recipe.EpochSeconds(), Record(epochs[name])])
 
 # The floor and the step, on a fresh copy of the weights (the same shapes and costs).
 probe = kd.architectures.small_cnn()
@@ -96,18 +110,42 @@ for b in sizes:
     fns[("dyart", b)] = (lambda xb=xb, yb=yb: step_model.train_on_batch(xb, yb))
 for fn in fns.values():
     fn(); fn()
+count = {batch: full}
+if rest:
+    count[rest] = 1
+
+def floor_now(repeats=2):
+    # the floor epoch at this moment: the median of `repeats` timings per piece
+    med = {}
+    for k in (k for k in fns if k[0] != "dyart"):
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter(); fns[k](); ts.append(time.perf_counter() - t)
+        med[k] = float(np.median(ts))
+    return sum(c * (n_iter * med[("grad", b)] + 2 * med[("clean", b)])
+               for b, c in count.items())
+
+for fit in paths.values():                       # warm-up: both batch sizes compiled
+    fit(1, [])
+epochs = {k: [] for k in paths}
+round_floors = {k: [] for k in paths}
+for _ in range(cfg["rounds"]):
+    for name, fit in paths.items():
+        before = len(epochs[name])
+        fit(cfg["epochs"], [kd.recipe.EpochSeconds(), Record(epochs[name])])
+        f = floor_now()
+        round_floors[name] += [f] * (len(epochs[name]) - before)
+
 times = {k: [] for k in fns}
 for _ in range(cfg["step_repeats"]):
     for k, fn in fns.items():
         t = time.perf_counter(); fn(); times[k].append(time.perf_counter() - t)
 med = {k: float(np.median(v)) for k, v in times.items()}
-count = {batch: full}
-if rest:
-    count[rest] = 1
 floor_epoch = sum(c * (n_iter * med[("grad", b)] + 2 * med[("clean", b)])
                   for b, c in count.items())
 step_epoch = sum(c * med[("dyart", b)] for b, c in count.items())
 print(json.dumps({"backend": keras.backend.backend(), "epochs": epochs, "steps": steps,
+                  "round_floors": round_floors,
                   "floor_epoch": floor_epoch, "step_epoch": step_epoch,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -126,6 +164,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fit call")
     parser.add_argument("--step-repeats", type=int, default=5)
+    parser.add_argument("--warm", type=int, default=None,
+                        help="also time DyART with warm_start=K (ArrayBatches with index)")
     parser.add_argument("--quick", action="store_true",
                         help="a pipeline check (200 digits, 2 iterations): not a result")
     parser.add_argument("--out", default=None,
@@ -136,26 +176,30 @@ def main():
         args.n, args.batch, args.n_iter, args.rounds, args.epochs, args.step_repeats = (
             200, 64, 2, 1, 1, 1)
     cfg = {k: getattr(args, k) for k in ("n", "batch", "n_iter", "rounds", "epochs",
-                                         "step_repeats")}
+                                         "step_repeats", "warm")}
     results = run_per_backend(CHILD, cfg, args.backends)
     out = [f"`fit` epochs of DyART (s): {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU "
            f"cores, small CNN, {args.n} MNIST-5k digits, batch {args.batch}, n_iter "
            f"{args.n_iter}; {args.rounds} rounds of one {args.epochs}-epoch `fit` per data "
            f"path, after a warm-up epoch each.", "",
            "| backend | data | epochs | median | spread | step epoch | floor epoch | "
-           "median / step epoch | median / floor epoch |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "median / step epoch | median / floor epoch | epoch / round floor | its spread |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for path, values in r["epochs"].items():
             m = statistics.median(values)
+            ratios = [v / f for v, f in zip(values, r["round_floors"][path])]
             out.append(
                 f"| {r['backend']} | {path} | {', '.join(f'{v:.1f}' for v in values)} | "
                 f"{m:.2f} | {spread(values):.0%} | {r['step_epoch']:.2f} | "
                 f"{r['floor_epoch']:.2f} | {m / r['step_epoch']:.2f} | "
-                f"{m / r['floor_epoch']:.2f} |")
+                f"{m / r['floor_epoch']:.2f} | "
+                f"{', '.join(f'{q:.2f}' for q in ratios)} | {spread(ratios):.0%} |")
     out += ["", "step epoch: the median DyART `train_on_batch` time at each batch size, summed "
             "over the epoch's batches; floor epoch: the same sum of n_iter input-gradient "
-            "passes + 2 clean steps.  spread: (max − min) / median of a path's epochs."]
+            "passes + 2 clean steps.  spread: (max − min) / median of a path's epochs.  "
+            "round floor: the floor epoch timed right after the `fit` call that ran the "
+            "epoch (the machine's speed of that moment)."]
     text = "\n".join(out) + "\n"
     if args.quick and args.out is None:
         print(text)
