@@ -91,16 +91,13 @@ def batches(data: TrainData, config: Mapping[str, Any], seed: int, with_extra: b
             index: bool = False):
     """The training batches: in memory (`recipe.ArrayBatches`, with the rows' indices when
     ``index``), or augmented with the preset's padding, with its extra data when
-    ``with_extra``."""
+    ``with_extra`` (never with ``index``: `train_options.check` refuses --warm-start
+    there)."""
     from keras_dyart import datasets, recipe
 
     if config["augment_pad"] is None:
         return recipe.ArrayBatches(data.x_train, data.y_train,
                                    batch_size=config["batch_size"], seed=seed, index=index)
-    if index:
-        raise ValueError("`--warm-start` needs the same images at every visit; this "
-                         "preset augments them (random crops and flips). Drop "
-                         "`--warm-start`.")
     fraction = data.extra_fraction if with_extra else 0.0
     return datasets.pipeline(data.x_train, data.y_train, batch_size=config["batch_size"],
                              augment=True, pad=config["augment_pad"],

@@ -78,6 +78,7 @@ def check(options: dict[str, Any]) -> dict[str, Any]:
 def _check_method_settings(o: dict[str, Any]) -> None:
     """The method, its radii and weights, the optimizer and schedule, --verbose."""
     from keras_dyart import _checks  # the library's option checks; no public ones
+    from keras_dyart.methods.warm import check_cache_dtype
 
     if o["method"] not in METHODS:
         raise ValueError(f"`--method` must be one of {list(METHODS)}; got {o['method']!r}.")
@@ -119,8 +120,7 @@ def _check_method_settings(o: dict[str, Any]) -> None:
         if o["distribute"]:
             raise ValueError("`--warm-start` is not supported with `--distribute` (one "
                              "memory per replica); drop one of them.")
-    if o["cache_dtype"] not in ("float16", "int8"):
-        raise ValueError(f"`--cache-dtype` must be float16 or int8; got {o['cache_dtype']!r}.")
+    check_cache_dtype(o["cache_dtype"], "--cache-dtype")
     if o["verbose"] not in (0, 1, 2):
         raise ValueError(f"`--verbose` must be 0, 1 or 2; got {o['verbose']!r}.")
 

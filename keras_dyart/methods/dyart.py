@@ -6,20 +6,21 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_dyart import _checks, boundary
+from keras_dyart import _checks, boundary, geometry
 from keras_dyart import backend as dyart_backend
 from keras_dyart import inputs as _inputs
 from keras_dyart.losses import robust_term
 from keras_dyart.methods.base import RobustModel
 from keras_dyart.methods.terms import usable_mean
 from keras_dyart.methods.warm import (
-    CACHE_DTYPES,
     INDEX_KEY,
     INPUTS_KEY,
     ExampleCache,
+    check_cache_dtype,
     indexed,
     is_indexed,
 )
+from keras_dyart.recipe.data import ArrayBatches
 from keras_dyart.weights import dyart_weights
 
 
@@ -126,10 +127,7 @@ class DyARTModel(RobustModel):
                                             allow_zero=True))
         self.n_examples = (None if n_examples is None else
                            _checks.positive(n_examples, "n_examples", integer=True))
-        if cache_dtype not in CACHE_DTYPES:
-            raise ValueError(f"`cache_dtype` must be one of {sorted(CACHE_DTYPES)}; "
-                             f"got {cache_dtype!r}.")
-        self.cache_dtype = cache_dtype
+        self.cache_dtype = check_cache_dtype(cache_dtype)
         if self.warm_start is not None and (self.random_start or self.restarts > 1):
             # (the searches run inside a branch that cannot advance the seed generator)
             raise ValueError("`warm_start` replaces the random start of the search: use it "
@@ -157,8 +155,6 @@ class DyARTModel(RobustModel):
         ``ArrayBatches``), and arrays given their row indices."""
         if self.warm_start is None:
             return x
-        from keras_dyart.recipe.data import ArrayBatches
-
         if isinstance(x, ArrayBatches):
             n, shape = len(x.x), x.x.shape[1:]
             if not x.index:
@@ -252,7 +248,8 @@ class DyARTModel(RobustModel):
             # remember where the search ended: the boundary point where one was found
             # (usable or not), else FAB's last iterate (the next visit continues from it);
             # nothing for misclassified points (φ(x) ≤ 0: no search)
-            ended = ops.where(_rows_like(found.found, x), found.x_hat, found.x_last)
+            ended = ops.where(geometry.rows(found.found, len(x.shape)), found.x_hat,
+                              found.x_last)
             self.cache.write(u, self.to_unit(ended), found.phi_x > 0, index)
         # w = h'(R)/‖∇φ‖_q with the gradient in the unit box: λ and the weights do not depend
         # on the units of the inputs (R, r0 and α are in input units, so h'(R) does not).
@@ -299,8 +296,3 @@ def _classifier_input_shape(classifier):
     if not isinstance(shape, tuple) or len(shape) < 2 or any(s is None for s in shape[1:]):
         return None
     return tuple(shape[1:])
-
-
-def _rows_like(mask, x):
-    """A per-row bool ``(N,)`` broadcastable against ``x`` ``(N, ...)``."""
-    return ops.reshape(mask, (-1,) + (1,) * (len(x.shape) - 1))

@@ -30,6 +30,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dyart.geometry import flat
+
 #: Keys of a batch whose inputs carry each example's index: ``{INPUTS_KEY: images,
 #: INDEX_KEY: integer indices}``.
 INPUTS_KEY = "inputs"
@@ -80,6 +82,13 @@ def split_indexed(x: Any) -> tuple[Any, Any]:
     return x, None
 
 
+def check_cache_dtype(value: Any, arg: str = "cache_dtype") -> str:
+    """``value`` if it names a storage of `CACHE_DTYPES`, else a ValueError naming ``arg``."""
+    if value not in CACHE_DTYPES:
+        raise ValueError(f"`{arg}` must be one of {sorted(CACHE_DTYPES)}; got {value!r}.")
+    return value
+
+
 def cache_bytes(n_examples: int, input_shape, cache_dtype: str = "float16") -> int:
     """Bytes an `ExampleCache` of ``n_examples`` examples of ``input_shape`` takes."""
     per_coordinate = CACHE_DTYPES[cache_dtype][0]
@@ -93,9 +102,7 @@ class ExampleCache:
 
     def __init__(self, owner: keras.layers.Layer, n_examples: int, input_shape,
                  cache_dtype: str = "float16"):
-        if cache_dtype not in CACHE_DTYPES:
-            raise ValueError(f"`cache_dtype` must be one of {sorted(CACHE_DTYPES)}; "
-                             f"got {cache_dtype!r}.")
+        check_cache_dtype(cache_dtype)
         self.n_examples = int(n_examples)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.dim = int(np.prod(self.input_shape))
@@ -117,8 +124,8 @@ class ExampleCache:
 
     def signature(self, u):
         """``(N,)``: the weighted mean of each row's inputs (unit box)."""
-        flat = ops.reshape(ops.cast(u, "float32"), (ops.shape(u)[0], -1))
-        return ops.mean(flat * ops.convert_to_tensor(self._weights), axis=-1)
+        return ops.mean(flat(ops.cast(u, "float32")) * ops.convert_to_tensor(self._weights),
+                        axis=-1)
 
     @property
     def bytes(self) -> int:
@@ -148,8 +155,7 @@ class ExampleCache:
         scale = ops.where(ok, ops.take(self.scales, rows, axis=0), -1.0)
         q = ops.cast(ops.take(self.offsets, rows, axis=0), "float32") / self.q_max
         offset = q * ops.expand_dims(ops.maximum(scale, 0.0) * stretch, -1)
-        flat = ops.reshape(u, (ops.shape(u)[0], -1))
-        start = ops.reshape(ops.clip(flat + offset, 0.0, 1.0), ops.shape(u))
+        start = ops.reshape(ops.clip(flat(u) + offset, 0.0, 1.0), ops.shape(u))
         return start, scale >= 0.0
 
     def write(self, u, u_hat, keep, index):
@@ -158,8 +164,7 @@ class ExampleCache:
         index = ops.reshape(ops.cast(index, "int32"), (-1,))
         ok = self.in_range(index)
         rows = ops.clip(index, 0, self.n_examples - 1)
-        n = ops.shape(u)[0]
-        delta = ops.reshape(u_hat, (n, -1)) - ops.reshape(u, (n, -1))
+        delta = flat(u_hat) - flat(u)
         scale = ops.max(ops.abs(delta), axis=-1)
         keep = keep & (scale > 0.0)
         safe = ops.where(keep, scale, 1.0)
