@@ -372,3 +372,34 @@ def test_same_seed_same_result():
     a = apgd(model, x, y, 0.05, n_iter=10, seed=3)[0]
     b = apgd(model, x, y, 0.05, n_iter=10, seed=3)[0]
     np.testing.assert_array_equal(a, b)
+
+
+def test_chunks_are_padded_only_where_each_batch_size_compiles():
+    """JAX (and XLA) compile each batch size anew, so attack chunks are padded to a few
+    sizes; PyTorch and TensorFlow's CPU graphs run a chunk at its own size (padding 70 rows to
+    128 nearly doubles the work), TensorFlow tracing at most twice whatever the sizes.  The
+    chunking never changes a point's outcome."""
+    from keras_dyart.attacks import driver
+
+    expected = {"jax": True, "torch": False}.get(keras.backend.backend())
+    if expected is None:
+        import tensorflow as tf
+
+        expected = bool(tf.config.list_physical_devices("GPU")
+                        or tf.config.list_physical_devices("TPU"))
+    assert dyart_backend.pads_batches() is expected
+    assert driver.bucket(70, 500) == (128 if expected else 70)
+    assert driver.bucket(20, 500) == (32 if expected else 20)
+    assert driver.bucket(500, 500) == 500
+
+    weights, x, y, margin = problem(10, (4, 4, 1), 24, seed=5)
+    eps, keep = with_gap(margin, 0.5)
+    x, y, margin = x[keep], y[keep], margin[keep]
+    model = _build_linear(weights, (4, 4, 1))       # its own compiled functions
+    whole = apgd(model, x, y, eps, loss="dlr-t", n_iter=10, batch_size=len(x))[1]
+    chunked = apgd(model, x, y, eps, loss="dlr-t", n_iter=10, batch_size=7)[1]
+    np.testing.assert_array_equal(whole, margin < eps)
+    np.testing.assert_array_equal(chunked, whole)
+    if keras.backend.backend() == "tensorflow" and not expected:
+        traced = [f.experimental_get_tracing_count() for f in driver._COMPILED[model].values()]
+        assert traced and max(traced) <= 2, traced

@@ -10,8 +10,8 @@ per backend) and a short public function that uses this module for the rest:
   random starts are `keras_dyart.geometry.Norm.numpy_unit_direction` and friends);
 - `compiled`: compiled per-batch functions, cached per model and key;
 - `sweep` and `call`: the runs (restarts, targets, query chunks) over the points still to
-  attack, in chunks padded to a few bucketed sizes (each compiled function sees a handful of
-  shapes at most), with one progress signature, ``progress(done, total)``;
+  attack, in chunks (padded to a few bucketed sizes where the backend compiles each batch
+  size anew), with one progress signature, ``progress(done, total)``;
 - `guard`: every returned point inside the eps ball and the box *exactly*, checked in
   float64 (float32 arithmetic can overshoot a radius by an ulp).
 """
@@ -212,8 +212,16 @@ def with_bounds(returns: str = "success"):
 # --- runs over chunks ----------------------------------------------------------------------
 
 def bucket(n: int, batch_size: int) -> int:
-    """Padded size of a chunk of ``n`` rows: a power of two (>= 32) capped at ``batch_size``,
-    so each compiled function sees a handful of shapes at most."""
+    """Padded size of a chunk of ``n`` rows (``n <= batch_size``).
+
+    Where the backend compiles each batch size anew (`keras_dyart.backend.pads_batches`:
+    JAX, TensorFlow with XLA), a power of two (>= 32) capped at ``batch_size``, so each
+    compiled function sees a handful of shapes at most; elsewhere ``n`` itself (padding
+    would only add rows to compute: 70 points padded to 128 nearly double an attack's
+    work).
+    """
+    if not dyart_backend.pads_batches():
+        return min(n, batch_size)
     size = 32
     while size < n:
         size *= 2

@@ -15,6 +15,9 @@ Keras keeps one ``trainer.py`` per backend:
   model in inference mode, compiled where the backend allows;
 - ``num_replicas()``: how many replicas each run the train step on part of the batch
   (TensorFlow's ``tf.distribute``; 1 elsewhere): Keras divides its loss by it;
+- ``pads_batches()``: whether compiled attack functions are specialised to their batch
+  size (each new size a compilation), so that the attacks pad their chunks to a few sizes
+  (`keras_dyart.attacks.driver.bucket`); where they are not, padding is only wasted work;
 - ``unroll_loops()``: whether the iterations of a search or attack run faster written out one
   after another than as a compiled loop (see `fori_loop`);
 - ``fuse(fn)``: ``fn``, a function of tensors doing elementwise work only (the FAB update),
@@ -69,6 +72,10 @@ def step_scope():
 
 def num_replicas() -> int:
     return current().num_replicas()
+
+
+def pads_batches() -> bool:
+    return current().pads_batches()
 
 
 def unroll_loops() -> bool:

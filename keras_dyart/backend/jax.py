@@ -125,6 +125,11 @@ def compile_model_fn(model, fn, jit=True):
     return run
 
 
+def pads_batches():
+    """``jax.jit`` compiles once per input shape: the attacks pad their chunks."""
+    return True
+
+
 def unroll_loops():
     """Write loops out on CPU: XLA:CPU runs convolutions inside a ``while`` body several
     times slower than outside one; on accelerators the compiled loop is kept."""

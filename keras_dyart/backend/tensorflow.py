@@ -47,6 +47,14 @@ def compile_model_fn(model, fn, jit=False):
     return tf.function(run, jit_compile=xla, reduce_retracing=True, autograph=False)
 
 
+def pads_batches():
+    """XLA (on an accelerator) compiles once per input shape; without it, a
+    ``tf.function`` with ``reduce_retracing`` traces a second shape once with the batch
+    dimension left open and reuses that graph for every size, so padding would only add
+    rows to compute."""
+    return _xla_helps()
+
+
 def unroll_loops():
     """Write loops out where there is no accelerator: the graph runtime runs a
     ``tf.while_loop`` body on CPU slower than the same ops unrolled."""

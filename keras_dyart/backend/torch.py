@@ -81,6 +81,12 @@ def compile_model_fn(model, fn, jit=False):
     return run
 
 
+def pads_batches():
+    """Eager PyTorch runs any batch size as it comes (the fused elementwise parts turn
+    dynamic after one change of shape): padding would only add rows to compute."""
+    return False
+
+
 def unroll_loops():
     """Eager PyTorch runs a loop in Python either way."""
     return True
