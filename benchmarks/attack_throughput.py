@@ -1,6 +1,8 @@
 """AutoAttack (standard) on a saved model: robust accuracy, seconds and points per second of
-each component, on the current backend; on PyTorch also torchattacks' AutoAttack on the
-same points (an independent implementation) with its accuracy and time.
+each component, on the current backend; on PyTorch also torchattacks' attacks on the same
+points (an independent implementation) with their accuracy and time, per component.
+torchattacks' gradient attacks run the reference AutoAttack's 100 iterations
+(``--reference-steps``; torchattacks' own ``AutoAttack`` uses 10).
 
     KERAS_BACKEND=jax python benchmarks/attack_throughput.py runs/mnist/averaged.keras \
         --n 1000 --eps 0.1 --eps 0.2 --eps 0.3
@@ -23,15 +25,19 @@ from keras_dyart.attacks.autoattack import NAMES
 from keras_dyart.attacks.reference import torchattacks_autoattack
 from keras_dyart.evaluation import evaluate
 
+# Our components and the torchattacks classes that run them.
+_THEIRS = {"apgd-ce": "APGD", "apgd-t": "APGDT", "fab-t": "FAB", "square": "Square"}
 
-def _reference(model, x, y, epsilons):
-    """torchattacks' AutoAttack per radius: (robust accuracies, seconds)."""
-    accs, seconds = [], []
+
+def _reference(model, x, y, epsilons, steps):
+    """torchattacks' AutoAttack per radius: (robust accuracies, seconds, seconds per
+    component over all radii)."""
+    accs, seconds, parts = [], [], {}
     for e in epsilons:
-        acc, _, s = torchattacks_autoattack(model, x, y, e)
+        acc, _, s = torchattacks_autoattack(model, x, y, e, steps=steps, timings=parts)
         accs.append(acc)
         seconds.append(s)
-    return accs, seconds
+    return accs, seconds, parts
 
 
 def main():
@@ -46,6 +52,9 @@ def main():
     parser.add_argument("--reference-only", action="store_true",
                         help="run only torchattacks (torch backend), e.g. beside a "
                              "`keras-dyart evaluate` run of ours on the same points")
+    parser.add_argument("--reference-steps", type=int, default=100,
+                        help="iterations of torchattacks' APGD-CE, APGD-T and FAB-T (100 as "
+                             "in the reference AutoAttack; 10 is torchattacks' AutoAttack)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     epsilons = args.eps or [0.1, 0.2, 0.3]
@@ -59,12 +68,14 @@ def main():
     if args.reference_only:
         if backend != "torch":
             parser.error("--reference-only needs KERAS_BACKEND=torch (torchattacks)")
-        print(f"torchattacks 3.5.1 AutoAttack standard (L∞) on {args.n} {args.dataset} "
-              f"test points, model {os.path.basename(args.model)}:")
-        accs, seconds = _reference(model, x, y, epsilons)
+        print(f"torchattacks 3.5.1 AutoAttack standard (L∞, {args.reference_steps} "
+              f"iterations) on {args.n} {args.dataset} test points, model "
+              f"{os.path.basename(args.model)}:")
+        accs, seconds, parts = _reference(model, x, y, epsilons, args.reference_steps)
         for e, acc, s in zip(epsilons, accs, seconds):
             print(f"  eps {e:g}: robust accuracy {100 * acc:.1f} % in {s:.0f} s")
-        print(f"  total {sum(seconds):.0f} s")
+        print(f"  total {sum(seconds):.0f} s; per component: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in parts.items()))
         return
 
     t0 = time.perf_counter()
@@ -79,13 +90,17 @@ def main():
              "|---|" + "---|" * (len(epsilons) + 1),
              "| keras-dyart | " + " | ".join(f"{100 * report.robust_accuracy[e]:.1f} %"
                                             for e in epsilons) + f" | {total:.0f} |"]
+    parts = {}
     if backend == "torch" and not args.no_reference:
-        accs, seconds = _reference(model, x, y, epsilons)
-        lines.append("| torchattacks 3.5.1 | " + " | ".join(f"{100 * a:.1f} %" for a in accs)
+        accs, seconds, parts = _reference(model, x, y, epsilons, args.reference_steps)
+        lines.append(f"| torchattacks 3.5.1, {args.reference_steps} iterations | "
+                     + " | ".join(f"{100 * a:.1f} %" for a in accs)
                      + f" | {sum(seconds):.0f} |")
     lines += ["", "Per component (keras-dyart; each runs only on the points still robust, "
               "over all radii; FAB-T once for every radius):", "",
-              "| component | seconds | points attacked | points per second |", "|---|---|---|---|"]
+              "| component | seconds | points attacked | points per second |"
+              + (" torchattacks (s) | ours / torchattacks |" if parts else ""),
+              "|---|---|---|---|" + ("---|---|" if parts else "")]
     attacked = {}
     remaining = {e: int(round(report.clean_accuracy * args.n)) for e in epsilons}
     for name in report.attacks:
@@ -97,8 +112,12 @@ def main():
     for name in report.attacks:
         s = report.seconds[name]
         n = attacked[name]
-        lines.append(f"| {NAMES.get(name, name)} | {s:.1f} | {n} | "
-                     f"{(n / s if s > 0 else float('nan')):.0f} |")
+        row = (f"| {NAMES.get(name, name)} | {s:.1f} | {n} | "
+               f"{(n / s if s > 0 else float('nan')):.0f} |")
+        if parts:
+            theirs = parts.get(_THEIRS.get(name), 0.0)
+            row += f" {theirs:.1f} | {(s / theirs if theirs > 0 else float('nan')):.2f} |"
+        lines.append(row)
     text = "\n".join(lines) + "\n"
     print(text)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

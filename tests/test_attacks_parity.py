@@ -3,8 +3,9 @@
 On the torch backend a Keras model is a `torch.nn.Module`, so the `torchattacks` package
 (its own PyTorch code for APGD-CE, APGD-T, FAB-T and Square) can attack the very same model.
 A small CNN is trained in the test on MNIST-5k; both implementations attack the same 500 test
-points and must agree on robust accuracy within 1 percentage point.  torchattacks feeds NCHW
-images, so a thin wrapper transposes them to the model's NHWC.
+points and must agree on robust accuracy within 1 percentage point.  torchattacks' attacks
+run with the reference AutoAttack's 100 iterations (its own ``AutoAttack`` uses 10).
+torchattacks feeds NCHW images, so a thin wrapper transposes them to the model's NHWC.
 
 Skipped on the other backends (torchattacks needs torch tensors end to end) and, outside
 CI, where torchattacks is not installed (`make` installs it with ``pip install --no-deps
