@@ -19,6 +19,7 @@ from keras_dyart.attacks import (
     autoattack,
     dlr_loss,
     dlr_targeted_loss,
+    driver,
     fab_t,
     pgd,
     run_sequence,
@@ -379,8 +380,6 @@ def test_chunks_are_padded_only_where_each_batch_size_compiles():
     sizes; PyTorch and TensorFlow's CPU graphs run a chunk at its own size (padding 70 rows to
     128 nearly doubles the work), TensorFlow tracing at most twice whatever the sizes.  The
     chunking never changes a point's outcome."""
-    from keras_dyart.attacks import driver
-
     expected = {"jax": True, "torch": False}.get(keras.backend.backend())
     if expected is None:                # TensorFlow: where XLA compiles (an accelerator)
         from keras_dyart.backend.tensorflow import _xla_helps
@@ -402,3 +401,42 @@ def test_chunks_are_padded_only_where_each_batch_size_compiles():
     if keras.backend.backend() == "tensorflow" and not expected:
         traced = [f.experimental_get_tracing_count() for f in driver._COMPILED[model].values()]
         assert traced and max(traced) <= 2, traced
+
+
+def _small_net(seed, shape, k=10):
+    """A fixed random two-layer tanh network: an attack's path depends on its iteration
+    index (momentum, step-size checkpoints), unlike on a linear model's box corner."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape)
+    h = keras.layers.Dense(32, activation="tanh")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(k)(h))
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_iterations_called_from_the_host_give_the_same_points(monkeypatch, host):
+    """JAX on CPU runs the attacks' iterations as one compiled iteration called from the host
+    (`driver.compiled_loop`); forced either way on any backend, APGD-T, FAB-T and PGD
+    return the points of the single compiled loop on a nonlinear network, and APGD-T finds
+    exactly the points of a linear model whose closed-form margin is below eps."""
+    weights, x, y, margin = problem(10, (4, 4, 1), 24, seed=6)
+    eps, keep = with_gap(margin, 0.5)
+    x, y, margin = x[keep], y[keep], margin[keep]
+    runs = {}
+    for mode in (host, not host):
+        monkeypatch.setattr(dyart_backend.current(), "host_loops", lambda m=mode: m)
+        linear = _build_linear(weights, (4, 4, 1))   # its own compiled functions
+        if mode == host:
+            np.testing.assert_array_equal(
+                apgd(linear, x, y, eps, loss="dlr-t", n_iter=10, n_target_classes=3)[1],
+                margin < eps)
+        net = _small_net(3, (4, 4, 1))
+        labels = driver.predict_labels(net, x, 64)
+        runs[mode] = (apgd(net, x, labels, 0.05, loss="dlr-t", n_iter=12, n_target_classes=3),
+                      apgd(net, x, labels, 0.05, loss="ce", n_iter=12),
+                      fab_t(net, x, labels, n_iter=12, n_target_classes=3),
+                      pgd(net, x, labels, 0.05, steps=12))
+    broken = [int(np.sum(r[1] if r[1].dtype == bool else np.isfinite(r[1]))) for r in runs[host]]
+    assert 0 < min(broken[:2]) and max(broken[:2]) < len(x), broken   # the attacks decide
+    for (a, b), (c, d) in zip(runs[host], runs[not host]):
+        np.testing.assert_allclose(a, c, atol=1e-5)
+        np.testing.assert_allclose(b, d, atol=1e-5)

@@ -96,6 +96,17 @@ def test_loops_are_written_out_on_cpu_and_kept_on_accelerators(monkeypatch):
     assert dyart_backend.unroll_loops() is False
 
 
+def test_attack_iterations_are_host_calls_only_under_jax_on_a_cpu(monkeypatch):
+    """XLA:CPU runs a loop body's convolutions slowly, so JAX on a CPU calls one compiled
+    attack iteration from the host; TensorFlow's graph and eager PyTorch keep their loop."""
+    assert dyart_backend.host_loops() is (BACKEND == "jax")   # this machine: a CPU
+    if BACKEND == "jax":
+        import jax
+
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert dyart_backend.host_loops() is False
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX pooling fast path")
 def test_jax_pooling_swap_is_cpu_only(monkeypatch):
     import jax

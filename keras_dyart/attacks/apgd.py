@@ -94,81 +94,95 @@ def apgd_batch(logits_fn: Callable, x: Any, y: Any, start: Any, eps: Any, target
         dict with ``x_adv`` (the last misclassified iterate per row, else the start),
         ``success`` (bool ``(B,)``), ``loss_best`` and the final ``step_size``.
     """
-    x, start, eps = (ops.convert_to_tensor(v, "float32") for v in (x, start, eps))
-    y = ops.cast(ops.convert_to_tensor(y), "int32")
-    nd = len(x.shape)
-    e = rows(eps, nd)
-    ball = geometry.get(norm)
-    is_check, window = _schedule(n_iter)
-    is_check, window = ops.convert_to_tensor(is_check), ops.convert_to_tensor(window)
-    loss_fn = L.get(loss)
-    if loss == "dlr-t":
-        order = ops.argsort(logits_fn(x), axis=-1)
-        k = ops.shape(order)[-1]
-        col = ops.clip(k - ops.cast(target_rank, "int32"), 0, k - 1)
-        target = ops.take_along_axis(order, col[:, None], axis=-1)[:, 0]
+    return driver.run_loop(_loop(n_iter, norm, loss, rho), n_iter, logits_fn, x, y, start,
+                           eps, target_rank)
 
-        def per_row(logits):
-            return loss_fn(logits, y, target)
-    else:
-        def per_row(logits):
-            return loss_fn(logits, y)
+
+def _loop(n_iter, norm, loss, rho=RHO) -> driver.Loop:
+    """APGD as a `keras_dyart.attacks.driver.Loop` (setup, one iteration, finish)."""
+    static = {"n_iter": n_iter, "norm": norm, "loss": loss, "rho": rho}
+    return driver.Loop(functools.partial(_setup, **static), functools.partial(_body, **static),
+                       _finish)
+
+
+def _value_and_grad(logits_fn, consts, loss):
+    """``z -> (loss per row, misclassified, input gradient)``: one forward and one backward
+    pass, the logits riding along with the loss as a gradient-free column."""
+    x, y, eps, target = consts
+    loss_fn = L.get(loss)
 
     def f(z):
         logits = logits_fn(z)
-        return ops.concatenate([per_row(logits)[:, None], ops.stop_gradient(logits)], axis=1)
+        per_row = loss_fn(logits, y, target) if loss == "dlr-t" else loss_fn(logits, y)
+        return ops.concatenate([per_row[:, None], ops.stop_gradient(logits)], axis=1)
 
     def vg(z):
         v, g = dyart_backend.value_and_grad(f, z)
         return v[:, 0], ops.argmax(v[:, 1:], axis=-1) != y, g
 
-    def project(z):
-        return ball.project(z, x, eps)
+    return vg
 
-    def step(z, g, s):
-        return z + rows(s, nd) * ball.ascent(g)
 
-    x0 = ops.clip(x + e * start, 0.0, 1.0)
-    loss0, wrong0, g0 = vg(x0)
+def _setup(logits_fn, x, y, start, eps, target_rank, *, n_iter, norm, loss, rho):
+    x, start, eps = (ops.convert_to_tensor(v, "float32") for v in (x, start, eps))
+    y = ops.cast(ops.convert_to_tensor(y), "int32")
+    if loss == "dlr-t":
+        order = ops.argsort(logits_fn(x), axis=-1)
+        k = ops.shape(order)[-1]
+        col = ops.clip(k - ops.cast(target_rank, "int32"), 0, k - 1)
+        target = ops.take_along_axis(order, col[:, None], axis=-1)[:, 0]
+    else:
+        target = y
+    consts = (x, y, eps, target)
+    x0 = ops.clip(x + rows(eps, len(x.shape)) * start, 0.0, 1.0)
+    loss0, wrong0, g0 = _value_and_grad(logits_fn, consts, loss)(x0)
     n = ops.shape(x)[0]
     zeros = ops.zeros((n,))
     carry = (x0, x0, g0, x0, g0, loss0, x0, wrong0, 2.0 * eps, zeros, zeros, loss0,
              ops.ones((n,), dtype="bool"))
+    return consts, carry
 
-    def body(i, carry):
-        (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
-         n_up, loss_prev, loss_best_last, reduced_last) = carry
-        a = ops.where(i > 0, 0.75, 1.0)
-        momentum = x_adv - x_old
-        x_old = x_adv
-        z = project(step(x_adv, g, step_size))
-        x_adv = project(x_adv + (z - x_adv) * a + momentum * (1.0 - a))
 
-        loss, wrong, g = vg(x_adv)
-        x_best_adv = ops.where(rows(wrong, nd), x_adv, x_best_adv)
-        success = success | wrong
-        n_up = n_up + ops.cast(loss > loss_prev, "float32")
-        loss_prev = loss
-        better = loss > loss_best
-        x_best = ops.where(rows(better, nd), x_adv, x_best)
-        g_best = ops.where(rows(better, nd), g, g_best)
-        loss_best = ops.where(better, loss, loss_best)
+def _body(logits_fn, consts, i, carry, *, n_iter, norm, loss, rho):
+    x, _, eps, _ = consts
+    nd = len(x.shape)
+    ball = geometry.get(norm)
+    vg = _value_and_grad(logits_fn, consts, loss)
+    is_check, window = (ops.convert_to_tensor(v) for v in _schedule(n_iter))
+    (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
+     n_up, loss_prev, loss_best_last, reduced_last) = carry
+    a = ops.where(i > 0, 0.75, 1.0)
+    momentum = x_adv - x_old
+    x_old = x_adv
+    z = ball.project(x_adv + rows(step_size, nd) * ball.ascent(g), x, eps)
+    x_adv = ball.project(x_adv + (z - x_adv) * a + momentum * (1.0 - a), x, eps)
 
-        check = ops.take(is_check, i) > 0
-        k = ops.take(window, i)
-        oscillating = n_up <= k * rho
-        stalled = ~reduced_last & (loss_best_last >= loss_best)
-        reduce = check & (oscillating | stalled)
-        reduced_last = ops.where(check, oscillating | stalled, reduced_last)
-        loss_best_last = ops.where(check, loss_best, loss_best_last)
-        step_size = ops.where(reduce, 0.5 * step_size, step_size)
-        x_adv = ops.where(rows(reduce, nd), x_best, x_adv)
-        g = ops.where(rows(reduce, nd), g_best, g)
-        n_up = ops.where(check, 0.0, n_up)
-        return (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
-                n_up, loss_prev, loss_best_last, reduced_last)
+    loss, wrong, g = vg(x_adv)
+    x_best_adv = ops.where(rows(wrong, nd), x_adv, x_best_adv)
+    success = success | wrong
+    n_up = n_up + ops.cast(loss > loss_prev, "float32")
+    loss_prev = loss
+    better = loss > loss_best
+    x_best = ops.where(rows(better, nd), x_adv, x_best)
+    g_best = ops.where(rows(better, nd), g, g_best)
+    loss_best = ops.where(better, loss, loss_best)
 
-    carry = dyart_backend.fori_loop(0, n_iter, body, carry)
+    check = ops.take(is_check, i) > 0
+    k = ops.take(window, i)
+    oscillating = n_up <= k * rho
+    stalled = ~reduced_last & (loss_best_last >= loss_best)
+    reduce = check & (oscillating | stalled)
+    reduced_last = ops.where(check, oscillating | stalled, reduced_last)
+    loss_best_last = ops.where(check, loss_best, loss_best_last)
+    step_size = ops.where(reduce, 0.5 * step_size, step_size)
+    x_adv = ops.where(rows(reduce, nd), x_best, x_adv)
+    g = ops.where(rows(reduce, nd), g_best, g)
+    n_up = ops.where(check, 0.0, n_up)
+    return (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
+            n_up, loss_prev, loss_best_last, reduced_last)
+
+
+def _finish(logits_fn, consts, carry):
     return {"x_adv": carry[6], "success": carry[7], "loss_best": carry[5],
             "step_size": carry[8]}
 
@@ -217,8 +231,8 @@ def apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, 
     else:
         targets = [0]
     rng = driver.rng(seed)
-    fn = functools.partial(_apgd_fn, n_iter=n_iter, norm=ball.name, loss=loss)
-    run = driver.compiled(model, ("apgd", ball.name, loss, n_iter), fn, jit)
+    run = driver.compiled_loop(model, ("apgd", ball.name, loss, n_iter),
+                               _loop(n_iter, ball.name, loss), n_iter, jit)
 
     x_adv = x.copy()
     success = driver.predict_labels(model, x, batch_size) != y
@@ -236,11 +250,6 @@ def apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, 
                  progress=progress)
     x_adv = driver.guard(x_adv, x, eps, ball)
     return x_adv, driver.predict_labels(model, x_adv, batch_size) != y
-
-
-def _apgd_fn(logits_fn, xb, yb, start, eps, rank, *, n_iter, norm, loss):
-    return apgd_batch(logits_fn, xb, yb, start, eps, rank, n_iter=n_iter, norm=norm,
-                      loss=loss)
 
 
 register("apgd-ce", "APGD-CE", functools.partial(apgd, loss="ce"))

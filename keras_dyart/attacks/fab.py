@@ -82,10 +82,22 @@ def fab_batch(logits_fn: Callable, x: Any, y: Any, start: Any, target_rank: Any,
         dict with ``x_adv`` (the closest misclassified point found, else ``x``), ``found``
         (bool) and ``distance`` (its L∞ / L2 distance; ``1e10`` where none was found).
     """
+    return driver.run_loop(_loop(norm, overshoot, step_back, alpha_max, refine,
+                                 refine_steps), n_iter, logits_fn, x, y, start, target_rank)
+
+
+def _loop(norm, overshoot=1.05, step_back=0.9, alpha_max=0.1, refine=True,
+          refine_steps=6) -> driver.Loop:
+    """FAB-T as a `keras_dyart.attacks.driver.Loop` (setup, one iteration, finish)."""
+    body = functools.partial(_body, norm=norm, overshoot=overshoot, step_back=step_back,
+                             alpha_max=alpha_max, refine=refine)
+    finish = functools.partial(_finish, norm=norm, refine=refine, refine_steps=refine_steps)
+    return driver.Loop(_setup, body, finish)
+
+
+def _setup(logits_fn, x, y, start, target_rank):
     x, start = (ops.convert_to_tensor(v, "float32") for v in (x, start))
     y = ops.cast(ops.convert_to_tensor(y), "int32")
-    shape = ops.shape(x)
-    ball = geometry.get(norm)
     x0 = flat(x)
     n = ops.shape(x0)[0]
     clean = logits_fn(x)
@@ -95,48 +107,57 @@ def fab_batch(logits_fn: Callable, x: Any, y: Any, start: Any, target_rank: Any,
     target = ops.take_along_axis(order, col[:, None], axis=-1)[:, 0]
     sel = ops.one_hot(target, k, dtype="float32") - ops.one_hot(y, k, dtype="float32")
     onehot_y = ops.one_hot(y, k, dtype="float32")
+    d0 = ops.sum(clean * onehot_y, axis=-1)[:, None] - clean
+    x1 = ops.clip(x0 + flat(start), 0.0, 1.0)
+    return (x, y, sel, onehot_y, d0), (x1, x0, ops.full((n,), _BIG))
 
-    def f_y(logits):
-        return ops.sum(logits * onehot_y, axis=-1)
 
-    d0 = f_y(clean)[:, None] - clean
+def _body(logits_fn, consts, i, carry, *, norm, overshoot, step_back, alpha_max, refine):
+    x, y, sel, onehot_y, d0 = consts
+    shape = ops.shape(x)
+    ball = geometry.get(norm)
+    x0 = flat(x)
 
     def diff(z):
         return ops.sum(logits_fn(ops.reshape(z, shape)) * sel, axis=-1)
 
+    x1, best, best_r = carry
+    df, g = dyart_backend.value_and_grad(diff, x1)
+    g = flat(g)
+    c = ops.sum(g * x1, axis=-1) - df
+    d1 = project_to_hyperplane(x1, g, c, norm)
+    d2 = project_to_hyperplane(x0, g, c, norm)
+    a1 = ops.maximum(ball.size(d1), 1e-8)
+    a2 = ops.maximum(ball.size(d2), 1e-8)
+    alpha = ops.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
+    x1 = ops.clip((x1 + overshoot * d1) * (1.0 - alpha) + (x0 + overshoot * d2) * alpha,
+                  0.0, 1.0)
+    logits1 = logits_fn(ops.reshape(x1, shape))
+    adv = ops.argmax(logits1, axis=-1) != y
+    r = ball.size(x1 - x0)
+    if refine:
+        # Rank by where the segment x0 -> x1 is estimated to cross the boundary (linear
+        # interpolation of the margin), which is what the refinement returns.
+        d1 = ops.sum(logits1 * onehot_y, axis=-1)[:, None] - logits1
+        ratio = ops.where(d1 < 0, d0 / ops.maximum(d0 - d1, TINY), 1.0)
+        r = r * ops.clip(ops.min(ratio, axis=-1), 0.0, 1.0)
+    better = adv & (r < best_r)
+    best = ops.where(better[:, None], x1, best)
+    best_r = ops.where(better, r, best_r)
+    x1 = ops.where(adv[:, None], x0 + (x1 - x0) * step_back, x1)
+    return x1, best, best_r
+
+
+def _finish(logits_fn, consts, carry, *, norm, refine, refine_steps):
+    x, y = consts[:2]
+    shape = ops.shape(x)
+    ball = geometry.get(norm)
+    x0 = flat(x)
+    _, best, best_r = carry
+
     def margin(z):
         return cw_margin(logits_fn(ops.reshape(z, shape)), y)
 
-    def body(_, carry):
-        x1, best, best_r = carry
-        df, g = dyart_backend.value_and_grad(diff, x1)
-        g = flat(g)
-        c = ops.sum(g * x1, axis=-1) - df
-        d1 = project_to_hyperplane(x1, g, c, norm)
-        d2 = project_to_hyperplane(x0, g, c, norm)
-        a1 = ops.maximum(ball.size(d1), 1e-8)
-        a2 = ops.maximum(ball.size(d2), 1e-8)
-        alpha = ops.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
-        x1 = ops.clip((x1 + overshoot * d1) * (1.0 - alpha) + (x0 + overshoot * d2) * alpha,
-                      0.0, 1.0)
-        logits1 = logits_fn(ops.reshape(x1, shape))
-        adv = ops.argmax(logits1, axis=-1) != y
-        r = ball.size(x1 - x0)
-        if refine:
-            # Rank by where the segment x0 -> x1 is estimated to cross the boundary
-            # (linear interpolation of the margin), which is what the refinement returns.
-            d1 = f_y(logits1)[:, None] - logits1
-            ratio = ops.where(d1 < 0, d0 / ops.maximum(d0 - d1, TINY), 1.0)
-            r = r * ops.clip(ops.min(ratio, axis=-1), 0.0, 1.0)
-        better = adv & (r < best_r)
-        best = ops.where(better[:, None], x1, best)
-        best_r = ops.where(better, r, best_r)
-        x1 = ops.where(adv[:, None], x0 + (x1 - x0) * step_back, x1)
-        return x1, best, best_r
-
-    x1 = ops.clip(x0 + flat(start), 0.0, 1.0)
-    _, best, best_r = dyart_backend.fori_loop(0, n_iter, body,
-                                              (x1, x0, ops.full((n,), _BIG)))
     found = best_r < _BIG
     if refine:
         best = _refine(margin, x0, best, found, refine_steps)
@@ -186,8 +207,8 @@ def fab_t(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: str = "linf
     k = driver.num_classes(model, x)
     targets = list(range(2, min(n_target_classes, k - 1) + 2))
     rng = driver.rng(seed)
-    fn = functools.partial(_fab_fn, n_iter=n_iter, norm=ball.name, refine=refine)
-    run = driver.compiled(model, ("fab-t", ball.name, n_iter, refine), fn, jit)
+    run = driver.compiled_loop(model, ("fab-t", ball.name, n_iter, refine),
+                               _loop(ball.name, refine=refine), n_iter, jit)
 
     x_adv = x.copy()
     dist = np.full(len(x), np.inf)
@@ -217,10 +238,6 @@ def fab_t(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: str = "linf
     dist[~wrong] = np.inf
     x_adv[~wrong] = x[~wrong]
     return x_adv, dist
-
-
-def _fab_fn(logits_fn, xb, yb, start, rank, *, n_iter, norm, refine):
-    return fab_batch(logits_fn, xb, yb, start, rank, n_iter=n_iter, norm=norm, refine=refine)
 
 
 register("fab-t", "FAB-T", fab_t, returns="distance")

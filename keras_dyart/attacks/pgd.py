@@ -33,20 +33,31 @@ def pgd_batch(logits_fn: Callable, x: Any, y: Any, noise: Any, eps: Any, step_si
 
     Returns ``(x_adv, success)`` for the last iterate; ``success`` is a bool per row.
     """
+    out = driver.run_loop(_loop(norm, loss), steps, logits_fn, x, y, noise, eps, step_size)
+    return out["x_adv"], out["success"]
+
+
+def _loop(norm, loss) -> driver.Loop:
+    """PGD as a `keras_dyart.attacks.driver.Loop` (setup, one step, finish)."""
+    return driver.Loop(functools.partial(_setup, norm=norm),
+                       functools.partial(_body, norm=norm, loss=loss), _finish)
+
+
+def _setup(logits_fn, x, y, noise, eps, step_size, *, norm):
     x, noise = (ops.convert_to_tensor(v, "float32") for v in (x, noise))
     y = ops.cast(ops.convert_to_tensor(y), "int32")
+    return (x, y, eps, step_size), geometry.get(norm).project(x + noise, x, eps)
+
+
+def _body(logits_fn, consts, i, z, *, norm, loss):
+    x, y, eps, step_size = consts
     ball = geometry.get(norm)
+    _, g = dyart_backend.value_and_grad(lambda v: attack_loss(logits_fn(v), y, loss), z)
+    return ball.project(z + step_size * ball.ascent(g), x, eps)
 
-    def value(z):
-        return attack_loss(logits_fn(z), y, loss)
 
-    def body(_, z):
-        _, g = dyart_backend.value_and_grad(value, z)
-        return ball.project(z + step_size * ball.ascent(g), x, eps)
-
-    x_adv = dyart_backend.fori_loop(0, steps, body, ball.project(x + noise, x, eps))
-    success = ops.argmax(logits_fn(x_adv), axis=-1) != y
-    return x_adv, success
+def _finish(logits_fn, consts, z):
+    return {"x_adv": z, "success": ops.argmax(logits_fn(z), axis=-1) != consts[1]}
 
 
 @driver.with_bounds(returns="success")
@@ -85,8 +96,8 @@ def pgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, n
     if loss not in _LOSSES:
         raise ValueError(f"`loss` must be 'ce' or 'cw'; got {loss!r}.")
     rng = driver.rng(seed)
-    fn = functools.partial(_pgd_fn, steps=steps, norm=ball.name, loss=loss)
-    run = driver.compiled(model, ("pgd", ball.name, steps, loss), fn, jit)
+    run = driver.compiled_loop(model, ("pgd", ball.name, steps, loss), _loop(ball.name, loss),
+                               steps, jit)
     # eps and the step are inputs of the compiled function, so one trace serves every eps.
     shared = (np.float32(eps), np.float32(rel_step * eps))
     x_adv = x.copy()
@@ -96,7 +107,8 @@ def pgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, n
         shape = (len(idx),) + x.shape[1:]
         noise = (ball.numpy_uniform_ball(rng, shape, eps) if random_start
                  else np.zeros(shape, "float32"))
-        adv, ok = driver.call(run, size, [x[idx], y[idx], noise], shared)
+        out = driver.call(run, size, [x[idx], y[idx], noise], shared)
+        adv, ok = out["x_adv"], out["success"]
         x_adv[idx] = adv                 # the first success stays: idx holds undone points
         done[idx] = ok.astype(bool)
 
@@ -104,10 +116,6 @@ def pgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, n
                  batch_size=batch_size, progress=progress)
     x_adv = driver.guard(x_adv, x, eps, ball)
     return x_adv, driver.predict_labels(model, x_adv, batch_size) != y
-
-
-def _pgd_fn(logits_fn, xb, yb, noise, eps, step_size, *, steps, norm, loss):
-    return pgd_batch(logits_fn, xb, yb, noise, eps, step_size, steps, norm, loss)
 
 
 register("pgd", "PGD-40 (CE)", functools.partial(pgd, loss="ce"))

@@ -18,6 +18,9 @@ Keras keeps one ``trainer.py`` per backend:
 - ``pads_batches()``: whether compiled attack functions are specialised to their batch
   size (each new size a compilation), so that the attacks pad their chunks to a few sizes
   (`keras_dyart.attacks.driver.bucket`); where they are not, padding is only wasted work;
+- ``host_loops()``: whether an attack's iterations run faster as one compiled iteration
+  called from the host than as a compiled loop (written out or not)
+  (`keras_dyart.attacks.driver.compiled_loop`);
 - ``unroll_loops()``: whether the iterations of a search or attack run faster written out one
   after another than as a compiled loop (see `fori_loop`);
 - ``fuse(fn)``: ``fn``, a function of tensors doing elementwise work only (the FAB update),
@@ -76,6 +79,10 @@ def num_replicas() -> int:
 
 def pads_batches() -> bool:
     return current().pads_batches()
+
+
+def host_loops() -> bool:
+    return current().host_loops()
 
 
 def unroll_loops() -> bool:

@@ -87,6 +87,11 @@ def pads_batches():
     return False
 
 
+def host_loops():
+    """No: eager PyTorch runs every loop from the host already."""
+    return False
+
+
 def unroll_loops():
     """Eager PyTorch runs a loop in Python either way."""
     return True
