@@ -33,10 +33,12 @@ def tiny(code):
     return re.sub(r"epochs=[^,)\n]+", "epochs=1", code)
 
 
-def fake_load(real_load):
+def fake_load(mnist):
+    """`datasets.load` on a budget: slices of the real MNIST-5k split ``mnist``."""
     def load(name="mnist5k", **kwargs):
         if name == "mnist5k":
-            x, y, xt, yt = real_load(name, **kwargs)
+            assert not kwargs, f"the docs load mnist5k with options {kwargs}: serve them here"
+            x, y, xt, yt = mnist
             return x[:64], y[:64], xt[:32], yt[:32]
         if name == "cifar10":                          # synthetic, no download
             rng = np.random.RandomState(0)
@@ -54,38 +56,49 @@ def small_wrn(**kwargs):
     return architectures.wide_resnet(**kwargs)
 
 
-def page_namespace(tmp_path):
-    """What the pages use without defining it: small data, a compiled DyART model (MNIST
-    or CIFAR-shaped), two checkpoints, an extra-data file."""
-    x_train, y_train, x_test, y_test = datasets.load("mnist5k")
-    model = kd.DyARTModel(architectures.small_cnn(), n_iter=3)
-    model.compile(optimizer=keras.optimizers.SGD(0.05), metrics=["accuracy"])
-    first = architectures.small_cnn()
-    first.save(tmp_path / "ckpt-1.keras")
-    second = architectures.small_cnn()
-    second.save(tmp_path / "ckpt-2.keras")
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """What every page reads and none changes, made once: the data and the files (two
+    checkpoints, an extra-data file)."""
+    files = tmp_path_factory.mktemp("files")
+    architectures.small_cnn().save(files / "ckpt-1.keras")
+    architectures.small_cnn().save(files / "ckpt-2.keras")
     rng = np.random.RandomState(1)
-    np.savez(tmp_path / "cifar10_ddpm.npz",
+    np.savez(files / "cifar10_ddpm.npz",
              image=rng.randint(0, 256, (32, 32, 32, 3)).astype("uint8"),
              label=rng.randint(0, 10, 32))
-    cifar = kd.DyARTModel(small_wrn(num_classes=10), n_iter=2)
-    cifar.compile(optimizer=keras.optimizers.SGD(0.05))
+    return datasets.load("mnist5k"), files
+
+
+def page_namespace(tmp_path, shared, page):
+    """What the pages use without defining it: small data, a compiled DyART model (MNIST,
+    or CIFAR-shaped for docs/scale.md, which trains one it does not define), the files of
+    `shared` in the working directory."""
+    (x_train, y_train, x_test, y_test), files = shared
+    for f in files.iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    if page == "docs/scale.md":
+        model = kd.DyARTModel(small_wrn(num_classes=10), n_iter=2)
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+    else:
+        model = kd.DyARTModel(architectures.small_cnn(), n_iter=3)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), metrics=["accuracy"])
     return {
         "keras": keras, "np": np, "kd": kd, "epochs": 1,
         "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
         "x_batch": x_train[:16], "y_batch": y_train[:16],
         "x_probe": x_test[:16], "y_probe": y_test[:16],
-        "model": model, "cifar_model": cifar,
+        "model": model,
     }
 
 
 @pytest.fixture
-def tiny_world(tmp_path, monkeypatch):
+def tiny_world(tmp_path, monkeypatch, shared):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(datasets, "load", fake_load(datasets.load))
+    monkeypatch.setattr(datasets, "load", fake_load(shared[0]))
     monkeypatch.setitem(architectures.BUILDERS, "wrn-28-10", small_wrn)
     monkeypatch.setattr(architectures, "wrn_28_10", small_wrn)
-    return page_namespace(tmp_path)
+    return lambda page: page_namespace(tmp_path, shared, page)
 
 
 def test_every_page_is_collected():
@@ -96,10 +109,7 @@ def test_every_page_is_collected():
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)])
 def test_examples_of_a_page_run(page, tiny_world):
-    namespace = dict(tiny_world)
-    if page == "docs/scale.md":
-        # The page trains a CIFAR model that it does not define in its first example.
-        namespace["model"] = namespace["cifar_model"]
+    namespace = tiny_world(page)
     for i, code in enumerate(blocks(page)):
         if "data_parallel()" in code and BACKEND == "torch":
             # Documented: Keras 3 has no multi-device fit for PyTorch; the call must say so.
