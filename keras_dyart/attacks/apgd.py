@@ -108,7 +108,7 @@ def _loop(n_iter, norm, loss, rho=RHO) -> driver.Loop:
 def _value_and_grad(logits_fn, consts, loss):
     """``z -> (loss per row, misclassified, input gradient)``: one forward and one backward
     pass, the logits riding along with the loss as a gradient-free column."""
-    x, y, eps, target = consts
+    x, y, eps, target = consts[:4]
     loss_fn = L.get(loss)
 
     def f(z):
@@ -133,7 +133,8 @@ def _setup(logits_fn, x, y, start, eps, target_rank, *, n_iter, norm, loss, rho)
         target = ops.take_along_axis(order, col[:, None], axis=-1)[:, 0]
     else:
         target = y
-    consts = (x, y, eps, target)
+    is_check, window = (ops.convert_to_tensor(v) for v in _schedule(n_iter))
+    consts = (x, y, eps, target, is_check, window)
     x0 = ops.clip(x + rows(eps, len(x.shape)) * start, 0.0, 1.0)
     loss0, wrong0, g0 = _value_and_grad(logits_fn, consts, loss)(x0)
     n = ops.shape(x)[0]
@@ -144,11 +145,10 @@ def _setup(logits_fn, x, y, start, eps, target_rank, *, n_iter, norm, loss, rho)
 
 
 def _body(logits_fn, consts, i, carry, *, n_iter, norm, loss, rho):
-    x, _, eps, _ = consts
+    x, _, eps, _, is_check, window = consts
     nd = len(x.shape)
     ball = geometry.get(norm)
     vg = _value_and_grad(logits_fn, consts, loss)
-    is_check, window = (ops.convert_to_tensor(v) for v in _schedule(n_iter))
     (x_adv, x_old, g, x_best, g_best, loss_best, x_best_adv, success, step_size,
      n_up, loss_prev, loss_best_last, reduced_last) = carry
     a = ops.where(i > 0, 0.75, 1.0)

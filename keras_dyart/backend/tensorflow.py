@@ -56,8 +56,8 @@ def pads_batches():
 
 
 def host_loops():
-    """No: TensorFlow's graph runs the attacks' 100-iteration loops on CPU as fast as
-    the iterations called one by one (measured on APGD-T), with a single call."""
+    """No: on CPU, TensorFlow's graph ran APGD-T's iterations no faster written out than
+    as its loop (docs/performance.md), so host calls would have nothing to win."""
     return False
 
 
