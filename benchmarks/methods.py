@@ -32,6 +32,15 @@ stopped at any time and continued by the same command.
    and ``--images`` (docs/img/methods_aa_vs_clean.png, methods_aa_vs_time.png), from the
    JSON records in ``--results`` (benchmarks/results/methods/<phase>/<run>.json).
 
+A run outlives its run directory (under ``--runs``, which a fresh checkout lacks): when its
+training ends, its averaged model is copied to ``<results>/models/<phase>/<run>.keras`` and
+its epoch times to ``<results>/points/<phase>/<run>.train.json``; the attack then runs 100
+points at a time (one `keras_dyart.evaluation.evaluate` call per chunk, the run's seed),
+each finished chunk's per-point report appended to ``<results>/points/<phase>/<run>.json``,
+so an attack that is stopped resumes at its next chunk, in another checkout too.  These
+files are committed with the records: the saved models are the ones an independent attack
+can check, and the per-point reports say which attack broke each point.
+
 Times are each epoch's wall time from history.csv (`keras_dyart.recipe.EpochSeconds`);
 seconds per epoch is their median, which a busy moment of a shared machine moves less
 than the sum.  ``--quick`` runs every phase with a few points, one epoch and tiny attacks
@@ -45,6 +54,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,6 +100,7 @@ FULL = {
     "val_text": "APGD-CE then APGD-T with 3 target classes",
     "attack_options": None, "common": {},
     "grids": GRIDS, "max_epochs": 200, "methods": METHODS, "warm_start": 5,
+    "attack_chunk": 100,
 }
 
 QUICK = {
@@ -107,6 +118,7 @@ QUICK = {
     "grids": {"clean": GRIDS["clean"], "pgd-at": GRIDS["pgd-at"][:1],
               "dyart": GRIDS["dyart"][3:5]},
     "max_epochs": 3, "methods": ("clean", "pgd-at", "dyart"), "warm_start": 1,
+    "attack_chunk": 25,
 }
 
 
@@ -162,25 +174,82 @@ def epoch_seconds(out: str) -> list[float]:
                 if r.get("epoch_seconds") not in (None, "")]
 
 
-def attack_run(out: str, x, y, attack: str, eps, seed: int, options) -> dict:
-    """Attack a run's averaged model; writes eval_<name>.json there and returns its
-    summary."""
+def attack_run(model_path: str, out: str, x, y, attack: str, eps, seed: int, options,
+               chunk: int, points_path: str, log=print) -> dict:
+    """Attack a saved model ``chunk`` points at a time, resumable: each finished chunk's
+    per-point report is appended to ``points_path`` (JSON), and a later call attacks only
+    the points after the last finished chunk.  Writes the merged report as
+    eval_<name>.json in ``out`` and returns its summary.
+
+    Each chunk is one `keras_dyart.evaluation.evaluate` call with the run's seed, so the
+    outcome is that of the attack run on each chunk of points in turn (an attack's outcome
+    on a point does not depend on the other points of its batch beyond the random draws).
+    """
     import keras
+    import numpy as np
 
-    from keras_dyart import evaluation
+    from keras_dyart import evaluation, io
 
-    model = keras.saving.load_model(os.path.join(out, "averaged.keras"), compile=False)
-    begin = time.perf_counter()
-    report = evaluation.evaluate(model, x, y, attack, list(eps), seed=seed, options=options)
+    done = json.load(open(points_path)) if os.path.exists(points_path) else {"chunks": []}
+    if done.get("attack") not in (None, attack) or done.get("n") not in (None, len(x)):
+        raise SystemExit(f"{points_path} holds another attack ({done.get('attack')}, "
+                         f"{done.get('n')} points): remove it to attack again")
+    done.update(attack=attack, n=len(x), chunk=chunk)
+    model = None
+    start = sum(c["n"] for c in done["chunks"])
+    while start < len(x):
+        if model is None:
+            keras.backend.clear_session()
+            model = keras.saving.load_model(model_path, compile=False)
+        stop = min(len(x), start + chunk)
+        begin = time.perf_counter()
+        report = evaluation.evaluate(model, x[start:stop], y[start:stop], attack, list(eps),
+                                     seed=seed, options=options)
+        part = report.to_dict(per_point=True)
+        part["start"], part["seconds_total"] = start, time.perf_counter() - begin
+        done["chunks"].append(part)
+        io.write_json(points_path, done)
+        log(f"  points {start}-{stop - 1} of {len(x)}: robust "
+            + ", ".join(f"{e:g} {report.robust_accuracy[e]:.3f}" for e in eps)
+            + f" ({part['seconds_total']:.0f} s)")
+        start = stop
+    merged = merge_chunks(done["chunks"])
     name = "autoattack" if attack == "autoattack" else attack.replace(",", "+")
-    report.to_json(os.path.join(out, f"eval_{name}.json"))
-    robust = report.robust.astype(bool)
+    io.write_json(os.path.join(out, f"eval_{name}.json"), merged)
+    keys = [evaluation._eps_key(e) for e in eps]
+    robust = np.array([[r[f"robust@{k}"] for k in keys] for r in merged["points"]], bool)
     return {
-        "attack": attack, "n": int(report.n), "clean": float(report.clean_accuracy),
-        "robust": {f"{e:g}": float(report.robust_accuracy[e]) for e in eps},
+        "attack": attack, "n": merged["n"], "clean": merged["clean_accuracy"],
+        "robust": {f"{e:g}": merged["robust_accuracy"][k] for e, k in zip(eps, keys)},
         # per point, for paired comparisons: bit i of the hex string is point i
         "robust_points": {f"{e:g}": _bits(robust[:, i]) for i, e in enumerate(eps)},
-        "attack_seconds": round(time.perf_counter() - begin, 1),
+        "accuracy_after": merged["accuracy_after"],
+        "attack_seconds": round(sum(c["seconds_total"] for c in done["chunks"]), 1),
+        "attack_chunks": len(done["chunks"]),
+    }
+
+
+def merge_chunks(chunks: list[dict]) -> dict:
+    """One report dict (`RobustnessReport.to_dict`) from the reports of consecutive
+    chunks of points: accuracies weighted by chunk size, seconds summed, points in order
+    with their index in the whole set."""
+    n = sum(c["n"] for c in chunks)
+
+    def mean(get):
+        return sum(get(c) * c["n"] for c in chunks) / n
+
+    first = chunks[0]
+    eps = list(first["robust_accuracy"])
+    points = [{**r, "index": c["start"] + r["index"]} for c in chunks for r in c["points"]]
+    return {
+        **{k: first[k] for k in ("attack", "attacks", "norm", "epsilons", "backend")},
+        "n": n, "chunks": [[c["start"], c["n"]] for c in chunks],
+        "clean_accuracy": mean(lambda c: c["clean_accuracy"]),
+        "robust_accuracy": {e: mean(lambda c, e=e: c["robust_accuracy"][e]) for e in eps},
+        "accuracy_after": {a: {e: mean(lambda c, a=a, e=e: c["accuracy_after"][a][e])
+                               for e in eps} for a in first["accuracy_after"]},
+        "seconds": {a: sum(c["seconds"][a] for c in chunks) for a in first["seconds"]},
+        "points": points,
     }
 
 
@@ -236,20 +305,35 @@ class Study:
             return json.load(open(path))
         out = os.path.join(self.runs, phase, name)
         validation = phase == "tune"
-        if not os.path.exists(os.path.join(out, "metrics.json")):
-            self.log(f"[{phase}] training {name}")
-            run_train(train_args(method, setting, seed, epochs, self.plan, validation, out),
-                      out)
+        # What outlives the run directory (which a new checkout lacks): the trained model
+        # and its epoch times (models/), and the attack's finished chunks (points/).
+        saved = os.path.join(self.results, "models", phase, name + ".keras")
+        trained = os.path.join(self.results, "points", phase, name + ".train.json")
+        points = os.path.join(self.results, "points", phase, name + ".json")
+        if not (os.path.exists(saved) and os.path.exists(trained)):
+            if not os.path.exists(os.path.join(out, "metrics.json")):
+                self.log(f"[{phase}] training {name}")
+                run_train(train_args(method, setting, seed, epochs, self.plan, validation,
+                                     out), out)
+            os.makedirs(os.path.dirname(saved), exist_ok=True)
+            shutil.copyfile(os.path.join(out, "averaged.keras"), saved)
+            from keras_dyart import io
+
+            io.write_json(trained, {"epoch_seconds": epoch_seconds(out), "commit": commit(),
+                                    "run_dir": out})
+        train_info = json.load(open(trained))
+        os.makedirs(out, exist_ok=True)
         x_val, y_val, x_test, y_test = self.data()
         p = self.plan
+        self.log(f"[{phase}] attacking {name}")
         if validation:
-            result = attack_run(out, x_val, y_val, p["val_attack"], (p["val_eps"],), seed,
-                                p["val_options"])
+            result = attack_run(saved, out, x_val, y_val, p["val_attack"], (p["val_eps"],),
+                                seed, p["val_options"], p["attack_chunk"], points, self.log)
         else:
             eps = p["equal_time_eps"] if phase == "equal-time" else p["eps"]
-            result = attack_run(out, x_test, y_test, "autoattack", eps, seed,
-                                p["attack_options"])
-        seconds = epoch_seconds(out)
+            result = attack_run(saved, out, x_test, y_test, "autoattack", eps, seed,
+                                p["attack_options"], p["attack_chunk"], points, self.log)
+        seconds = train_info["epoch_seconds"]
         record = {
             "phase": phase, "name": name, "method": method, "setting": setting,
             "seed": seed, "epochs": epochs, "burn_in": p["burn_in"],
@@ -258,7 +342,8 @@ class Study:
             "epoch_seconds": [round(s, 2) for s in seconds],
             "seconds_per_epoch": round(statistics.median(seconds), 2),
             "train_seconds": round(statistics.median(seconds) * epochs, 1),
-            **result, "run_dir": out, "commit": commit(),
+            **result, "run_dir": out, "model": os.path.relpath(saved, self.results),
+            "commit": train_info["commit"], "attack_commit": commit(),
             "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         }
         os.makedirs(os.path.dirname(path), exist_ok=True)

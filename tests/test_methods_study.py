@@ -87,3 +87,26 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training" not in again.stdout and "] clean-" not in again.stdout
     assert (tmp_path / "methods.md").read_text() == text
+
+    # A run outlives its run directory: the saved model and the attack's finished chunks
+    # (committed with the records) let an interrupted attack resume at its next chunk in
+    # a checkout without runs/, training nothing again.
+    record = final[0]
+    saved = tmp_path / "results" / record["model"]
+    assert keras.saving.load_model(saved, compile=False).count_params() > 0
+    points_path = tmp_path / "results" / "points" / "final" / (record["name"] + ".json")
+    points = json.load(open(points_path))
+    assert [c["n"] for c in points["chunks"]] == [25, 15]
+    rows = [r for c in points["chunks"] for r in c["points"]]
+    assert np.mean([r["robust@0.3"] for r in rows]) == pytest.approx(record["robust"]["0.3"])
+    points["chunks"] = points["chunks"][:1]
+    json.dump(points, open(points_path, "w"))
+    os.remove(tmp_path / "results" / "final" / (record["name"] + ".json"))
+    subprocess.run(["rm", "-r", record["run_dir"]], check=True)
+    resumed = _study(tmp_path, "--phase", "final")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "training" not in resumed.stdout
+    assert "points 25-39 of 40" in resumed.stdout and "points 0-24" not in resumed.stdout
+    again = json.load(open(tmp_path / "results" / "final" / (record["name"] + ".json")))
+    for key in ("clean", "robust", "robust_points", "epoch_seconds", "commit"):
+        assert again[key] == record[key], key
