@@ -207,7 +207,8 @@ def attack_run(model_path: str, out: str, x, y, attack: str, eps, seed: int, opt
         part = report.to_dict(per_point=True)
         part["start"], part["seconds_total"] = start, time.perf_counter() - begin
         done["chunks"].append(part)
-        io.write_json(points_path, done)
+        # compact (no indentation): a run's 1,000 per-point rows are committed
+        io._atomic_write(points_path, lambda f: json.dump(done, f, separators=(",", ":")))
         log(f"  points {start}-{stop - 1} of {len(x)}: robust "
             + ", ".join(f"{e:g} {report.robust_accuracy[e]:.3f}" for e in eps)
             + f" ({part['seconds_total']:.0f} s)")

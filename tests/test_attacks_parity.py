@@ -56,12 +56,14 @@ def test_autoattack_standard_agrees_with_torchattacks(mnist5k):
     ours = evaluate(model, x, y, "autoattack", [EPS], batch_size=N, seed=0)
     ours_s = time.perf_counter() - t0
 
-    theirs, adv, theirs_s = torchattacks_autoattack(model, x, y, EPS)
+    timings = {}
+    theirs, adv, theirs_s = torchattacks_autoattack(model, x, y, EPS, timings=timings)
     assert np.abs(adv - x).max() <= EPS + 1e-6
     print(f"\nAutoAttack standard, eps={EPS}, {N} points: keras-dyart "
           f"{100 * ours.robust_accuracy[EPS]:.1f} % in {ours_s:.0f} s; torchattacks "
           f"{100 * theirs:.1f} % in {theirs_s:.0f} s; clean {100 * ours.clean_accuracy:.1f} %; "
-          f"ours per attack: " + ", ".join(f"{a} {t:.0f} s" for a, t in ours.seconds.items()))
+          f"ours per attack: " + ", ".join(f"{a} {t:.0f} s" for a, t in ours.seconds.items())
+          + "; theirs: " + ", ".join(f"{a} {t:.0f} s" for a, t in timings.items()))
     assert 0.1 < ours.robust_accuracy[EPS] < ours.clean_accuracy   # a non-trivial case
     assert abs(ours.robust_accuracy[EPS] - theirs) <= 0.01
 
