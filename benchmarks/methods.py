@@ -190,10 +190,13 @@ def attack_run(model_path: str, out: str, x, y, attack: str, eps, seed: int, opt
     from keras_dyart import evaluation, io
 
     done = json.load(open(points_path)) if os.path.exists(points_path) else {"chunks": []}
-    if done.get("attack") not in (None, attack) or done.get("n") not in (None, len(x)):
-        raise SystemExit(f"{points_path} holds another attack ({done.get('attack')}, "
-                         f"{done.get('n')} points): remove it to attack again")
-    done.update(attack=attack, n=len(x), chunk=chunk)
+    # the finished chunks must be of this very attack, or the merged numbers would mix two
+    this = {"attack": attack, "n": len(x), "eps": [float(e) for e in eps], "seed": seed}
+    other = {k: done[k] for k in this if k in done and done[k] != this[k]}
+    if other:
+        raise SystemExit(f"{points_path} holds the chunks of another attack ({other}, "
+                         f"here {this}): remove it to attack again")
+    done.update(this, chunk=chunk)
     model = None
     start = sum(c["n"] for c in done["chunks"])
     while start < len(x):
@@ -207,8 +210,7 @@ def attack_run(model_path: str, out: str, x, y, attack: str, eps, seed: int, opt
         part = report.to_dict(per_point=True)
         part["start"], part["seconds_total"] = start, time.perf_counter() - begin
         done["chunks"].append(part)
-        # compact (no indentation): a run's 1,000 per-point rows are committed
-        io._atomic_write(points_path, lambda f: json.dump(done, f, separators=(",", ":")))
+        io.write_json(points_path, done, compact=True)   # 1,000 rows a run, committed
         log(f"  points {start}-{stop - 1} of {len(x)}: robust "
             + ", ".join(f"{e:g} {report.robust_accuracy[e]:.3f}" for e in eps)
             + f" ({part['seconds_total']:.0f} s)")

@@ -28,9 +28,11 @@ def _atomic_write(path, write):
         raise
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    _atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=False))
+def write_json(path: str | os.PathLike, data: Any, *, compact: bool = False) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (``compact=True``: no
+    indentation or spaces, for large files)."""
+    layout = {"separators": (",", ":")} if compact else {"indent": 2}
+    _atomic_write(path, lambda f: json.dump(data, f, sort_keys=False, **layout))
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:

@@ -7,6 +7,7 @@ backend elsewhere); it runs here under TensorFlow, the backend of the recorded s
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -102,7 +103,7 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     points["chunks"] = points["chunks"][:1]
     json.dump(points, open(points_path, "w"))
     os.remove(tmp_path / "results" / "final" / (record["name"] + ".json"))
-    subprocess.run(["rm", "-r", record["run_dir"]], check=True)
+    shutil.rmtree(record["run_dir"])
     resumed = _study(tmp_path, "--phase", "final")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "training" not in resumed.stdout
