@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_dyart.augment import check_pad, random_crop_flip
 from keras_dyart.images import label_vector, nhwc, pixels
+from keras_dyart.methods.warm import indexed
 
 
 class Batches(keras.utils.PyDataset):
@@ -21,7 +22,7 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, x, y, batch_size=128, augment=True, pad=4, extra=None,
                  extra_fraction=0.0, shuffle=True, drop_remainder=False, seed=0, workers=1,
-                 use_multiprocessing=False, max_queue_size=10):
+                 use_multiprocessing=False, max_queue_size=10, index=False):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.x = nhwc(np.asarray(x))
@@ -69,6 +70,7 @@ class Batches(keras.utils.PyDataset):
             raise ValueError(
                 f"`x` has {len(self.x)} images, fewer than the {self.n_base} a batch takes "
                 "from it; with `drop_remainder=True` no batch would be full.")
+        self.index = bool(index)
         self.seed = int(seed)
         self.epoch = 0
         self._extra_offset = 0
@@ -90,7 +92,7 @@ class Batches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range [0, {len(self)}).")
         rows = self.base_order[index * self.n_base:(index + 1) * self.n_base]
-        x, y = self.x[rows], self.y[rows]
+        x, y, ids = self.x[rows], self.y[rows], rows
         if self.n_extra:
             # The extra set is walked through in its own shuffled order, across epochs.
             m = len(self.extra_x)
@@ -98,13 +100,21 @@ class Batches(keras.utils.PyDataset):
             pick = self.extra_order[(start + np.arange(self.n_extra)) % m]
             x = np.concatenate([pixels(x, "float32"), pixels(self.extra_x[pick], "float32")])
             y = np.concatenate([y, self.extra_y[pick]])
+            ids = np.concatenate([rows, len(self.x) + pick])
         else:
             x = pixels(x, "float32")
         if self.augment:
             x = random_crop_flip(x, self.pad,
                                  rng=np.random.default_rng((self.seed, self.epoch, index, 1)),
                                  data_format="channels_last")     # the loaders' layout
-        return np.ascontiguousarray(x, "float32"), y
+        x = np.ascontiguousarray(x, "float32")
+        return (indexed(x, ids) if self.index else x), y
+
+    @property
+    def n_examples(self):
+        """How many examples the indices of ``index=True`` batches name: ``x``'s rows,
+        then the extra set's."""
+        return len(self.x) + (0 if self.extra_x is None else len(self.extra_x))
 
     def on_epoch_end(self):
         self._extra_offset += len(self) * self.n_extra
@@ -123,7 +133,7 @@ def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int = 128, augment: bool 
              pad: int = 4, extra: tuple[np.ndarray, np.ndarray] | None = None,
              extra_fraction: float = 0.0, shuffle: bool = True, drop_remainder: bool = False,
              seed: int = 0, workers: int = 1, use_multiprocessing: bool = False,
-             max_queue_size: int = 10) -> Batches:
+             max_queue_size: int = 10, index: bool = False) -> Batches:
     """Training batches for `Model.fit` under any backend (a `keras.utils.PyDataset`).
 
     Every epoch shuffles ``x``; every batch holds ``batch_size - k`` images of ``x`` and,
@@ -137,6 +147,12 @@ def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int = 128, augment: bool 
     ``workers > 1`` prepares batches in threads (processes with ``use_multiprocessing``)
     while the accelerator trains.  Augmentation is reproducible from ``seed``.
 
+    ``index=True`` yields each batch's inputs with the examples' indices
+    (`keras_dyart.methods.warm.indexed`: ``x``'s row numbers, the extra set's rows after
+    them), which a `DyARTModel` with ``warm_start`` needs.  An augmented image is a new
+    input at every visit, so its search starts cold: warm starts pay off with
+    ``augment=False``.
+
     >>> x = np.zeros((10, 8, 8, 3), "uint8"); y = np.arange(10) % 2
     >>> xb, yb = pipeline(x, y, batch_size=4)[0]
     >>> xb.shape, yb.shape
@@ -145,4 +161,5 @@ def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int = 128, augment: bool 
     return Batches(x, y, batch_size=batch_size, augment=augment, pad=pad, extra=extra,
                    extra_fraction=extra_fraction, shuffle=shuffle,
                    drop_remainder=drop_remainder, seed=seed, workers=workers,
-                   use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+                   use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
+                   index=index)

@@ -101,6 +101,38 @@ def test_index_through_tf_data_and_array_batches(make_linear):
     np.testing.assert_allclose(_remembered(model, x)[0][inside], margin[inside], rtol=1e-3)
 
 
+def test_index_through_the_library_pipeline_with_extra_data(make_linear):
+    # `pipeline(index=True)`: x's rows are 0..31, the extra set's rows 32..47 (mixed into
+    # every batch in their own shuffled order): a wrong offset or a row given another's
+    # index would remember another point's margin
+    weights, x, y, v, phi = two_class_problem(seed=3)
+    margin, inside = closed_form(v, phi, "linf")
+    images = x.reshape(len(x), 4, 5)
+
+    def on_images():
+        inputs = keras.Input((4, 5, 1))
+        linear = make_linear(weights)
+        model = kd.DyARTModel(keras.Model(inputs, linear(keras.layers.Flatten()(inputs))),
+                              norm="linf", lam=0.0, warm_start=0)
+        model.compile(keras.optimizers.SGD(0.0))
+        return model
+
+    model = on_images()
+    batches = kd.datasets.pipeline(images[:32], y[:32], batch_size=16, augment=False,
+                          extra=(images[32:], y[32:]), extra_fraction=0.25, seed=5,
+                          index=True)
+    assert batches.n_examples == 48
+    model.fit(batches, epochs=2, verbose=0)
+    assert model.cache.n_examples == 48
+    scales, _ = _remembered(model, x)
+    visited = scales >= 0
+    assert visited[:32].all() and visited[32:].sum() >= 8
+    np.testing.assert_allclose(scales[visited & inside], margin[visited & inside], rtol=1e-3)
+    with pytest.raises(ValueError, match="index=True"):
+        on_images().fit(kd.datasets.pipeline(images, y, batch_size=16, augment=False),
+                        verbose=0)
+
+
 def test_memory_is_saved_with_the_model(make_linear, tmp_path):
     weights, x, y, _, _ = two_class_problem()
     model = _model(make_linear, weights, warm_start=2, cache_dtype="int8")

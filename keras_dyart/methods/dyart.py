@@ -9,6 +9,7 @@ from keras import ops
 from keras_dyart import _checks, boundary, geometry
 from keras_dyart import backend as dyart_backend
 from keras_dyart import inputs as _inputs
+from keras_dyart import pipeline as _pipeline  # a module: pipeline imports methods.warm
 from keras_dyart.losses import robust_term
 from keras_dyart.methods.base import RobustModel
 from keras_dyart.methods.terms import usable_mean
@@ -65,12 +66,13 @@ class DyARTModel(RobustModel):
             misclassified at its last visit starts at x); a batch with a new or changed
             example gets the cold ``n_iter`` search.
             The examples' indices travel with the batches: ``fit`` on arrays attaches
-            them; a pipeline yields `keras_dyart.methods.warm.indexed` inputs or uses
-            `keras_dyart.recipe.ArrayBatches` with ``index=True``.  Needs
+            them; a pipeline yields `keras_dyart.methods.warm.indexed` inputs or is a
+            `keras_dyart.datasets.pipeline` or `keras_dyart.recipe.ArrayBatches` made
+            with ``index=True``.  Needs
             ``random_start=False`` and ``restarts=1``.
         n_examples: number of training examples the memory holds (indices ``0 ..
-            n_examples − 1``); ``fit`` on arrays or an ``ArrayBatches`` sets it from the
-            data.  Needed up front for other pipelines.
+            n_examples − 1``); ``fit`` on arrays, a ``pipeline`` or an ``ArrayBatches``
+            sets it from the data.  Needed up front for other pipelines.
         cache_dtype: storage of the remembered points, ``"float16"`` (default; 2 bytes per
             input coordinate and example) or ``"int8"`` (1 byte).  50,000 CIFAR-10 images:
             307 MB or 154 MB (`keras_dyart.methods.warm.cache_bytes`), saved with the
@@ -152,14 +154,18 @@ class DyARTModel(RobustModel):
 
     def prepare_examples(self, x):
         """With ``warm_start``: the memory sized from the training data (arrays or an
-        ``ArrayBatches``), and arrays given their row indices."""
+        ``pipeline`` or ``ArrayBatches``), and arrays given their row indices."""
         if self.warm_start is None:
             return x
-        if isinstance(x, ArrayBatches):
-            n, shape = len(x.x), x.x.shape[1:]
+        if isinstance(x, (ArrayBatches, _pipeline.Batches)):
+            if isinstance(x, ArrayBatches):
+                n, kind = len(x.x), "`ArrayBatches`"
+            else:
+                n, kind = x.n_examples, "`keras_dyart.datasets.pipeline`"
+            shape = x.x.shape[1:]
             if not x.index:
                 raise ValueError("`DyARTModel(warm_start=...)` needs the examples' indices: "
-                                 "make the `ArrayBatches` with `index=True`.")
+                                 f"make the {kind} with `index=True`.")
         elif _inputs.is_array(x):
             n, shape = len(x), tuple(x.shape[1:])
             x = indexed(x)
