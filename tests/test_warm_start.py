@@ -128,6 +128,10 @@ def test_index_through_the_library_pipeline_with_extra_data(make_linear):
     visited = scales >= 0
     assert visited[:32].all() and visited[32:].sum() >= 8
     np.testing.assert_allclose(scales[visited & inside], margin[visited & inside], rtol=1e-3)
+    # augmented images are new inputs at every visit: warned, and every search is cold
+    with pytest.warns(UserWarning, match="augment=False"):
+        on_images().fit(kd.datasets.pipeline(images, y, batch_size=16, index=True),
+                        epochs=1, verbose=0)
     with pytest.raises(ValueError, match="index=True"):
         on_images().fit(kd.datasets.pipeline(images, y, batch_size=16, augment=False),
                         verbose=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -166,6 +168,12 @@ class DyARTModel(RobustModel):
             if not x.index:
                 raise ValueError("`DyARTModel(warm_start=...)` needs the examples' indices: "
                                  f"make the {kind} with `index=True`.")
+            if getattr(x, "augment", False):
+                warnings.warn(
+                    "`DyARTModel(warm_start=...)` on an augmenting pipeline: every visit of "
+                    "an example is another image, so every search starts cold and the "
+                    "memory is never used; make the pipeline with `augment=False` for warm "
+                    "starts.", stacklevel=3)
         elif _inputs.is_array(x):
             n, shape = len(x), tuple(x.shape[1:])
             x = indexed(x)
