@@ -151,6 +151,22 @@ def test_memory_is_saved_with_the_model(make_linear, tmp_path):
     assert np.all(ops.convert_to_numpy(loaded.cache.scales) >= 0)
 
 
+def test_cache_takes_numpy_batches():
+    # the memory's write and read take host arrays as well as tensors (a benchmark or a
+    # user's own loop hands it NumPy): a NumPy ``keep`` and a backend tensor combine
+    from keras_dyart.methods.warm import ExampleCache
+
+    cache = ExampleCache(keras.layers.Layer(), 4, (3,), "float16")
+    u = np.full((4, 3), 0.5, "float32")
+    u_hat = u + np.array([[0.1, 0.0, 0.0], [0.0, -0.2, 0.0], [0.0, 0.0, 0.3], [0.1, 0.1, 0.1]],
+                         "float32")
+    cache.write(u, u_hat, np.array([True, True, False, True]), np.arange(4))
+    start, visited = cache.read(u, np.arange(4), stretch=1.0)
+    assert ops.convert_to_numpy(visited).all()
+    expected = np.where(np.array([True, True, False, True])[:, None], u_hat, u)
+    np.testing.assert_allclose(ops.convert_to_numpy(start), expected, atol=1e-3)
+
+
 def test_cache_bytes_at_cifar_scale():
     assert cache_bytes(50_000, (32, 32, 3), "float16") == 50_000 * (3072 * 2 + 8)
     assert cache_bytes(50_000, (32, 32, 3), "int8") == 50_000 * (3072 + 8)

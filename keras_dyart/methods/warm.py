@@ -166,7 +166,7 @@ class ExampleCache:
         rows = ops.clip(index, 0, self.n_examples - 1)
         delta = flat(u_hat) - flat(u)
         scale = ops.max(ops.abs(delta), axis=-1)
-        keep = keep & (scale > 0.0)
+        keep = ops.logical_and(ops.convert_to_tensor(keep, "bool"), scale > 0.0)
         safe = ops.where(keep, scale, 1.0)
         q = delta / ops.expand_dims(safe, -1) * self.q_max
         if self.cache_dtype == "int8":
