@@ -1,0 +1,108 @@
+"""The benchmark scripts in their smallest form, on every backend, so that they cannot rot
+between the runs that make their tables: each must run to its table, with a row per path it
+times and finite seconds.  Their numbers are not checked (timings stay out of tests);
+`benchmarks/methods.py --quick` has its own test.
+
+`step_time.py` and `attack_throughput.py` run under the session's backend.  `fit_epoch.py`
+runs all three backends in one call, and `warm_start.py` runs under PyTorch, both from the
+PyTorch leg of `make test` only: the legs run side by side and that leg ends first by far."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import pytest
+
+BACKEND = keras.backend.backend()
+
+pytestmark = pytest.mark.slow
+
+from_torch_leg = pytest.mark.skipif(
+    BACKEND != "torch", reason="run once, from the PyTorch leg of the suite")
+
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, backend="torch", timeout=900):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def rows(text, first):
+    """Cells of the Markdown table rows whose first cell is ``first``."""
+    out = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first:
+            out.append(cells)
+    return out
+
+
+def numbers(cell):
+    return [float(v) for v in re.findall(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", cell)]
+
+
+def positive(cell):
+    values = numbers(cell)
+    return bool(values) and all(math.isfinite(v) and v > 0 for v in values)
+
+
+@from_torch_leg
+def test_fit_epoch_quick_times_every_data_path():
+    text = run("fit_epoch.py", "--quick", "--backends", *BACKENDS, "--warm", "1")
+    for backend in BACKENDS:
+        found = {r[1]: r for r in rows(text, backend)}
+        assert set(found) == {"arrays", "ArrayBatches", "warm 1"}, text
+        for r in found.values():
+            # seconds and ratios > 0; the spreads (max − min over median) may be 0
+            assert all(positive(c) for i, c in enumerate(r[2:], 2) if i not in (4, 10)), r
+            assert all(v >= 0 for i in (4, 10) for v in numbers(r[i])), r
+
+
+# Under PyTorch only for now: its --quick form takes about 7 minutes under TensorFlow with
+# the other legs running, too long for the suite until the quick form is made smaller.
+@from_torch_leg
+def test_warm_start_quick_tables():
+    text = run("warm_start.py", "--quick", "--iters", "3", backend="torch")
+    assert "int8" in text and "float16" in text, text
+    assert re.search(r"warm", text), text
+
+
+def test_step_time_small(tmp_path):
+    out = str(tmp_path / "step_time.md")
+    text = run("step_time.py", "--backends", BACKEND, "--batch", "16", "--n-iter", "2",
+               "--repeats", "1", "--resnet-batch", "0", "--out", out, backend=BACKEND)
+    with open(out) as f:
+        table = f.read()
+    assert BACKEND in table, text + table
+
+
+def test_attack_throughput_small(tmp_path, mnist5k):
+    # a linear model trained for one epoch: most test digits right, so there is work
+    x, y = mnist5k[0][:1024], mnist5k[1][:1024]
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    path = str(tmp_path / "linear.keras")
+    model.save(path)
+    out = str(tmp_path / "throughput.md")
+    run("attack_throughput.py", path, "--n", "8", "--eps", "0.3", "--no-reference",
+        "--out", out, backend=BACKEND)
+    with open(out) as f:
+        table = f.read()
+    found = rows(table, "keras-dyart")
+    # robust accuracy may be 0 % (a linear model at 0.3); APGD-CE attacked every digit
+    # the model got right, in measurable time
+    assert found and numbers(found[0][1]) and numbers(found[0][2]), table
+    apgd = rows(table, "APGD-CE")
+    assert apgd and positive(apgd[0][1]) and positive(apgd[0][2]), table
