@@ -73,7 +73,12 @@ def test_fit_epoch_quick_times_every_data_path():
 def test_warm_start_quick_tables():
     text = run("warm_start.py", "--quick", "--iters", "3", backend="torch")
     assert "int8" in text and "float16" in text, text
-    assert re.search(r"warm", text), text
+    # the search table's warm rows (from each stored form) and the epoch table's two models
+    for label in ("reference (cold)", "warm, float16", "warm, int8"):
+        assert rows(text, label), text
+    for label in ("cold (paper)", "warm_start=5"):
+        found = rows(text, label)
+        assert found and positive(found[0][1]) and positive(found[0][2]), text
 
 
 def test_step_time_small(tmp_path):
