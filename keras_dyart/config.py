@@ -20,7 +20,7 @@ What they do:
 - ``torch_compile``: whether PyTorch fuses the boundary search's elementwise work with
   ``torch.compile`` (`keras_dyart.backend.fuse`).
 - ``fast_kernels``: while keras-dyart runs a train step or a compiled search or attack, JAX's
-  non-overlapping max pooling is computed as a running maximum (on the CPU only, whose
+  non-overlapping max pooling gets its own gradient rule (on the CPU only, whose
   pooling gradient is slow) and PyTorch's 4-D layout change is a view instead of a copy
   (the same numbers; see docs/performance.md).  Both replace a function inside Keras's
   backend for the duration of the call (Keras has no public hook for it); ``False`` leaves

@@ -1,5 +1,6 @@
 """`keras_dyart.config`: the switches, their environment variables and what they control."""
 
+import numpy as np
 import pytest
 
 from keras_dyart import backend as dyart_backend
@@ -117,6 +118,42 @@ def test_jax_pooling_swap_is_cpu_only(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     with dyart_backend.step_scope():
         assert jax_backend._keras_jax_nn.max_pool is original
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX pooling fast path")
+@pytest.mark.parametrize("shape, pool, data_format", [
+    ((3, 13, 4), 2, "channels_last"),
+    ((2, 11, 9, 3), 2, "channels_last"),
+    ((2, 3, 11, 9), (2, 3), "channels_first"),
+    ((2, 7, 6, 5, 2), (2, 3, 2), "channels_last"),
+])
+def test_jax_pooling_swap_equals_keras_pooling_with_ties(shape, pool, data_format):
+    # The reshape pooling's values, reverse-mode gradient and forward-mode derivative are
+    # Keras's own exactly, on odd sizes (cropped edges) and with many ties in a window (the
+    # derivative goes to the first maximum in scan order, as `reduce_window`'s does).
+    import jax
+    import jax.numpy as jnp
+
+    from keras_dyart.backend import jax as jax_backend
+
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(np.maximum(rng.randint(-2, 3, size=shape), 0).astype("float32"))
+    t = jnp.asarray(rng.normal(size=shape).astype("float32"))
+    nd = len(shape) - 2
+
+    def keras_pool(z):
+        return jax_backend._keras_max_pool(z, pool, pool, "valid", data_format)
+
+    def ours(z):
+        return jax_backend._reshape_max_pool(z, pool, None, "valid", data_format)
+
+    a = keras_pool(x)
+    np.testing.assert_array_equal(ours(x), a)
+    g = jnp.asarray(rng.normal(size=a.shape).astype("float32"))
+    np.testing.assert_array_equal(jax.vjp(ours, x)[1](g)[0], jax.vjp(keras_pool, x)[1](g)[0])
+    np.testing.assert_array_equal(jax.jvp(ours, (x,), (t,))[1],
+                                  jax.jvp(keras_pool, (x,), (t,))[1])
+    assert nd in (1, 2, 3) and int(jnp.sum(jax.vjp(ours, x)[1](jnp.ones_like(a))[0])) == a.size
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's torch.compile of the FAB update")

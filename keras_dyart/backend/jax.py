@@ -5,15 +5,18 @@ Max pooling: Keras lowers ``MaxPooling*D`` to ``lax.reduce_window``, whose gradi
 computes with ``select_and_scatter``, slow on CPU (many times the forward pool;
 docs/performance.md).  While this module traces a step or
 a compiled model function, non-overlapping "valid" max pooling (strides equal to the pool
-size, the common case) is computed as an elementwise running maximum over the window
-offsets instead: the same values and the same gradient (to the first maximum of each window),
-at the cost of a few elementwise passes; other pooling keeps Keras's implementation.
+size, the common case) keeps Keras's values but gets its own derivative rule (a
+``custom_jvp``: the tangent of the first maximum of each window in scan order, read through
+a reshape of the input into windows, which reverse mode turns into one elementwise pass):
+the same derivatives, forward and reverse, as ``reduce_window``'s; other pooling keeps
+Keras's implementation.
 Keras has no public hook for this: the function is replaced for the duration of the block
 only, `keras_dyart.config.set_fast_kernels(False)` turns it off, and a Keras without it gets
 a warning and Keras's own pooling.
 """
 
 import contextlib
+import functools
 import itertools
 
 import jax
@@ -35,8 +38,58 @@ def _tuple(v, n):
     return (int(v),) * n if isinstance(v, int) else tuple(int(s) for s in v)
 
 
+def _window_shape(shape, first, pool):
+    """``shape`` with each pooled spatial size ``s`` (cropped to whole windows) split into
+    ``(s // p, p)``: the window offset axis follows its spatial axis."""
+    out = list(shape[:first])
+    for s, p in zip(shape[first:first + len(pool)], pool):
+        out += [s // p, p]
+    return tuple(out + list(shape[first + len(pool):]))
+
+
+def _crop(inputs, first, pool):
+    index = [slice(None)] * inputs.ndim
+    for i, p in enumerate(pool):
+        index[first + i] = slice(0, (inputs.shape[first + i] // p) * p)
+    return inputs[tuple(index)]
+
+
+def _windows(inputs, first, pool):
+    return _crop(inputs, first, pool).reshape(_window_shape(inputs.shape, first, pool))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _window_max(inputs, first, pool):
+    # Keras's own pooling for the values (XLA's forward ``reduce_window`` is fast)
+    data_format = "channels_last" if first == 1 else "channels_first"
+    return _keras_max_pool(inputs, pool, pool, "valid", data_format)
+
+
+@_window_max.defjvp
+def _window_max_jvp(first, pool, primals, tangents):
+    """The tangent of the first maximum of each window in scan order, the element
+    ``reduce_window``'s gradient (XLA's ``select_and_scatter``) picks; reverse mode
+    transposes it into one elementwise pass instead of ``select_and_scatter``."""
+    (inputs,), (tangent,) = primals, tangents
+    out = _window_max(inputs, first, pool)
+    windows, tangent = _windows(inputs, first, pool), _windows(tangent, first, pool)
+    seen, tangent_out = None, None
+    for offset in itertools.product(*(range(p) for p in pool)):
+        index = [slice(None)] * windows.ndim
+        for i, o in enumerate(offset):
+            index[first + 2 * i + 1] = o
+        index = tuple(index)
+        hit = windows[index] == out
+        first_hit = hit if seen is None else jnp.logical_and(hit, jnp.logical_not(seen))
+        seen = hit if seen is None else jnp.logical_or(seen, hit)
+        term = jnp.where(first_hit, tangent[index], jnp.zeros_like(out))
+        tangent_out = term if tangent_out is None else tangent_out + term
+    return out, tangent_out
+
+
 def _reshape_max_pool(inputs, pool_size, strides=None, padding="valid", data_format=None):
-    """Keras's ``max_pool`` for non-overlapping valid windows, as a running maximum."""
+    """Keras's ``max_pool`` for non-overlapping valid windows, with its own derivative rule
+    (to the first maximum of each window, as with ``reduce_window``)."""
     fmt = (data_format or keras.config.image_data_format()).lower()
     nd = inputs.ndim - 2
     try:
@@ -48,21 +101,11 @@ def _reshape_max_pool(inputs, pool_size, strides=None, padding="valid", data_for
             or str(padding).lower() != "valid"):
         return _keras_max_pool(inputs, pool_size, strides, padding, data_format)
     first = 1 if fmt == "channels_last" else 2
-    spatial = inputs.shape[first:first + nd]
-    # Window offsets in scan order; a strictly greater value replaces the running maximum,
-    # so the gradient goes to the first maximum of each window, as with `reduce_window`.
-    out = None
-    for offset in itertools.product(*(range(p) for p in pool)):
-        index = [slice(None)] * inputs.ndim
-        for i, (s, p, o) in enumerate(zip(spatial, pool, offset)):
-            index[first + i] = slice(o, (s // p) * p, p)
-        z = inputs[tuple(index)]
-        out = z if out is None else jnp.where(z > out, z, out)
-    return out
+    return _window_max(inputs, first, pool)
 
 
 def fast_pooling():
-    """Within the block, Keras's JAX ``max_pool`` uses the reshape form where it applies
+    """Within the block, Keras's JAX ``max_pool`` has the derivative rule above where it applies
     (unless `keras_dyart.config.fast_kernels` is off).  CPU only: it exists because
     XLA:CPU's pooling gradient is slow; on accelerators Keras's pooling is kept."""
     if jax.default_backend() != "cpu":
