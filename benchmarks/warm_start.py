@@ -53,17 +53,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=512, help="training digits searched")
     parser.add_argument("--iters", default="3,5,10", help="iterations of the short searches")
-    parser.add_argument("--repeats", type=int, default=3, help="timing rounds")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timing rounds (3; 1 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warm", type=int, default=5, help="warm iterations of the epochs")
-    parser.add_argument("--timed-epochs", type=int, default=2,
-                        help="fit epochs timed per model after its first")
+    parser.add_argument("--timed-epochs", type=int, default=None,
+                        help="fit epochs timed per model after its first (2; 1 with --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="a pipeline check (500 digits, 64 points): not a result")
+                        help="a pipeline check (256 digits, 32 points): not a result")
     parser.add_argument("--out", default=None, help="write the tables here too")
     args = parser.parse_args()
-    n_train, batch = (500, 64) if args.quick else (4000, 128)
-    points = min(args.points, 64 if args.quick else args.points)
+    n_train, batch = (256, 64) if args.quick else (4000, 128)
+    points = min(args.points, 32 if args.quick else args.points)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.timed_epochs is None:
+        args.timed_epochs = 1 if args.quick else 2
     iters = [int(k) for k in args.iters.split(",")]
 
     x, y, _, _ = kd.datasets.load("mnist5k")
