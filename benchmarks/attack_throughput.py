@@ -11,13 +11,24 @@ Prints a Markdown table and writes it to ``benchmarks/results/attack_throughput_
 (``--out`` to change).  Run one backend at a time on an otherwise idle machine.
 ``--reference-only`` (torch) runs and prints only torchattacks, to time it beside a
 ``keras-dyart evaluate`` run of ours on the same points.
+
+``--backends tensorflow jax torch`` runs the same command once per backend, one after the
+other (each in its own process), with torchattacks in the PyTorch run, and prints one table:
+each backend's robust accuracy, seconds per component and in all, its time against
+torchattacks', and how many points' outcomes (robust or not, at some radius) differ from the
+first backend's (``benchmarks/results/attack_throughput_backends.md`` unless ``--out``).
 """
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import keras
+import numpy as np
 
 import keras_dyart  # noqa: F401  (registers the method models for loading)
 from keras_dyart import datasets
@@ -55,10 +66,17 @@ def main():
     parser.add_argument("--reference-steps", type=int, default=100,
                         help="iterations of torchattacks' APGD-CE, APGD-T and FAB-T (100 as "
                              "in the reference AutoAttack; 10 is torchattacks' AutoAttack)")
+    parser.add_argument("--backends", nargs="+", choices=["tensorflow", "jax", "torch"],
+                        help="run once per backend, one after the other, and compare")
+    parser.add_argument("--json", default=None, help=argparse.SUPPRESS)  # for --backends
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     epsilons = args.eps or [0.1, 0.2, 0.3]
     backend = keras.backend.backend()
+    if args.backends:
+        if args.reference_only:
+            parser.error("--backends and --reference-only do not go together")
+        return compare_backends(args, epsilons)
 
     _, _, x, y = datasets.load(args.dataset)
     x, y = x[:args.n], y[:args.n]
@@ -120,9 +138,81 @@ def main():
         lines.append(row)
     text = "\n".join(lines) + "\n"
     print(text)
+    if args.json:
+        robust = np.asarray(report.robust).reshape(args.n, -1).astype(bool)
+        record = {"backend": backend, "seconds": total, "clean": report.clean_accuracy,
+                  "robust": [report.robust_accuracy[e] for e in epsilons],
+                  "components": {NAMES.get(k, k): report.seconds[k] for k in report.attacks},
+                  "robust_points": robust.astype(int).tolist()}
+        if parts:
+            record["reference"] = {"robust": accs, "seconds": sum(seconds),
+                                   "components": {k: parts.get(v, 0.0)
+                                                  for k, v in _THEIRS.items()},
+                                   "steps": args.reference_steps}
+        with open(args.json, "w") as f:
+            json.dump(record, f)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"attack_throughput_{backend}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+
+
+def compare_backends(args, epsilons):
+    """One process per backend (the same command without ``--backends``), then one table."""
+    here = os.path.abspath(__file__)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in args.backends:
+            command = [sys.executable, here, args.model, "--n", str(args.n),
+                       "--dataset", args.dataset, "--batch-size", str(args.batch_size),
+                       "--reference-steps", str(args.reference_steps),
+                       "--json", os.path.join(tmp, f"{b}.json"),
+                       "--out", os.path.join(tmp, f"{b}.md")]
+            command += [a for e in epsilons for a in ("--eps", str(e))]
+            if args.no_reference:
+                command.append("--no-reference")
+            print(f"-- {b}", flush=True)
+            env = dict(os.environ, KERAS_BACKEND=b)
+            done = subprocess.run(command, env=env)
+            if done.returncode != 0:
+                sys.exit(f"the {b} run failed (exit {done.returncode})")
+            with open(os.path.join(tmp, f"{b}.json")) as f:
+                records.append(json.load(f))
+    names = [NAMES.get(k, k) for k in _THEIRS]
+    reference = next((r["reference"] for r in records if "reference" in r), None)
+    first = records[0]
+    base = np.asarray(first["robust_points"], bool)
+    lines = [f"AutoAttack standard (L∞) on {args.n} {args.dataset} test points, model "
+             f"{os.path.basename(args.model)}, one backend after another "
+             f"(clean accuracy {100 * first['clean']:.1f} %).", "",
+             "| implementation | " + " | ".join(f"eps {e:g}" for e in epsilons) + " | "
+             + " | ".join(f"{n} (s)" for n in names) + " | seconds | vs torchattacks | "
+             f"points whose outcome differs from {first['backend']} |",
+             "|---|" + "---|" * (len(epsilons) + len(names) + 3)]
+
+    def row(label, robust, components, seconds, differ):
+        ratio = (f"{seconds / reference['seconds']:.2f}×" if reference
+                 and reference["seconds"] > 0 else "–")
+        return (f"| {label} | " + " | ".join(f"{100 * a:.1f} %" for a in robust) + " | "
+                + " | ".join(f"{components.get(n, 0.0):.1f}" for n in components) + " | "
+                + f"{seconds:.0f} | {ratio} | {differ} |")
+
+    if reference:
+        theirs = {NAMES.get(k, k): v for k, v in reference["components"].items()}
+        lines.append(row(f"torchattacks 3.5.1, {reference['steps']} iterations (torch)",
+                         reference["robust"], theirs, reference["seconds"], "–"))
+    for r in records:
+        points = np.asarray(r["robust_points"], bool)
+        differ = int(np.any(points != base, axis=1).sum())
+        lines.append(row(f"keras-dyart, {r['backend']}", r["robust"],
+                         {n: r["components"].get(n, 0.0) for n in names}, r["seconds"],
+                         differ))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = args.out or os.path.join(os.path.dirname(here), "results",
+                                   "attack_throughput_backends.md")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
 

@@ -3,10 +3,10 @@ between the runs that make their tables: each must run to its table, with a row 
 times and finite seconds.  Their numbers are not checked (timings stay out of tests);
 `benchmarks/methods.py --quick` has its own test.
 
-`step_time.py` and `attack_throughput.py` run under the session's backend.  `fit_epoch.py`
-runs all three backends in one call, and `warm_start.py` runs under PyTorch and TensorFlow
-(about two minutes each on an idle machine), all from the PyTorch leg of `make test` only:
-the legs run side by side and that leg ends first."""
+`step_time.py` runs under the session's backend.  `attack_throughput.py --backends` and
+`fit_epoch.py` run all three backends in one call, and `warm_start.py` runs under PyTorch
+and TensorFlow (about two minutes each on an idle machine), all from the PyTorch leg of
+`make test` only: the legs run side by side and that leg ends first."""
 
 import math
 import os
@@ -92,6 +92,7 @@ def test_step_time_small(tmp_path):
     assert BACKEND in table, text + table
 
 
+@from_torch_leg
 def test_attack_throughput_small(tmp_path, mnist5k):
     # a linear model trained for one epoch: most test digits right, so there is work
     x, y = mnist5k[0][:1024], mnist5k[1][:1024]
@@ -103,13 +104,16 @@ def test_attack_throughput_small(tmp_path, mnist5k):
     path = str(tmp_path / "linear.keras")
     model.save(path)
     out = str(tmp_path / "throughput.md")
-    run("attack_throughput.py", path, "--n", "8", "--eps", "0.3", "--no-reference",
-        "--out", out, backend=BACKEND)
+    run("attack_throughput.py", path, "--n", "8", "--eps", "0.05", "--eps", "0.3",
+        "--backends", *BACKENDS, "--out", out)
     with open(out) as f:
         table = f.read()
-    found = rows(table, "keras-dyart")
     # robust accuracy may be 0 % (a linear model at 0.3); APGD-CE attacked every digit
-    # the model got right, in measurable time
-    assert found and numbers(found[0][1]) and numbers(found[0][2]), table
-    apgd = rows(table, "APGD-CE")
-    assert apgd and positive(apgd[0][1]) and positive(apgd[0][2]), table
+    # the model got right, in measurable time, on every backend and in torchattacks
+    for label in ["torchattacks 3.5.1, 100 iterations (torch)",
+                  *(f"keras-dyart, {b}" for b in BACKENDS)]:
+        found = rows(table, label)
+        assert found and all(numbers(c) for c in found[0][1:3]), table
+        assert positive(found[0][3]) and numbers(found[0][7]), table
+        if label.startswith("keras-dyart"):
+            assert found[0][9].isdigit(), table      # points differing from the first
