@@ -10,6 +10,9 @@ in the machine's speed moves all columns alike) of:
 - forward: one compiled forward pass of φ (inference mode);
 - pgd-at, trades: one PGD-AT / TRADES train step (10 inner steps each);
 - dyart: one DyART train step (`n_iter` FAB iterations, refinement, filter, loss);
+- warm: one DyART step with ``warm_start=--warm`` (5; 0 leaves it out), its searches started
+  from the boundary points its memory kept from the previous step on the same batch (the
+  same examples, indexed); ``warm / DyART`` is its share of the cold step;
 - floor: n_iter·grad + 2·clean, the least a DyART step can cost;
 - all passes: floor + grad + 5·forward, every network pass of the default DyART step (the
   gradient at x̂ for the filter and weights, the last iterate's φ check, 4 refinement steps);
@@ -23,7 +26,7 @@ components at a fixed iteration budget.  `--threads N` fixes every backend's thr
 to N (default: each library's own choice).
 
 Usage: python benchmarks/step_time.py [--backends jax tensorflow torch] [--batch 128]
-       [--n-iter 20] [--repeats 5] [--scaling] [--attacks] [--threads N]
+       [--n-iter 20] [--repeats 5] [--warm 5] [--scaling] [--attacks] [--threads N]
        [--out benchmarks/results/step_time.md]
 """
 
@@ -104,6 +107,14 @@ def dyart_fn(clf, x, y, n_iter):
 def dyart_time(clf, x, y, n_iter, reps=None):
     return median_time(dyart_fn(clf, x, y, n_iter), warm=2, reps=reps)
 
+def warm_fn(clf, x, y, n_iter, k):
+    from keras_dyart.methods.warm import indexed
+    model = methods.get("dyart", clf, n_iter=n_iter, r0=0.6, eps_fab=0.3, warm_start=k,
+                        n_examples=len(x))
+    model.compile(optimizer=keras.optimizers.SGD(0.01, global_clipnorm=0.1))
+    xi = indexed(x)
+    return lambda: model.train_on_batch(xi, y)
+
 def row(name, clf, x, y, n_iter, extra=True):
     fns = {"clean": clean_fn(clf, x, y), "grad": grad_fn(clf, x, y),
            "forward": forward_fn(clf, x, y)}
@@ -112,6 +123,8 @@ def row(name, clf, x, y, n_iter, extra=True):
         fns["pgd_at"] = method_fn("pgd-at", clf, x, y, eps=eps, step_size=eps / 4, steps=10)
         fns["trades"] = method_fn("trades", clf, x, y, eps=eps, step_size=eps / 4, steps=10)
     fns["dyart"] = dyart_fn(clf, x, y, n_iter)
+    if cfg["warm"]:
+        fns["warm"] = warm_fn(clf, x, y, n_iter, cfg["warm"])
     r = {"model": name, "batch": int(x.shape[0])}
     r.update(interleaved(fns))
     return r
@@ -198,12 +211,14 @@ def main():
     parser.add_argument("--attack-points", type=int, default=128)
     parser.add_argument("--attack-iter", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--warm", type=int, default=5,
+                        help="warm_start iterations of the warm DyART column (0: none)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "step_time.md"))
     args = parser.parse_args()
     cfg = {k: getattr(args, k) for k in ("batch", "n_iter", "repeats", "resnet_batch",
                                          "resnet_width", "resnet_blocks", "scaling",
                                          "attacks", "attack_points", "attack_iter",
-                                         "threads")}
+                                         "threads", "warm")}
     extra_env = {}
     if args.threads:
         extra_env = dict(
@@ -219,8 +234,8 @@ def main():
     out = [f"Step times (s): {head}.", "",
            "| backend | model | batch | clean | input grad | forward | PGD-AT (10) | "
            "TRADES (10) | DyART | floor | DyART / floor | all passes | DyART / all passes | "
-           "DyART / clean | peak RSS (MiB) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"DyART / clean | DyART, warm {args.warm} | warm / DyART | peak RSS (MiB) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for m in r["rows"]:
             floor = args.n_iter * m["grad"] + 2 * m["clean"]
@@ -231,7 +246,8 @@ def main():
                 f"{m.get('pgd_at', float('nan')):.3f} | "
                 f"{m.get('trades', float('nan')):.3f} | {m['dyart']:.3f} | {floor:.3f} | "
                 f"{m['dyart'] / floor:.2f} | {passes:.3f} | {m['dyart'] / passes:.2f} | "
-                f"{m['dyart'] / m['clean']:.1f} | {r['peak_rss_mib']:.0f} |")
+                f"{m['dyart'] / m['clean']:.1f} | {m.get('warm', float('nan')):.3f} | "
+                f"{m.get('warm', float('nan')) / m['dyart']:.2f} | {r['peak_rss_mib']:.0f} |")
     out.append("")
     out.append("floor = n_iter · input grad + 2 · clean (the issue's floor).  all passes = floor "
                f"+ input grad + {REFINE_STEPS + 1} · forward: every network pass the default "

@@ -89,7 +89,10 @@ def test_step_time_small(tmp_path):
                "--repeats", "1", "--resnet-batch", "0", "--out", out, backend=BACKEND)
     with open(out) as f:
         table = f.read()
-    assert BACKEND in table, text + table
+    found = rows(table, BACKEND)
+    # every column timed, the warm-started DyART step included (``--warm 5``)
+    assert found and "DyART, warm 5" in table, text + table
+    assert all(positive(c) for c in found[0][3:]), table
 
 
 @from_torch_leg
