@@ -139,7 +139,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:
-        robust = np.asarray(report.robust).reshape(args.n, -1).astype(bool)
+        robust = np.asarray(report.robust).reshape(len(y), -1).astype(bool)
         record = {"backend": backend, "seconds": total, "clean": report.clean_accuracy,
                   "robust": [report.robust_accuracy[e] for e in epsilons],
                   "components": {NAMES.get(k, k): report.seconds[k] for k in report.attacks},

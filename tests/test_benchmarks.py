@@ -3,10 +3,10 @@ between the runs that make their tables: each must run to its table, with a row 
 times and finite seconds.  Their numbers are not checked (timings stay out of tests);
 `benchmarks/methods.py --quick` has its own test.
 
-`step_time.py` runs under the session's backend.  `attack_throughput.py --backends` and
-`fit_epoch.py` run all three backends in one call, and `warm_start.py` runs under PyTorch
-and TensorFlow (about two minutes each on an idle machine), all from the PyTorch leg of
-`make test` only: the legs run side by side and that leg ends first."""
+`step_time.py`, `attack_throughput.py --backends` and `fit_epoch.py` run all three
+backends in one call, and `warm_start.py` runs under PyTorch and TensorFlow (about two
+minutes each on an idle machine), all from the PyTorch leg of `make test` only: the legs
+run side by side and that leg ends first."""
 
 import math
 import os
@@ -83,16 +83,18 @@ def test_warm_start_quick_tables(backend):
         assert found and positive(found[0][1]) and positive(found[0][2]), text
 
 
+@from_torch_leg
 def test_step_time_small(tmp_path):
     out = str(tmp_path / "step_time.md")
-    text = run("step_time.py", "--backends", BACKEND, "--batch", "16", "--n-iter", "2",
-               "--repeats", "1", "--resnet-batch", "0", "--out", out, backend=BACKEND)
+    text = run("step_time.py", "--backends", *BACKENDS, "--batch", "16", "--n-iter", "2",
+               "--repeats", "1", "--resnet-batch", "0", "--out", out)
     with open(out) as f:
         table = f.read()
-    found = rows(table, BACKEND)
-    # every column timed, the warm-started DyART step included (``--warm 5``)
-    assert found and "DyART, warm 5" in table, text + table
-    assert all(positive(c) for c in found[0][3:]), table
+    assert "DyART, warm 5" in table, text + table
+    for backend in BACKENDS:
+        found = rows(table, backend)
+        # every column timed, the warm-started DyART step included (``--warm 5``)
+        assert found and all(positive(c) for c in found[0][3:]), table
 
 
 @from_torch_leg
