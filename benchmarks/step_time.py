@@ -54,6 +54,7 @@ import keras_dyart as kd
 from keras_dyart import backend as B
 from keras_dyart import methods
 from keras_dyart.margins import soft_margin
+from keras_dyart.methods.warm import indexed
 
 repeats = cfg["repeats"]
 backend = keras.backend.backend()
@@ -101,19 +102,11 @@ def method_fn(name, clf, x, y, **kw):
     model.compile(optimizer=keras.optimizers.SGD(0.01, global_clipnorm=0.1))
     return lambda: model.train_on_batch(x, y)
 
-def dyart_fn(clf, x, y, n_iter):
-    return method_fn("dyart", clf, x, y, n_iter=n_iter, r0=0.6, eps_fab=0.3)
+def dyart_fn(clf, x, y, n_iter, **kw):
+    return method_fn("dyart", clf, x, y, n_iter=n_iter, r0=0.6, eps_fab=0.3, **kw)
 
 def dyart_time(clf, x, y, n_iter, reps=None):
     return median_time(dyart_fn(clf, x, y, n_iter), warm=2, reps=reps)
-
-def warm_fn(clf, x, y, n_iter, k):
-    from keras_dyart.methods.warm import indexed
-    model = methods.get("dyart", clf, n_iter=n_iter, r0=0.6, eps_fab=0.3, warm_start=k,
-                        n_examples=len(x))
-    model.compile(optimizer=keras.optimizers.SGD(0.01, global_clipnorm=0.1))
-    xi = indexed(x)
-    return lambda: model.train_on_batch(xi, y)
 
 def row(name, clf, x, y, n_iter, extra=True):
     fns = {"clean": clean_fn(clf, x, y), "grad": grad_fn(clf, x, y),
@@ -124,7 +117,8 @@ def row(name, clf, x, y, n_iter, extra=True):
         fns["trades"] = method_fn("trades", clf, x, y, eps=eps, step_size=eps / 4, steps=10)
     fns["dyart"] = dyart_fn(clf, x, y, n_iter)
     if cfg["warm"]:
-        fns["warm"] = warm_fn(clf, x, y, n_iter, cfg["warm"])
+        fns["warm"] = dyart_fn(clf, indexed(x), y, n_iter, warm_start=cfg["warm"],
+                               n_examples=len(x))
     r = {"model": name, "batch": int(x.shape[0])}
     r.update(interleaved(fns))
     return r

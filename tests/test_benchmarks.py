@@ -19,10 +19,8 @@ import pytest
 
 BACKEND = keras.backend.backend()
 
-pytestmark = pytest.mark.slow
-
-from_torch_leg = pytest.mark.skipif(
-    BACKEND != "torch", reason="run once, from the PyTorch leg of the suite")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    BACKEND != "torch", reason="run once, from the PyTorch leg of the suite")]
 
 BACKENDS = ["tensorflow", "jax", "torch"]
 
@@ -56,7 +54,6 @@ def positive(cell):
     return bool(values) and all(math.isfinite(v) and v > 0 for v in values)
 
 
-@from_torch_leg
 def test_fit_epoch_quick_times_every_data_path():
     text = run("fit_epoch.py", "--quick", "--backends", *BACKENDS, "--warm", "1")
     for backend in BACKENDS:
@@ -70,7 +67,6 @@ def test_fit_epoch_quick_times_every_data_path():
 
 # PyTorch (where the memory's writes once broke) and TensorFlow (the study's backend); JAX's
 # warm-started step is covered by tests/test_warm_start.py on the JAX leg.
-@from_torch_leg
 @pytest.mark.parametrize("backend", ["torch", "tensorflow"])
 def test_warm_start_quick_tables(backend):
     text = run("warm_start.py", "--quick", "--iters", "3", backend=backend)
@@ -83,7 +79,6 @@ def test_warm_start_quick_tables(backend):
         assert found and positive(found[0][1]) and positive(found[0][2]), text
 
 
-@from_torch_leg
 def test_step_time_small(tmp_path):
     out = str(tmp_path / "step_time.md")
     text = run("step_time.py", "--backends", *BACKENDS, "--batch", "16", "--n-iter", "2",
@@ -97,7 +92,6 @@ def test_step_time_small(tmp_path):
         assert found and all(positive(c) for c in found[0][3:]), table
 
 
-@from_torch_leg
 def test_attack_throughput_small(tmp_path, mnist5k):
     # a linear model trained for one epoch: most test digits right, so there is work
     x, y = mnist5k[0][:1024], mnist5k[1][:1024]

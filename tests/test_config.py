@@ -139,7 +139,6 @@ def test_jax_pooling_swap_equals_keras_pooling_with_ties(shape, pool, data_forma
     rng = np.random.RandomState(0)
     x = jnp.asarray(np.maximum(rng.randint(-2, 3, size=shape), 0).astype("float32"))
     t = jnp.asarray(rng.normal(size=shape).astype("float32"))
-    nd = len(shape) - 2
 
     def keras_pool(z):
         return jax_backend._keras_max_pool(z, pool, pool, "valid", data_format)
@@ -153,7 +152,8 @@ def test_jax_pooling_swap_equals_keras_pooling_with_ties(shape, pool, data_forma
     np.testing.assert_array_equal(jax.vjp(ours, x)[1](g)[0], jax.vjp(keras_pool, x)[1](g)[0])
     np.testing.assert_array_equal(jax.jvp(ours, (x,), (t,))[1],
                                   jax.jvp(keras_pool, (x,), (t,))[1])
-    assert nd in (1, 2, 3) and int(jnp.sum(jax.vjp(ours, x)[1](jnp.ones_like(a))[0])) == a.size
+    # one window, one element that gets its gradient
+    assert int(jnp.sum(jax.vjp(ours, x)[1](jnp.ones_like(a))[0])) == a.size
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's torch.compile of the FAB update")
