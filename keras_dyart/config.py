@@ -21,10 +21,11 @@ What they do:
   ``torch.compile`` (`keras_dyart.backend.fuse`).
 - ``fast_kernels``: while keras-dyart runs a train step or a compiled search or attack, JAX's
   non-overlapping max pooling gets its own gradient rule (on the CPU only, whose
-  pooling gradient is slow) and PyTorch's 4-D layout change is a view instead of a copy
-  (the same numbers; see docs/performance.md).  Both replace a function inside Keras's
-  backend for the duration of the call (Keras has no public hook for it); ``False`` leaves
-  Keras untouched.
+  pooling gradient is slow) and PyTorch's 4-D layout change is a view instead of a copy;
+  and PyTorch replays the model's inference forward pass from its recorded operations
+  instead of running Keras's layer calls in Python each time (the same numbers; see
+  docs/performance.md).  The first two replace a function inside Keras's backend for the
+  duration of the call (Keras has no public hook for it); ``False`` leaves Keras untouched.
 
 >>> from keras_dyart import config
 >>> config.set_unroll_loops(False)
@@ -87,12 +88,14 @@ def set_torch_compile(mode: str | bool) -> None:
 
 
 def fast_kernels() -> bool:
-    """Whether the JAX pooling and PyTorch layout fast paths are on."""
+    """Whether the JAX pooling, PyTorch layout and PyTorch recorded-forward fast paths are
+    on."""
     return _settings["fast_kernels"]
 
 
 def set_fast_kernels(enabled: bool) -> None:
-    """Turn the JAX pooling and PyTorch layout fast paths on or off."""
+    """Turn the JAX pooling, PyTorch layout and PyTorch recorded-forward fast paths on or
+    off."""
     if not isinstance(enabled, bool):
         raise ValueError(f"`enabled` must be True or False; got {enabled!r}.")
     _settings["fast_kernels"] = enabled

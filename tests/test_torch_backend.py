@@ -166,3 +166,105 @@ def test_fuse_falls_back_to_eager_when_compilation_fails(monkeypatch):
     with warnings.catch_warnings():                    # later calls: eager, no new warning
         warnings.simplefilter("error")
         fused(*_tiny_update_args(), **SETTINGS)
+
+
+# -- the recorded forward pass (`recorded_forward`) ------------------------------------------
+
+
+def _forward_and_input_grad(forward, x):
+    import torch
+
+    z = torch.as_tensor(x).requires_grad_(True)
+    out = forward(z)
+    (g,) = torch.autograd.grad((out * torch.arange(out.shape[-1])).sum(), z)
+    return out.detach().numpy(), g.numpy()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_recorded_forward_is_exact_and_follows_the_weights(name):
+    """Replayed calls give Keras's outputs and input gradients bit for bit, with and
+    without autograd, and read the weights' values at every call: a change of the weights
+    (as a train step makes, in place) shows at the next call of an already recorded shape."""
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+
+    model = MODELS[name]()
+    x = np.random.default_rng(0).uniform(
+        size=(5,) + tuple(model.input_shape[1:])).astype("float32")
+    forward = torch_backend.recorded_forward(model)
+    assert torch_backend.recorded_forward(model) is forward      # one per model
+
+    def keras_forward(z):
+        with torch_backend.fast_layout():
+            return model(z, training=False)
+
+    with torch_backend.fast_layout():
+        for _ in range(3):
+            with torch.no_grad():
+                replayed = forward(torch.as_tensor(x)).numpy()
+            np.testing.assert_array_equal(replayed, keras_forward(torch.as_tensor(x)).detach())
+            replayed = _forward_and_input_grad(forward, x)
+            expected = _forward_and_input_grad(keras_forward, x)
+            np.testing.assert_array_equal(replayed[0], expected[0])
+            np.testing.assert_array_equal(replayed[1], expected[1])
+        assert forward.failure is None and len(forward.graphs) == 2    # no-grad and grad
+        for v in model.trainable_variables:                             # new weights
+            v.assign(keras.ops.convert_to_numpy(v) * 1.5 + 0.01)
+        with torch.no_grad():
+            replayed = forward(torch.as_tensor(x)).numpy()
+        np.testing.assert_array_equal(replayed, keras_forward(torch.as_tensor(x)).detach())
+    assert len(forward.graphs) == 2
+
+
+def test_recorded_forward_falls_back_where_the_call_cannot_be_recorded():
+    """Python that branches on a tensor's values cannot be recorded (it would be fixed at
+    the recorded branch): such a model keeps running as Keras runs it, and both branches
+    stay right."""
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+
+    class Branching(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(3)
+
+        def call(self, x, training=False):
+            h = self.dense(x)
+            if keras.ops.convert_to_numpy(keras.ops.max(h)) > 0:
+                return h * 2.0
+            return -h
+
+    model = Branching()
+    x = np.random.default_rng(1).uniform(size=(4, 6)).astype("float32")
+    model(x)
+    forward = torch_backend.recorded_forward(model)
+    with torch.no_grad():
+        for sign in (1.0, -1.0, 1.0, -1.0):
+            z = torch.as_tensor(sign * x)
+            np.testing.assert_array_equal(forward(z).numpy(), model(z).numpy())
+    assert forward.failure is not None and not forward.graphs
+
+
+def test_recorded_forward_records_a_shape_only_at_its_second_call():
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+
+    model = MODELS["small-cnn"]()
+    forward = torch_backend.recorded_forward(model)
+    with torch.no_grad():
+        for n in (1, 2, 3):
+            forward(torch.zeros((n, 14, 14, 1)))
+        assert not forward.graphs
+        forward(torch.zeros((2, 14, 14, 1)))
+        assert [key[0] for key in forward.graphs] == [(2, 14, 14, 1)]
+        before = config.fast_kernels()
+        config.set_fast_kernels(False)
+        try:
+            forward(torch.zeros((3, 14, 14, 1)))
+            forward(torch.zeros((3, 14, 14, 1)))
+        finally:
+            config.set_fast_kernels(before)
+        assert len(forward.graphs) == 1

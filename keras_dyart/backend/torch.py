@@ -14,6 +14,7 @@ a Keras without the helper gets a warning and Keras's own path.
 """
 
 import warnings
+import weakref
 
 import keras
 import torch
@@ -58,8 +59,10 @@ def value_and_grad(f, x):
 def inference(model, fn, state, *args):
     # The result is a constant of the loss: no autograd graph for its forward passes
     # (`value_and_grad` re-enables it for its own input gradients).
+    # The search calls the model on the same batch shape every step: its forward pass is
+    # replayed from recorded operations (`recorded_forward`), with each step's weights.
     with torch.no_grad():
-        return fn(lambda z: model(z, training=False), *args), state
+        return fn(recorded_forward(model), *args), state
 
 
 def step_scope():
@@ -72,13 +75,125 @@ def num_replicas():
 
 
 def compile_model_fn(model, fn, jit=False):
+    # ``jit``: the model's forward pass is replayed from its recorded operations
+    # (`recorded_forward`), PyTorch's counterpart of tracing it into a graph.  Both hold
+    # the model by a weak reference: compiled functions are cached per model
+    # (`keras_dyart.attacks.driver.compiled`) and must not keep it alive.
+    if jit:
+        forward = recorded_forward(model)
+    else:
+        model = weakref.proxy(model)
+
+        def forward(z):
+            return model(z, training=False)
+
     def run(*args):
         # No autograd graph outside our own input gradients (`value_and_grad` re-enables
         # it): a graph kept alive by a loop carry holds every intermediate activation.
         with torch.no_grad(), fast_layout():
-            return fn(lambda z: model(z, training=False), *args)
+            return fn(forward, *args)
 
     return run
+
+
+# -- the inference forward pass, recorded once per input shape ------------------------------
+
+# Keras's PyTorch backend runs a model call as Python, layer by layer: every layer's
+# ``__call__`` (argument checks, scopes, the dtype policy, tracking) costs tens of
+# microseconds around its kernels.  For the small CNN on 49 MNIST images the kernels take
+# about 5 ms and the call 9-12 ms; Square calls the model 5,000 times per batch.  So, once
+# a model has been called twice with one input shape, the PyTorch operations of
+# ``model(z, training=False)`` are recorded (`make_fx` on fake tensors: no arithmetic, the
+# weights as inputs) and later calls replay them: the same operations on the same tensors,
+# so the same numbers bit for bit, with the weights' current values at every call.  What
+# cannot be recorded (Python that branches on a tensor's values, an unbuilt model, an
+# operation fake tensors do not support) runs as Keras runs it, for that model from then
+# on.  As with `tf.function` and `jax.jit`, Python state that the call reads other than
+# tensors (a flag on a layer) is fixed when a shape is recorded.
+# `keras_dyart.config.set_fast_kernels(False)` turns the recording off.
+_RECORDED = weakref.WeakKeyDictionary()
+
+
+class _RecordedForward:
+    """``model(z, training=False)``, replayed per input (shape, strides, dtype, device,
+    grad mode) from the operations recorded at that input's second call."""
+
+    LIMIT = 64      # recordings kept per model (the oldest go first)
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)    # the cache of recordings must not keep it alive
+        self.variables = None
+        self.graphs = {}
+        self.calls = {}
+        self.failure = None     # why recording is off for this model, once it failed
+
+    @property
+    def model(self):
+        model = self._model()
+        if model is None:
+            raise ReferenceError("the model of this compiled function no longer exists")
+        return model
+
+    def __call__(self, z):
+        model = self.model
+        if (self.failure is not None or not isinstance(z, torch.Tensor)
+                or not config.fast_kernels() or not model.built
+                or torch.compiler.is_compiling()):     # `torch.compile` traces the call itself
+            return model(z, training=False)
+        key = (tuple(z.shape), z.stride(), z.dtype, z.device, torch.is_grad_enabled())
+        graph = self.graphs.get(key)
+        if graph is None:
+            self.calls[key] = self.calls.get(key, 0) + 1
+            if self.calls[key] < 2:         # a shape met once is not worth recording
+                return model(z, training=False)
+            graph = self._record(key, z)
+            if graph is None:
+                return model(z, training=False)
+        return graph([v.value for v in self.variables], z)
+
+    def _record(self, key, z):
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        model = self.model
+        if self.variables is None:
+            self.variables = list(model.variables)
+        variables = self.variables
+
+        def forward(values, z):
+            # The variables read inside the scope are the graph's inputs; nothing is
+            # created or initialised inside it.
+            with keras.StatelessScope(state_mapping=list(zip(variables, values)),
+                                      initialize_variables=False):
+                return model(z, training=False)
+
+        try:
+            with fast_layout():
+                graph = make_fx(forward, tracing_mode="fake")(
+                    [v.value for v in variables], z)
+            if len(model.variables) != len(variables):
+                raise RuntimeError("the call created variables")
+        except Exception as error:  # noqa: BLE001 - what cannot be recorded runs as Keras runs it
+            self.failure = f"{type(error).__name__}: {error}"
+            self.graphs.clear()
+            return None
+        if len(self.graphs) >= self.LIMIT:
+            self.graphs.pop(next(iter(self.graphs)))
+        self.graphs[key] = graph
+        self.calls.pop(key, None)
+        return graph
+
+
+def recorded_forward(model):
+    """``z -> model(z, training=False)`` for PyTorch tensors, replayed from the recorded
+    operations of the call for each input met twice (`_RecordedForward`); one per model,
+    shared by its compiled functions."""
+    try:
+        forward = _RECORDED.get(model)
+    except TypeError:                       # a model that cannot be weakly referenced
+        return _RecordedForward(model)
+    if forward is None:
+        forward = _RECORDED[model] = _RecordedForward(model)
+    return forward
 
 
 def pads_batches():
