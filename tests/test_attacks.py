@@ -438,3 +438,23 @@ def test_iterations_called_from_the_host_give_the_same_points(monkeypatch):
     for (a, b), (c, d) in zip(runs[True], runs[False]):
         np.testing.assert_allclose(a, c, atol=1e-5)
         np.testing.assert_allclose(b, d, atol=1e-5)
+
+
+def test_compiled_attacks_do_not_keep_the_model_alive():
+    """Each model's compiled attack functions are cached while it lives; the cache must not
+    keep the model (and with it its compiled graphs) alive once the caller drops it, or an
+    evaluation of many models in one process holds every one of them."""
+    import gc
+    import weakref
+
+    net = _small_net(4, (4, 4, 1))
+    x = np.random.default_rng(4).uniform(size=(6, 4, 4, 1)).astype("float32")
+    y = driver.predict_labels(net, x, 64)
+    for jit in (True, False):
+        run_sequence(net, x, y, [0.05], options=FAST, jit=jit)
+        run_sequence(net, x, y, [0.05], options=FAST, jit=jit)   # recorded forward (PyTorch)
+    assert driver._COMPILED.get(net)
+    alive = weakref.ref(net)
+    del net
+    gc.collect()
+    assert alive() is None

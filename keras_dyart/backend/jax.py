@@ -18,6 +18,7 @@ a warning and Keras's own pooling.
 import contextlib
 import functools
 import itertools
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +153,10 @@ def num_replicas():
 
 
 def compile_model_fn(model, fn, jit=True):
+    # A weak reference: compiled functions are cached per model
+    # (`keras_dyart.attacks.driver.compiled`) and must not keep it alive.
+    model = weakref.proxy(model)
+
     def pure(trainable, non_trainable, *args):
         def logits_fn(z):
             return model.stateless_call(trainable, non_trainable, z, training=False)[0]

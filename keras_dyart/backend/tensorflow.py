@@ -1,6 +1,7 @@
 """TensorFlow: `tf.GradientTape` for input gradients (outside any outer tape)."""
 
 import contextlib
+import weakref
 
 import tensorflow as tf
 
@@ -40,6 +41,10 @@ def _xla_helps():
 def compile_model_fn(model, fn, jit=False):
     """``jit=True`` compiles a graph (``tf.function``), with XLA only on an accelerator;
     ``jit="xla"`` forces XLA; ``jit=False`` a graph without XLA as well."""
+    # A weak reference: compiled functions are cached per model
+    # (`keras_dyart.attacks.driver.compiled`) and must not keep it alive.
+    model = weakref.proxy(model)
+
     def run(*args):
         return fn(lambda z: model(z, training=False), *args)
 
