@@ -451,8 +451,8 @@ def test_compiled_attacks_do_not_keep_the_model_alive():
     x = np.random.default_rng(4).uniform(size=(6, 4, 4, 1)).astype("float32")
     y = driver.predict_labels(net, x, 64)
     for jit in (True, False):
-        run_sequence(net, x, y, [0.05], options=FAST, jit=jit)
-        run_sequence(net, x, y, [0.05], options=FAST, jit=jit)   # recorded forward (PyTorch)
+        for _ in range(2):      # twice: PyTorch records the forward pass at the second call
+            apgd(net, x, y, 0.05, n_iter=3, jit=jit)
     assert driver._COMPILED.get(net)
     alive = weakref.ref(net)
     del net
