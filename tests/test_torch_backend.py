@@ -37,6 +37,9 @@ MODELS = {
     "preact-resnet": lambda: architectures.preact_resnet(blocks=(1, 1), width=8,
                                                          input_shape=(16, 16, 3)),
     "every-spatial-layer": _every_spatial_layer,
+    "sequential-bn-dropout": lambda: keras.Sequential([
+        keras.Input((10, 10, 1)), layers.Rescaling(2.0, -1.0), layers.Conv2D(4, 3),
+        layers.BatchNormalization(), layers.Dropout(0.5), layers.Flatten(), layers.Dense(5)]),
 }
 
 
@@ -215,6 +218,27 @@ def test_recorded_forward_is_exact_and_follows_the_weights(name):
             replayed = forward(torch.as_tensor(x)).numpy()
         np.testing.assert_array_equal(replayed, keras_forward(torch.as_tensor(x)).detach())
     assert len(forward.graphs) == 2
+
+
+def test_recorded_forward_keeps_a_mixed_precision_policy():
+    import torch
+
+    from keras_dyart.backend import torch as torch_backend
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = MODELS["small-cnn"]()
+    finally:
+        keras.config.set_dtype_policy(before)
+    x = torch.as_tensor(np.random.default_rng(2).uniform(size=(3, 14, 14, 1)).astype("float32"))
+    forward = torch_backend.recorded_forward(model)
+    with torch.no_grad(), torch_backend.fast_layout():
+        outs = [forward(x) for _ in range(3)]
+        expected = model(x, training=False)
+    assert forward.graphs and expected.dtype == torch.bfloat16
+    for out in outs:
+        assert out.dtype == expected.dtype and torch.equal(out, expected)
 
 
 def test_recorded_forward_falls_back_where_the_call_cannot_be_recorded():
