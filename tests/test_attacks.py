@@ -377,18 +377,24 @@ def test_same_seed_same_result():
 
 def test_chunks_are_padded_only_where_each_batch_size_compiles():
     """JAX (and XLA) compile each batch size anew, so attack chunks are padded to a few
-    sizes; PyTorch and TensorFlow's CPU graphs run a chunk at its own size (padding 70 rows to
-    128 nearly doubles the work), TensorFlow tracing at most twice whatever the sizes.  The
-    chunking never changes a point's outcome."""
+    sizes (four per doubling); PyTorch and TensorFlow's CPU graphs run a chunk at its own
+    size, TensorFlow tracing at most twice whatever the sizes.  The chunking never changes a
+    point's outcome."""
     expected = {"jax": True, "torch": False}.get(keras.backend.backend())
     if expected is None:                # TensorFlow: where XLA compiles (an accelerator)
         from keras_dyart.backend.tensorflow import _xla_helps
 
         expected = _xla_helps()
     assert dyart_backend.pads_batches() is expected
-    assert driver.bucket(70, 500) == (128 if expected else 70)
+    assert driver.bucket(70, 500) == (80 if expected else 70)
     assert driver.bucket(20, 500) == (32 if expected else 20)
     assert driver.bucket(500, 500) == 500
+    if expected:        # at most 25 % padding past 32 rows, four sizes per doubling
+        sizes = [driver.bucket(n, 512) for n in range(1, 513)]
+        assert all(n <= b <= max(32, 1.25 * n) for n, b in enumerate(sizes, 1))
+        assert sorted(set(sizes)) == [32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
+                                      256, 320, 384, 448, 512]
+        assert driver.bucket(449, 500) == 500
 
     weights, x, y, margin = problem(10, (4, 4, 1), 24, seed=5)
     eps, keep = with_gap(margin, 0.5)
