@@ -17,6 +17,13 @@ other (each in its own process), with torchattacks in the PyTorch run, and print
 each backend's robust accuracy, seconds per component and in all, its time against
 torchattacks', and how many points' outcomes (robust or not, at some radius) differ from the
 first backend's (``benchmarks/results/attack_throughput_backends.md`` unless ``--out``).
+With ``--chunk K`` the points go in chunks of K, every backend (and torchattacks) running
+each chunk in turn before the next chunk starts, so that a drift in the machine's speed
+moves all of them alike; the table adds up the chunks and gives the spread of the per-chunk
+time ratios.  With ``--state DIR`` each finished (chunk, backend) run is kept there and a
+later call with the same arguments skips it: a long comparison (1,000 points at three
+radii takes hours on two cores) can be stopped and resumed.  Each chunk is a process of its
+own, so each pays its start-up and compilation.
 """
 
 import argparse
@@ -51,6 +58,40 @@ def _reference(model, x, y, epsilons, steps):
     return accs, seconds, parts
 
 
+def _merge(chunks: list) -> dict:
+    """One backend's record over consecutive chunks of points: times and components
+    added up, accuracies weighted by the chunks' sizes, per-point outcomes in order; for
+    torchattacks (in the PyTorch records) the same."""
+    n = sum(r["n"] for r in chunks)
+
+    def mean(key, records=chunks):
+        return sum(r["n"] * r[key] for r in records) / n
+
+    def total(parts):
+        out = {}
+        for p in parts:
+            for k, v in p.items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+    merged = {"backend": chunks[0]["backend"], "n": n, "seconds": sum(r["seconds"] for r in chunks),
+              "clean": mean("clean"),
+              "robust": [sum(r["n"] * r["robust"][i] for r in chunks) / n
+                         for i in range(len(chunks[0]["robust"]))],
+              "components": total(r["components"] for r in chunks),
+              "robust_points": [p for r in chunks for p in r["robust_points"]],
+              "chunk_seconds": [r["seconds"] for r in chunks]}
+    if all("reference" in r for r in chunks):
+        refs = [dict(r["reference"], n=r["n"]) for r in chunks]
+        merged["reference"] = {
+            "robust": [sum(r["n"] * r["robust"][i] for r in refs) / n
+                       for i in range(len(refs[0]["robust"]))],
+            "seconds": sum(r["seconds"] for r in refs),
+            "components": total(r["components"] for r in refs),
+            "steps": refs[0]["steps"], "chunk_seconds": [r["seconds"] for r in refs]}
+    return merged
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help=".keras file of a logits model (or a method model)")
@@ -68,6 +109,13 @@ def main():
                              "in the reference AutoAttack; 10 is torchattacks' AutoAttack)")
     parser.add_argument("--backends", nargs="+", choices=["tensorflow", "jax", "torch"],
                         help="run once per backend, one after the other, and compare")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="with --backends: points per chunk, every backend running each "
+                             "chunk in turn (default: all N at once)")
+    parser.add_argument("--state", default=None,
+                        help="with --backends: keep each finished (chunk, backend) run here "
+                             "and skip it when called again (resume)")
+    parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)  # a chunk
     parser.add_argument("--json", default=None, help=argparse.SUPPRESS)  # for --backends
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -76,10 +124,17 @@ def main():
     if args.backends:
         if args.reference_only:
             parser.error("--backends and --reference-only do not go together")
+        if args.chunk is not None and args.chunk < 1:
+            parser.error(f"--chunk must be a positive number of points; got {args.chunk}")
         return compare_backends(args, epsilons)
+    if args.chunk is not None or args.state is not None:
+        parser.error("--chunk and --state go with --backends")
 
     _, _, x, y = datasets.load(args.dataset)
-    x, y = x[:args.n], y[:args.n]
+    if not 0 <= args.start < len(x):
+        parser.error(f"--start must be in [0, {len(x)}); got {args.start}")
+    x, y = x[args.start:args.start + args.n], y[args.start:args.start + args.n]
+    args.n = len(x)
     model = keras.saving.load_model(args.model, compile=False)
     model = getattr(model, "classifier", model)
 
@@ -140,7 +195,8 @@ def main():
     print(text)
     if args.json:
         robust = np.asarray(report.robust).reshape(len(y), -1).astype(bool)
-        record = {"backend": backend, "seconds": total, "clean": report.clean_accuracy,
+        record = {"backend": backend, "n": len(y), "epsilons": epsilons,
+                  "seconds": total, "clean": report.clean_accuracy,
                   "robust": [report.robust_accuracy[e] for e in epsilons],
                   "components": {NAMES.get(k, k): report.seconds[k] for k in report.attacks},
                   "robust_points": robust.astype(int).tolist()}
@@ -159,41 +215,65 @@ def main():
 
 
 def compare_backends(args, epsilons):
-    """One process per backend (the same command without ``--backends``), then one table."""
+    """One process per backend and chunk of points (the same command without
+    ``--backends``), then one table over the chunks every backend finished."""
     here = os.path.abspath(__file__)
-    records = []
+    chunk = args.chunk or args.n
+    starts = list(range(0, args.n, chunk))
     with tempfile.TemporaryDirectory() as tmp:
-        for b in args.backends:
-            command = [sys.executable, here, args.model, "--n", str(args.n),
-                       "--dataset", args.dataset, "--batch-size", str(args.batch_size),
-                       "--reference-steps", str(args.reference_steps),
-                       "--json", os.path.join(tmp, f"{b}.json"),
-                       "--out", os.path.join(tmp, f"{b}.md")]
-            command += [a for e in epsilons for a in ("--eps", str(e))]
-            if args.no_reference:
-                command.append("--no-reference")
-            print(f"-- {b}", flush=True)
-            env = dict(os.environ, KERAS_BACKEND=b)
-            done = subprocess.run(command, env=env)
-            if done.returncode != 0:
-                sys.exit(f"the {b} run failed (exit {done.returncode})")
-            with open(os.path.join(tmp, f"{b}.json")) as f:
-                records.append(json.load(f))
+        state = args.state or tmp
+        os.makedirs(state, exist_ok=True)
+        runs = {}
+        for c, start in enumerate(starts):
+            size = min(chunk, args.n - start)
+            for b in args.backends:
+                path = os.path.join(state, f"points{start}-{start + size}_{b}.json")
+                if not os.path.exists(path):
+                    command = [sys.executable, here, args.model, "--n", str(size),
+                               "--start", str(start), "--dataset", args.dataset,
+                               "--batch-size", str(args.batch_size),
+                               "--reference-steps", str(args.reference_steps),
+                               "--json", path + ".part",
+                               "--out", os.path.join(tmp, f"{b}.md")]
+                    command += [a for e in epsilons for a in ("--eps", str(e))]
+                    if args.no_reference:
+                        command.append("--no-reference")
+                    print(f"-- {b}, points {start}-{start + size} "
+                          f"(chunk {c + 1} of {len(starts)})", flush=True)
+                    env = dict(os.environ, KERAS_BACKEND=b)
+                    done = subprocess.run(command, env=env)
+                    if done.returncode != 0:
+                        sys.exit(f"the {b} run failed (exit {done.returncode})")
+                    os.replace(path + ".part", path)
+                with open(path) as f:
+                    record = json.load(f)
+                if record.get("epsilons", epsilons) != epsilons:
+                    sys.exit(f"{path} was run at other radii ({record['epsilons']}); "
+                             f"use another --state")
+                runs[(c, b)] = record
+    records = [_merge([runs[(c, b)] for c in range(len(starts))]) for b in args.backends]
     names = [NAMES.get(k, k) for k in _THEIRS]
     reference = next((r["reference"] for r in records if "reference" in r), None)
     first = records[0]
     base = np.asarray(first["robust_points"], bool)
+    order = ("one backend after another" if len(starts) == 1 else
+             f"in {len(starts)} chunks of {chunk} points, every backend running each chunk "
+             f"in turn; vs torchattacks: the whole run's ratio (the per-chunk ratios' range)")
     lines = [f"AutoAttack standard (L∞) on {args.n} {args.dataset} test points, model "
-             f"{os.path.basename(args.model)}, one backend after another "
+             f"{os.path.basename(args.model)}, {order} "
              f"(clean accuracy {100 * first['clean']:.1f} %).", "",
              "| implementation | " + " | ".join(f"eps {e:g}" for e in epsilons) + " | "
              + " | ".join(f"{n} (s)" for n in names) + " | seconds | vs torchattacks | "
              f"points whose outcome differs from {first['backend']} |",
              "|---|" + "---|" * (len(epsilons) + len(names) + 3)]
 
-    def row(label, robust, components, seconds, differ):
+    def row(label, robust, components, seconds, differ, chunk_seconds=()):
         ratio = (f"{seconds / reference['seconds']:.2f}×" if reference
                  and reference["seconds"] > 0 else "–")
+        if ratio != "–" and len(chunk_seconds) > 1:
+            per_chunk = [a / b for a, b in zip(chunk_seconds, reference["chunk_seconds"])
+                         if b > 0]
+            ratio += f" ({min(per_chunk):.2f}–{max(per_chunk):.2f})"
         return (f"| {label} | " + " | ".join(f"{100 * a:.1f} %" for a in robust) + " | "
                 + " | ".join(f"{components.get(n, 0.0):.1f}" for n in components) + " | "
                 + f"{seconds:.0f} | {ratio} | {differ} |")
@@ -207,7 +287,7 @@ def compare_backends(args, epsilons):
         differ = int(np.any(points != base, axis=1).sum())
         lines.append(row(f"keras-dyart, {r['backend']}", r["robust"],
                          {n: r["components"].get(n, 0.0) for n in names}, r["seconds"],
-                         differ))
+                         differ, r["chunk_seconds"]))
     text = "\n".join(lines) + "\n"
     print(text)
     out = args.out or os.path.join(os.path.dirname(here), "results",

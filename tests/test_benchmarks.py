@@ -102,11 +102,19 @@ def test_attack_throughput_small(tmp_path, mnist5k):
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)
     path = str(tmp_path / "linear.keras")
     model.save(path)
-    out = str(tmp_path / "throughput.md")
-    run("attack_throughput.py", path, "--n", "8", "--eps", "0.05", "--eps", "0.3",
-        "--backends", *BACKENDS, "--out", out)
+    out, state = str(tmp_path / "throughput.md"), str(tmp_path / "state")
+    command = ["attack_throughput.py", path, "--n", "8", "--eps", "0.05", "--eps", "0.3",
+               "--backends", *BACKENDS, "--chunk", "5", "--state", state, "--out", out]
+    first = run(*command)
     with open(out) as f:
         table = f.read()
+    # two chunks (5 and 3 points), each run by every backend in turn and kept for a resume
+    assert sorted(os.listdir(state)) == sorted(
+        f"points{a}-{b}_{backend}.json" for a, b in ((0, 5), (5, 8)) for backend in BACKENDS)
+    assert first.index("-- torch, points 0-5") < first.index("-- tensorflow, points 5-8")
+    again = run(*command)                   # resumed: nothing left to run, the same table
+    assert "-- " not in again and again.strip() == table.strip()
+    assert "in 2 chunks of 5 points" in table
     # robust accuracy may be 0 % (a linear model at 0.3); APGD-CE attacked every digit
     # the model got right, in measurable time, on every backend and in torchattacks
     for label in ["torchattacks 3.5.1, 100 iterations (torch)",
