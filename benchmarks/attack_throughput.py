@@ -58,6 +58,13 @@ def _reference(model, x, y, epsilons, steps):
     return accs, seconds, parts
 
 
+def _settings(args, epsilons) -> dict:
+    """What a kept chunk must have been run with to be reused by a resumed comparison."""
+    return {"model": os.path.abspath(args.model), "dataset": args.dataset,
+            "epsilons": list(epsilons), "batch_size": args.batch_size,
+            "reference_steps": None if args.no_reference else args.reference_steps}
+
+
 def _merge(chunks: list) -> dict:
     """One backend's record over consecutive chunks of points: times and components
     added up, accuracies weighted by the chunks' sizes, per-point outcomes in order; for
@@ -195,7 +202,7 @@ def main():
     print(text)
     if args.json:
         robust = np.asarray(report.robust).reshape(len(y), -1).astype(bool)
-        record = {"backend": backend, "n": len(y), "epsilons": epsilons,
+        record = {"backend": backend, "n": len(y), **_settings(args, epsilons),
                   "seconds": total, "clean": report.clean_accuracy,
                   "robust": [report.robust_accuracy[e] for e in epsilons],
                   "components": {NAMES.get(k, k): report.seconds[k] for k in report.attacks},
@@ -247,9 +254,10 @@ def compare_backends(args, epsilons):
                     os.replace(path + ".part", path)
                 with open(path) as f:
                     record = json.load(f)
-                if record.get("epsilons", epsilons) != epsilons:
-                    sys.exit(f"{path} was run at other radii ({record['epsilons']}); "
-                             f"use another --state")
+                for key, value in _settings(args, epsilons).items():
+                    if record.get(key) != value:
+                        sys.exit(f"{path} was run with {key} {record.get(key)!r}, not "
+                                 f"{value!r}: use another --state")
                 runs[(c, b)] = record
     records = [_merge([runs[(c, b)] for c in range(len(starts))]) for b in args.backends]
     names = [NAMES.get(k, k) for k in _THEIRS]

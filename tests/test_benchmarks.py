@@ -114,6 +114,11 @@ def test_attack_throughput_small(tmp_path, mnist5k):
     assert first.index("-- torch, points 0-5") < first.index("-- tensorflow, points 5-8")
     again = run(*command)                   # resumed: nothing left to run, the same table
     assert "-- " not in again and again.strip() == table.strip()
+    other = [a if a != "0.3" else "0.2" for a in command]        # other radii: refused
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="2")
+    refused = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", other[0]),
+                              *other[1:]], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert refused.returncode != 0 and "use another --state" in refused.stderr
     assert "in 2 chunks of 5 points" in table
     # robust accuracy may be 0 % (a linear model at 0.3); APGD-CE attacked every digit
     # the model got right, in measurable time, on every backend and in torchattacks
