@@ -71,8 +71,10 @@ def _merge(chunks: list) -> dict:
     torchattacks (in the PyTorch records) the same."""
     n = sum(r["n"] for r in chunks)
 
-    def mean(key, records=chunks):
-        return sum(r["n"] * r[key] for r in records) / n
+    def weighted(records, key):     # a mean (scalar or per radius) weighted by chunk size
+        sizes = np.asarray([r["n"] for r in records], float)
+        values = np.asarray([r[key] for r in records], float)
+        return (np.tensordot(sizes, values, 1) / n).tolist()
 
     def total(parts):
         out = {}
@@ -81,18 +83,16 @@ def _merge(chunks: list) -> dict:
                 out[k] = out.get(k, 0.0) + v
         return out
 
-    merged = {"backend": chunks[0]["backend"], "n": n, "seconds": sum(r["seconds"] for r in chunks),
-              "clean": mean("clean"),
-              "robust": [sum(r["n"] * r["robust"][i] for r in chunks) / n
-                         for i in range(len(chunks[0]["robust"]))],
+    merged = {"backend": chunks[0]["backend"], "n": n,
+              "seconds": sum(r["seconds"] for r in chunks),
+              "clean": weighted(chunks, "clean"), "robust": weighted(chunks, "robust"),
               "components": total(r["components"] for r in chunks),
               "robust_points": [p for r in chunks for p in r["robust_points"]],
               "chunk_seconds": [r["seconds"] for r in chunks]}
     if all("reference" in r for r in chunks):
         refs = [dict(r["reference"], n=r["n"]) for r in chunks]
         merged["reference"] = {
-            "robust": [sum(r["n"] * r["robust"][i] for r in refs) / n
-                       for i in range(len(refs[0]["robust"]))],
+            "robust": weighted(refs, "robust"),
             "seconds": sum(r["seconds"] for r in refs),
             "components": total(r["components"] for r in refs),
             "steps": refs[0]["steps"], "chunk_seconds": [r["seconds"] for r in refs]}

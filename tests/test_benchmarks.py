@@ -27,10 +27,14 @@ BACKENDS = ["tensorflow", "jax", "torch"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(script, *args, backend="torch", timeout=900):
+def call(script, *args, backend="torch", timeout=900):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def run(script, *args, backend="torch", timeout=900):
+    proc = call(script, *args, backend=backend, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -114,10 +118,7 @@ def test_attack_throughput_small(tmp_path, mnist5k):
     assert first.index("-- torch, points 0-5") < first.index("-- tensorflow, points 5-8")
     again = run(*command)                   # resumed: nothing left to run, the same table
     assert "-- " not in again and again.strip() == table.strip()
-    other = [a if a != "0.3" else "0.2" for a in command]        # other radii: refused
-    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="2")
-    refused = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", other[0]),
-                              *other[1:]], capture_output=True, text=True, env=env, cwd=ROOT)
+    refused = call(*(a if a != "0.3" else "0.2" for a in command))   # other radii
     assert refused.returncode != 0 and "use another --state" in refused.stderr
     assert "in 2 chunks of 5 points" in table
     # robust accuracy may be 0 % (a linear model at 0.3); APGD-CE attacked every digit
