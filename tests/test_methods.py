@@ -243,6 +243,65 @@ def test_method_trains_logs_its_terms_and_round_trips(name, tmp_path):
     assert loaded.compiled and loaded.optimizer is not None
 
 
+# -- sample weights (fit's sample_weight and class_weight) --------------------------------
+
+# Inner searches without random starts (PGD-AT's, DyART's and MMA's are then deterministic
+# per row); DyART with a robust term large enough to matter.
+WEIGHTED = {**CONFIGS, "pgd-at": {**CONFIGS["pgd-at"], "random_start": False},
+            "dyart": {"n_iter": 5, "lam": 10.0, "r0": 1.0}}
+EXTRA_TERM = {"trades": "kl_loss", "mart": "kl_loss", "mma": "margin_loss",
+              "dyart": "robust_loss"}
+
+
+def step_logs(name, w, x, y, classifier=None, **kwargs):
+    """The logs of one train step from the weights ``w`` (learning rate 0)."""
+    model = methods.get(name, classifier or linear_classifier(w), **WEIGHTED[name])
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    return model.train_on_batch(x, y, return_dict=True, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["clean", "dyart", "mma", "pgd-at"])
+def test_a_zero_sample_weight_counts_the_row_as_absent(name):
+    # Per-row inner examples and no batch statistics: a row weighted 0 adds nothing to any
+    # term, and every term divides by the whole batch (Keras's sum over the batch size).
+    w, x, y = batch(n=16, d=6, k=3, seed=1)
+    first = step_logs(name, w, x[:8], y[:8])
+    if name in EXTRA_TERM:
+        assert first[EXTRA_TERM[name]] != 0
+    half = np.r_[np.ones(8), np.zeros(8)].astype("float32")
+    masked = step_logs(name, w, x, y, sample_weight=half)
+    np.testing.assert_allclose(masked["loss"], first["loss"] / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTED))
+def test_weight_regularisation_is_added_once(name):
+    # The classifier's kernel penalty joins the loss once per step, however many forward
+    # passes the method makes (training mode at x and at the inner examples).
+    w, x, y = batch(n=16, d=6, k=3, seed=1)
+    plain = step_logs(name, w, x, y)["loss"]
+    inputs = keras.Input((6,))
+    dense = keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.01))
+    classifier = keras.Model(inputs, dense(inputs))
+    dense.set_weights([w, np.zeros(3, "float32")])
+    penalised = step_logs(name, w, x, y, classifier=classifier)["loss"]
+    np.testing.assert_allclose(penalised - plain, 0.01 * np.sum(w.astype("float64") ** 2),
+                               rtol=1e-4)
+
+@pytest.mark.parametrize("name", sorted(WEIGHTED))
+def test_fit_with_zero_class_weights_leaves_the_weights_alone(name):
+    # Every term of every method honours the weights: weighted 0, nothing moves.
+    w, x, y = batch(n=32, d=6, k=3)
+    model = methods.get(name, linear_classifier(w), **WEIGHTED[name])
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                        class_weight={0: 0.0, 1: 0.0, 2: 0.0})
+    assert history.history["loss"] == [0.0]
+    np.testing.assert_array_equal(model.classifier.get_weights()[0], w)
+    # and with weights 1 it does move (the oracle above can fail)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, class_weight={0: 1.0, 1: 1.0, 2: 1.0})
+    assert not np.allclose(model.classifier.get_weights()[0], w)
+
+
 def test_pgd_at_train_step_uses_the_adversarial_batch():
     # lr = 0: the logged loss is the CE at PGD's closed-form corner, through the real
     # backend train step (JAX: stateless, with the step's traced state).

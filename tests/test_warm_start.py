@@ -137,6 +137,24 @@ def test_index_through_the_library_pipeline_with_extra_data(make_linear):
                         verbose=0)
 
 
+def test_validation_split_leaves_the_held_out_rows_unvisited(make_linear):
+    # `fit(validation_split=...)` on arrays: Keras holds out the last rows of the indexed
+    # data; the memory has a place for every row, only the training rows are visited, and
+    # validation is the plain loss of the held-out rows.
+    weights, x, y, v, phi = two_class_problem()
+    margin, inside = closed_form(v, phi, "linf")
+    model = _model(make_linear, weights, warm_start=0)
+    history = model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25,
+                        verbose=0).history
+    train = np.arange(len(x)) < 36
+    assert model.cache.n_examples == len(x)
+    scales = ops.convert_to_numpy(model.cache.scales)
+    np.testing.assert_array_equal(scales[~train], -1.0)
+    np.testing.assert_allclose(scales[train & inside], margin[train & inside], rtol=1e-3)
+    held_out = model.evaluate(x[~train], y[~train], verbose=0, return_dict=True)
+    np.testing.assert_allclose(history["val_loss"][-1], held_out["loss"], rtol=1e-5)
+
+
 def test_memory_is_saved_with_the_model(make_linear, tmp_path):
     weights, x, y, _, _ = two_class_problem()
     model = _model(make_linear, weights, warm_start=2, cache_dtype="int8")

@@ -235,13 +235,21 @@ class RobustModel(keras.Model):
         """The loss terms of one batch; their sum ``"loss"`` is minimised."""
         return {"loss": self.keras_loss(x, y, y_pred, sample_weight)}
 
-    def keras_loss(self, x, y, y_pred, sample_weight):
-        """The compiled loss (cross-entropy by default) on ``y_pred`` plus regularisation.
+    def keras_loss(self, x, y, y_pred, sample_weight, scale=None):
+        """The compiled loss (cross-entropy by default) on ``y_pred``, times ``scale`` if
+        given, plus the layers' regularisation (never scaled).
 
         Call it at most once per step: it adds the layers' regularisation losses.
         """
-        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                     training=True)
+        if scale is None:
+            return loss
+        terms = [ops.sum(ops.cast(t, loss.dtype)) for t in self.losses]
+        if not terms:
+            return scale * loss
+        regularisation = ops.sum(ops.stack(terms))
+        return scale * (loss - regularisation) + regularisation
 
     # -- the train step ---------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ class MMAModel(RobustModel):
         return {"x_hat": found.x_hat, "usable": usable, "wrong": ~correct, "margin": margin}
 
     def objective(self, x, y, y_pred, sample_weight, inner):
-        ce = self.clean_weight * self.keras_loss(x, y, y_pred, sample_weight)
+        ce = self.keras_loss(x, y, y_pred, sample_weight, scale=self.clean_weight)
         logits_hat = self.train_logits(inner["x_hat"])
         terms = mma_terms(y_pred, logits_hat, y, inner["usable"], inner["wrong"])
         margin_loss = (1 - self.clean_weight) * weighted_mean(terms, sample_weight)
