@@ -176,7 +176,8 @@ def burn_in(classifier, config: Mapping[str, Any], data: TrainData, out: str, *,
                           callbacks=[recipe.HostMemory()])
     io.write_csv(os.path.join(out, "history_burn_in.csv"),
                  report.history_rows(hist.history, "burn-in", 0))
-    io.save_model(classifier, path)
+    # uncompiled: the file loads without keras_dyart (its optimizer is not needed again)
+    io.save_model(recipe.plain_copy(classifier), path)
     return classifier
 
 

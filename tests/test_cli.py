@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -38,6 +40,28 @@ def test_train_writes_run_directory(tmp_path):
     assert "clean" in result.output and "pgd2" in result.output
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     assert model.predict(np.zeros((1, 28, 28, 1), "float32"), verbose=0).shape == (1, 10)
+    # The classifiers load in a process that never imports keras_dyart (another library's
+    # attack on them, say), with the weights the run saved.
+    averaged = keras.saving.load_model(os.path.join(out, "averaged.keras"))
+    assert not averaged.compiled
+    probe = np.random.RandomState(0).uniform(size=(2, 28, 28, 1)).astype("float32")
+    np.save(os.path.join(tmp_path, "probe.npy"), probe)
+    script = (
+        "import sys, keras, numpy as np\n"
+        "for name in ('averaged', 'burn_in'):\n"
+        "    m = keras.saving.load_model(sys.argv[1] + f'/{name}.keras')\n"
+        "    np.save(sys.argv[1] + f'/{name}_logits.npy',\n"
+        "            m.predict(np.load(sys.argv[2]), verbose=0))\n"
+        "assert 'keras_dyart' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", script, out,
+                           os.path.join(tmp_path, "probe.npy")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(os.path.join(out, "averaged_logits.npy")),
+                               averaged.predict(probe, verbose=0), rtol=1e-5, atol=1e-5)
+    burn_in = keras.saving.load_model(os.path.join(out, "burn_in.keras"))
+    np.testing.assert_allclose(np.load(os.path.join(out, "burn_in_logits.npy")),
+                               burn_in.predict(probe, verbose=0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("args, word", [

@@ -14,7 +14,9 @@ Python users.  By concern:
   compiled train step on every backend) and `build_optimizer` (an `AveragingSGD` with the
   recipe's defaults and schedule, from a step budget).
 - `keras_dyart.recipe.averaged`: `averaged_weights` and `averaged_model` (the classifier
-  with the averaged weights and the raw model's BatchNorm statistics), `robust_accuracy`
+  with the averaged weights and the raw model's BatchNorm statistics, uncompiled),
+  `plain_copy` (an uncompiled copy of a classifier, whose saved file loads without
+  keras_dyart), `robust_accuracy`
   (PGD accuracy per point) and `AveragedCheckpoint` (a callback that evaluates the averaged
   model with PGD every few epochs, logs clean and robust accuracy and keeps the best
   checkpoint).
@@ -50,6 +52,7 @@ from keras_dyart.recipe.averaged import (
                                          AveragedCheckpoint,
                                          averaged_model,
                                          averaged_weights,
+                                         plain_copy,
                                          robust_accuracy,
 )
 from keras_dyart.recipe.backup import AtomicBackupAndRestore
@@ -79,5 +82,5 @@ __all__ = [
     "AtomicBackupAndRestore", "AveragedCheckpoint", "AveragingSGD", "DecaySGD", "EpochSeconds",
     "HostMemory", "SyncEpoch",
     "averaged_model", "averaged_weights", "build_optimizer", "cosine_schedule", "ema_decay",
-    "learning_rate_schedule", "robust_accuracy",
+    "learning_rate_schedule", "plain_copy", "robust_accuracy",
 ]

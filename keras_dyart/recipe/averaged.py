@@ -15,13 +15,22 @@ from keras_dyart import _checks, io
 from keras_dyart.recipe.optimizers import AveragingSGD
 
 
-def _clone(classifier):
-    try:
-        clone = keras.models.clone_model(classifier)
-    except Exception:  # noqa: BLE001 - subclassed models: rebuild from their config
-        clone = classifier.__class__.from_config(classifier.get_config())
+def plain_copy(classifier, weights=None) -> keras.Model:
+    """An uncompiled copy of ``classifier``: the same layers, with its weights (or
+    ``weights``, in ``classifier.weights`` order).
+
+    A file it is saved to holds no optimizer or compile settings, so it loads with plain
+    ``keras.saving.load_model`` in a process that never imports keras_dyart (as long as
+    the layers are Keras's own), e.g. to attack it with another library.  Compile the copy
+    to call its Keras ``evaluate`` or ``fit``.
+    """
+    if not isinstance(classifier, keras.layers.Layer):
+        raise TypeError(f"`classifier` must be a Keras model; got {type(classifier).__name__}.")
+    # (``keras.models.clone_model`` would carry the compile settings over)
+    clone = classifier.__class__.from_config(classifier.get_config())
     if not clone.built and getattr(classifier, "input_shape", None) is not None:
         clone.build(classifier.input_shape)
+    clone.set_weights(classifier.get_weights() if weights is None else weights)
     return clone
 
 
@@ -47,15 +56,14 @@ def averaged_model(model) -> keras.Model:
     """A copy of ``model``'s classifier carrying the averaged weights (`averaged_weights`).
 
     ``model`` is a method model (`keras_dyart.methods`, `keras_dyart.DyARTModel`) or a
-    plain classifier compiled with `AveragingSGD`.  The copy is a plain logits model:
-    evaluate it, attack it or ``save`` it.
+    plain classifier compiled with `AveragingSGD`.  The copy is a plain, uncompiled logits
+    model (`plain_copy`): attack it (`keras_dyart.evaluation.evaluate`) or ``save`` it; a
+    saved copy loads without keras_dyart.
     """
     classifier = getattr(model, "classifier", model)
     if not isinstance(classifier, keras.layers.Layer):
         raise TypeError(f"`model` must be a Keras model; got {type(model).__name__}.")
-    clone = _clone(classifier)
-    clone.set_weights(averaged_weights(model))
-    return clone
+    return plain_copy(classifier, averaged_weights(model))
 
 
 def robust_accuracy(model, x, y, eps, norm: str = "linf", steps: int = 40, loss: str = "cw",
