@@ -253,11 +253,18 @@ EXTRA_TERM = {"trades": "kl_loss", "mart": "kl_loss", "mma": "margin_loss",
               "dyart": "robust_loss"}
 
 
+def weighted_model(name, w, learning_rate, classifier=None):
+    """Method ``name`` (its `WEIGHTED` settings) around the linear model ``w`` (or
+    ``classifier``), compiled with plain SGD."""
+    model = methods.get(name, classifier or linear_classifier(w), **WEIGHTED[name])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate))
+    return model
+
+
 def step_logs(name, w, x, y, classifier=None, **kwargs):
     """The logs of one train step from the weights ``w`` (learning rate 0)."""
-    model = methods.get(name, classifier or linear_classifier(w), **WEIGHTED[name])
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
-    return model.train_on_batch(x, y, return_dict=True, **kwargs)
+    return weighted_model(name, w, 0.0, classifier).train_on_batch(x, y, return_dict=True,
+                                                                   **kwargs)
 
 
 @pytest.mark.parametrize("name", ["clean", "dyart", "mma", "pgd-at"])
@@ -287,12 +294,12 @@ def test_weight_regularisation_is_added_once(name):
     np.testing.assert_allclose(penalised - plain, 0.01 * np.sum(w.astype("float64") ** 2),
                                rtol=1e-4)
 
+
 @pytest.mark.parametrize("name", sorted(WEIGHTED))
 def test_fit_with_zero_class_weights_leaves_the_weights_alone(name):
     # Every term of every method honours the weights: weighted 0, nothing moves.
     w, x, y = batch(n=32, d=6, k=3)
-    model = methods.get(name, linear_classifier(w), **WEIGHTED[name])
-    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model = weighted_model(name, w, 0.5)
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                         class_weight={0: 0.0, 1: 0.0, 2: 0.0})
     assert history.history["loss"] == [0.0]
