@@ -16,7 +16,9 @@ Prints a Markdown table and writes it to ``benchmarks/results/attack_throughput_
 other (each in its own process), with torchattacks in the PyTorch run, and prints one table:
 each backend's robust accuracy, seconds per component and in all, its time against
 torchattacks', and how many points' outcomes (robust or not, at some radius) differ from the
-first backend's (``benchmarks/results/attack_throughput_backends.md`` unless ``--out``).
+first backend's, torchattacks' included, with at each radius how many points each of the two
+broke that the other did not (``benchmarks/results/attack_throughput_backends.md`` unless
+``--out``).
 With ``--chunk K`` the points go in chunks of K, every backend (and torchattacks) running
 each chunk in turn before the next chunk starts, so that a drift in the machine's speed
 moves all of them alike; the table adds up the chunks and gives the spread of the per-chunk
@@ -49,13 +51,16 @@ _THEIRS = {"apgd-ce": "APGD", "apgd-t": "APGDT", "fab-t": "FAB", "square": "Squa
 
 def _reference(model, x, y, epsilons, steps):
     """torchattacks' AutoAttack per radius: (robust accuracies, seconds, seconds per
-    component over all radii)."""
-    accs, seconds, parts = [], [], {}
+    component over all radii, per-point outcomes ``(N, radii)``: 1 where the model still
+    classifies torchattacks' example right).  The outcomes are read outside the timing."""
+    accs, seconds, parts, robust = [], [], {}, []
     for e in epsilons:
-        acc, _, s = torchattacks_autoattack(model, x, y, e, steps=steps, timings=parts)
+        acc, x_adv, s = torchattacks_autoattack(model, x, y, e, steps=steps, timings=parts)
         accs.append(acc)
         seconds.append(s)
-    return accs, seconds, parts
+        logits = model.predict(x_adv, batch_size=500, verbose=0)
+        robust.append(np.argmax(logits, axis=-1) == np.asarray(y))
+    return accs, seconds, parts, np.stack(robust, axis=1)
 
 
 def _settings(args, epsilons) -> dict:
@@ -68,7 +73,8 @@ def _settings(args, epsilons) -> dict:
 def _merge(chunks: list) -> dict:
     """One backend's record over consecutive chunks of points: times and components
     added up, accuracies weighted by the chunks' sizes, per-point outcomes in order; for
-    torchattacks (in the PyTorch records) the same."""
+    torchattacks (in the PyTorch records) the same, its per-point outcomes None for the
+    points of chunks kept before they were recorded."""
     n = sum(r["n"] for r in chunks)
 
     def weighted(records, key):     # a mean (scalar or per radius) weighted by chunk size
@@ -95,7 +101,9 @@ def _merge(chunks: list) -> dict:
             "robust": weighted(refs, "robust"),
             "seconds": sum(r["seconds"] for r in refs),
             "components": total(r["components"] for r in refs),
-            "steps": refs[0]["steps"], "chunk_seconds": [r["seconds"] for r in refs]}
+            "steps": refs[0]["steps"], "chunk_seconds": [r["seconds"] for r in refs],
+            "robust_points": [p for r in refs
+                              for p in r.get("robust_points", [None] * r["n"])]}
     return merged
 
 
@@ -151,7 +159,7 @@ def main():
         print(f"torchattacks 3.5.1 AutoAttack standard (L∞, {args.reference_steps} "
               f"iterations) on {args.n} {args.dataset} test points, model "
               f"{os.path.basename(args.model)}:")
-        accs, seconds, parts = _reference(model, x, y, epsilons, args.reference_steps)
+        accs, seconds, parts, _ = _reference(model, x, y, epsilons, args.reference_steps)
         for e, acc, s in zip(epsilons, accs, seconds):
             print(f"  eps {e:g}: robust accuracy {100 * acc:.1f} % in {s:.0f} s")
         print(f"  total {sum(seconds):.0f} s; per component: "
@@ -172,7 +180,8 @@ def main():
                                             for e in epsilons) + f" | {total:.0f} |"]
     parts = {}
     if backend == "torch" and not args.no_reference:
-        accs, seconds, parts = _reference(model, x, y, epsilons, args.reference_steps)
+        accs, seconds, parts, their_points = _reference(model, x, y, epsilons,
+                                                        args.reference_steps)
         lines.append(f"| torchattacks 3.5.1, {args.reference_steps} iterations | "
                      + " | ".join(f"{100 * a:.1f} %" for a in accs)
                      + f" | {sum(seconds):.0f} |")
@@ -211,7 +220,8 @@ def main():
             record["reference"] = {"robust": accs, "seconds": sum(seconds),
                                    "components": {k: parts.get(v, 0.0)
                                                   for k, v in _THEIRS.items()},
-                                   "steps": args.reference_steps}
+                                   "steps": args.reference_steps,
+                                   "robust_points": their_points.astype(int).tolist()}
         with open(args.json, "w") as f:
             json.dump(record, f)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -286,17 +296,33 @@ def compare_backends(args, epsilons):
                 + " | ".join(f"{components.get(n, 0.0):.1f}" for n in components) + " | "
                 + f"{seconds:.0f} | {ratio} | {differ} |")
 
+    versus = []
     if reference:
         theirs = {NAMES.get(k, k): v for k, v in reference["components"].items()}
+        recorded = np.asarray([p is not None for p in reference["robust_points"]])
+        differ = "–"
+        if recorded.any():
+            ref = np.asarray([p for p in reference["robust_points"] if p is not None], bool)
+            ours = base[recorded]
+            differ = str(int(np.any(ref != ours, axis=1).sum()))
+            if not recorded.all():
+                differ += f" (of the {int(recorded.sum())} points recorded)"
+            versus = ["", "Against torchattacks, point by point"
+                      + ("" if recorded.all() else f" (the {int(recorded.sum())} points "
+                         "whose outcomes it recorded)") + ": "
+                      + "; ".join(f"eps {e:g}: {int((~ours[:, i] & ref[:, i]).sum())} points "
+                                  f"broken by keras-dyart ({first['backend']}) only, "
+                                  f"{int((ours[:, i] & ~ref[:, i]).sum())} by torchattacks only"
+                                  for i, e in enumerate(epsilons)) + "."]
         lines.append(row(f"torchattacks 3.5.1, {reference['steps']} iterations (torch)",
-                         reference["robust"], theirs, reference["seconds"], "–"))
+                         reference["robust"], theirs, reference["seconds"], differ))
     for r in records:
         points = np.asarray(r["robust_points"], bool)
         differ = int(np.any(points != base, axis=1).sum())
         lines.append(row(f"keras-dyart, {r['backend']}", r["robust"],
                          {n: r["components"].get(n, 0.0) for n in names}, r["seconds"],
                          differ, r["chunk_seconds"]))
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + versus) + "\n"
     print(text)
     out = args.out or os.path.join(os.path.dirname(here), "results",
                                    "attack_throughput_backends.md")
