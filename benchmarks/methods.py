@@ -34,7 +34,8 @@ stopped at any time and continued by the same command.
 
 A run outlives its run directory (under ``--runs``, which a fresh checkout lacks): when its
 training ends, its averaged model is copied to ``<results>/models/<phase>/<run>.keras`` and
-its epoch times to ``<results>/points/<phase>/<run>.train.json``; the attack then runs 100
+its epoch times and training logs (history.csv: losses, DyART's boundary fraction and mean
+margin) to ``<results>/points/<phase>/<run>.train.json``; the attack then runs 100
 points at a time (one `keras_dyart.evaluation.evaluate` call per chunk, the run's seed),
 each finished chunk's per-point report appended to ``<results>/points/<phase>/<run>.json``,
 so an attack that is stopped resumes at its next chunk, in another checkout too.  These
@@ -164,13 +165,25 @@ def run_train(args: list[str], out: str) -> None:
         get_command(app).main(args, prog_name="keras-dyart", standalone_mode=False)
 
 
-def epoch_seconds(out: str) -> list[float]:
-    """The method epochs' wall times from a run's history.csv."""
+def history_rows(out: str) -> list[dict]:
+    """A run's history.csv, one dict per epoch (burn-in and method epochs), its numbers as
+    floats and its empty cells left out."""
     import csv
 
+    def value(text):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
     with open(os.path.join(out, "history.csv")) as f:
-        return [float(r["epoch_seconds"]) for r in csv.DictReader(f)
-                if r.get("epoch_seconds") not in (None, "")]
+        return [{k: value(v) for k, v in r.items() if v not in (None, "")}
+                for r in csv.DictReader(f)]
+
+
+def epoch_seconds(out: str) -> list[float]:
+    """The method epochs' wall times from a run's history.csv."""
+    return [r["epoch_seconds"] for r in history_rows(out) if "epoch_seconds" in r]
 
 
 def attack_run(model_path: str, out: str, x, y, attack: str, eps, seed: int, options,
@@ -322,7 +335,7 @@ class Study:
             from keras_dyart import io
 
             io.write_json(trained, {"epoch_seconds": epoch_seconds(out), "commit": commit(),
-                                    "run_dir": out})
+                                    "run_dir": out, "history": history_rows(out)})
         train_info = json.load(open(trained))
         os.makedirs(out, exist_ok=True)
         x_val, y_val, x_test, y_test = self.data()

@@ -65,6 +65,15 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
                                                np.uint8), bitorder="little")[:40]
             assert bits.mean() == pytest.approx(acc)
         assert len(r["epoch_seconds"]) == r["epochs"] == 1
+        # the training logs outlive the run directory: burn-in and method epochs
+        trained = json.load(open(tmp_path / "results" / "points" / "final"
+                                 / (r["name"] + ".train.json")))
+        history = trained["history"]
+        assert [h["epoch_seconds"] for h in history if "epoch_seconds" in h] == pytest.approx(
+            r["epoch_seconds"], abs=0.01)
+        assert all(isinstance(h["loss"], float) for h in history)
+        if r["method"] == "dyart":
+            assert 0 <= history[-1]["boundary_fraction"] <= 1
         report = json.load(open(os.path.join(r["run_dir"], "eval_autoattack.json")))
         assert report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     # DyART's chosen setting again with warm-started searches, the same seeds and attack
