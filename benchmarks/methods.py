@@ -4,7 +4,7 @@ MNIST-5k, judged by AutoAttack on test digits never used to choose a setting.
     KERAS_BACKEND=tensorflow python benchmarks/methods.py --all      # the study (hours)
     KERAS_BACKEND=tensorflow python benchmarks/methods.py --quick    # a smoke run (minutes)
 
-The study has five phases; each run is a `keras-dyart train` run (the CLI's recipe: clean
+The study has six phases; each run is a `keras-dyart train` run (the CLI's recipe: clean
 burn-in, then the method with SGD, weight decay, clipping and the weight average) in its
 own run directory, and each finished run leaves one JSON record.  A phase skips the runs
 whose record exists and resumes an interrupted one (``--resume``), so the study can be
@@ -16,18 +16,23 @@ stopped at any time and continued by the same command.
    APGD-T with its 3 likeliest target classes, L∞ 0.3: a third of AutoAttack's 9, to keep
    tuning affordable).  The chosen setting of a method is the one with the highest
    validation robust accuracy (ties: clean accuracy).  The test digits are not touched.
-2. ``final``: each method's chosen setting, seeds 0, 1, 2, on all 4,000 training digits,
+2. ``ablation``: DyART's chosen setting with one knob changed at a time (`ABLATIONS`: the
+   margin cut-off r0 against the threat radius, α and λ at the chosen rate, a shorter
+   search), on the same validation split and attack, to find out what moves DyART's
+   robust accuracy; the report sets each against the chosen setting.  A variant is a
+   candidate for a new default only where it beats the chosen setting here.
+3. ``final``: each method's chosen setting, seeds 0, 1, 2, on all 4,000 training digits,
    the same number of epochs; standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the
    1,000 test digits at L∞ 0.1, 0.2 and 0.3.
-3. ``warm-start``: DyART's chosen setting with ``--warm-start 5`` (warm-started boundary
+4. ``warm-start``: DyART's chosen setting with ``--warm-start 5`` (warm-started boundary
    searches, `DyARTModel(warm_start=5)`), the same seeds, epochs and AutoAttack as
    ``final``, whose DyART runs are the cold default it is compared with (issue 19: epoch
    time against robust accuracy).
-4. ``equal-time``: the same at DyART's training time: each other method trains for the
+5. ``equal-time``: the same at DyART's training time: each other method trains for the
    epochs that its median epoch time fits into DyART's mean training time (measured in
    ``final`` on this machine); AutoAttack at L∞ 0.3 only (the headline radius; 0.1, where
    most points survive to Square, costs the most).
-5. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
+6. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
    paired per-seed differences, and two plots: ``--report`` (benchmarks/results/methods.md)
    and ``--images`` (docs/img/methods_aa_vs_clean.png, methods_aa_vs_time.png), from the
    JSON records in ``--results`` (benchmarks/results/methods/<phase>/<run>.json).
@@ -93,6 +98,14 @@ GRIDS = {
               {"alpha": 0.3, "lr": 0.1}, {"alpha": 0.3, "lr": 0.2}],
 }
 
+#: DyART's chosen setting with one change each (the ``ablation`` phase).  r0: the chosen r0
+#: 0.6 pushes margins up to twice the threat radius 0.3; 0.35 and 0.45 spend the robust
+#: term on the points AutoAttack at 0.3 can still break, 1.0 on more.  α and λ: the
+#: tuning grid tried them only at the default rate 0.05, the chosen setting is at 0.1.
+#: n_iter 10: half the search (the cost that sets DyART's epoch time).
+ABLATIONS = [{"r0": 0.35}, {"r0": 0.45}, {"r0": 1.0}, {"alpha": 1.0}, {"alpha": 3.0},
+             {"lam": 300.0}, {"lam": 3000.0}, {"n_iter": 10}]
+
 FULL = {
     "limit": 4000, "holdout": 1000, "epochs": 8, "burn_in": 3, "batch_size": 128,
     "seeds": (0, 1, 2), "test_n": 1000, "eps": (0.1, 0.2, 0.3), "equal_time_eps": (0.3,),
@@ -100,7 +113,8 @@ FULL = {
     "val_attack": "apgd-ce,apgd-t", "val_options": {"apgd-t": {"n_target_classes": 3}},
     "val_text": "APGD-CE then APGD-T with 3 target classes",
     "attack_options": None, "common": {},
-    "grids": GRIDS, "max_epochs": 200, "methods": METHODS, "warm_start": 5,
+    "grids": GRIDS, "ablations": ABLATIONS, "max_epochs": 200, "methods": METHODS,
+    "warm_start": 5,
     "attack_chunk": 100,
 }
 
@@ -117,7 +131,8 @@ QUICK = {
                        "square": {"n_queries": 20}},
     "common": {"n_iter": 3, "train_steps": 2, "pgd_steps": 2},
     "grids": {"pgd-at": GRIDS["pgd-at"][:1], "dyart": GRIDS["dyart"][3:5]},
-    "max_epochs": 3, "methods": ("pgd-at", "dyart"), "warm_start": 1,
+    "ablations": [{"r0": 1.0}], "max_epochs": 3, "methods": ("pgd-at", "dyart"),
+    "warm_start": 1,
     "attack_chunk": 25,
 }
 
@@ -319,7 +334,7 @@ class Study:
         if os.path.exists(path):
             return json.load(open(path))
         out = os.path.join(self.runs, phase, name)
-        validation = phase == "tune"
+        validation = phase in ("tune", "ablation")
         # What outlives the run directory (which a new checkout lacks): the trained model
         # and its epoch times (models/), and the attack's finished chunks (points/).
         saved = os.path.join(self.results, "models", phase, name + ".keras")
@@ -402,6 +417,15 @@ class Study:
             raise SystemExit(f"the tune phase has not run for {missing}: run --phase tune")
         return {m: best[m][1] for m in self.plan["methods"]}
 
+    def ablation_settings(self) -> list[dict]:
+        """DyART's chosen setting with each of the plan's `ABLATIONS` applied."""
+        chosen = self.chosen()["dyart"]
+        return [{**chosen, **change} for change in self.plan["ablations"]]
+
+    def ablation(self) -> None:
+        for setting in self.ablation_settings():
+            self.run("ablation", "dyart", setting, 0, self.plan["epochs"])
+
     def final(self) -> None:
         chosen = self.chosen()
         for seed in self.plan["seeds"]:
@@ -450,8 +474,9 @@ def main(argv=None) -> int:
     which.add_argument("--quick", action="store_true",
                        help="every phase on a tiny budget (a pipeline check, not a result)")
     parser.add_argument("--phase", action="append",
-                        choices=("tune", "final", "warm-start", "equal-time", "report"),
-                        help="run only these phases (repeat); default: all five")
+                        choices=("tune", "ablation", "final", "warm-start", "equal-time",
+                                 "report"),
+                        help="run only these phases (repeat); default: all six")
     parser.add_argument("--runs", help="run directories (default runs/methods, "
                                        "runs/methods-quick with --quick)")
     parser.add_argument("--results", help="records and methods.md (default "
@@ -472,7 +497,8 @@ def main(argv=None) -> int:
     images = args.images or (results if args.quick else os.path.join(root, "docs", "img"))
     report = args.report or (os.path.join(results, "methods.md") if args.quick
                              else os.path.join(HERE, "results", "methods.md"))
-    phases = args.phase or ["tune", "final", "warm-start", "equal-time", "report"]
+    phases = args.phase or ["tune", "ablation", "final", "warm-start", "equal-time",
+                            "report"]
 
     def log(line):
         print(time.strftime("%H:%M:%S ") + line, flush=True)
@@ -480,6 +506,8 @@ def main(argv=None) -> int:
     study = Study(plan, runs, results, log)
     if "tune" in phases:
         log("chosen settings: " + json.dumps(study.tune()))
+    if "ablation" in phases:
+        study.ablation()
     if "final" in phases:
         study.final()
     if "warm-start" in phases:

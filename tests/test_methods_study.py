@@ -76,6 +76,11 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
             assert 0 <= history[-1]["boundary_fraction"] <= 1
         report = json.load(open(os.path.join(r["run_dir"], "eval_autoattack.json")))
         assert report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    # DyART's chosen setting with one change each, on the validation split
+    ablation = _records(tmp_path, "ablation")
+    assert [r["setting"] for r in ablation] == [{**best["setting"], "r0": 1.0}]
+    assert ablation[0]["evaluated_on"] == "held-out training digits"
+    assert ablation[0]["n"] == 64 and ablation[0]["seed"] == 0
     # DyART's chosen setting again with warm-started searches, the same seeds and attack
     warm = _records(tmp_path, "warm-start")
     assert {r["seed"] for r in warm} == {0, 1}
@@ -89,7 +94,8 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     text = (tmp_path / "methods.md").read_text()
     for part in ("## Equal epochs", "## Equal training time", "## Verdict", "## Tuning",
                  "| dyart |", "| pgd-at |", "DyART − pgd-at",
-                 "## DyART with warm-started searches", "| dyart, warm_start=1 |"):
+                 "## DyART with warm-started searches", "| dyart, warm_start=1 |",
+                 "## DyART ablations", "| r0=1 |"):
         assert part in text, part
     for name in ("methods_aa_vs_clean.png", "methods_aa_vs_time.png"):
         assert (tmp_path / "img" / name).stat().st_size > 10_000
