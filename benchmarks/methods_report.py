@@ -54,12 +54,16 @@ def result_table(groups: dict, eps) -> list[str]:
              "|---|---|---|---|---|" + "---|" * len(eps) + "---|---|"]
     for method, rs in groups.items():
         cells = [_mean_std(r["robust"][f"{e:g}"] for r in rs) for e in eps]
+        every = [t for r in rs for t in r["epoch_seconds"]]
         lines.append(
             f"| {method} | {_setting(rs[0]['setting'])} | {rs[0]['epochs']} | {len(rs)} | "
             f"{_mean_std(r['clean'] for r in rs)} | " + " | ".join(cells)
-            + f" | {statistics.median(r['seconds_per_epoch'] for r in rs):.1f} | "
+            + f" | {statistics.median(r['seconds_per_epoch'] for r in rs):.1f} "
+            f"({min(every):.0f}–{max(every):.0f}) | "
             f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |")
-    return lines
+    return lines + ["", "s/epoch: the median over a run's method epochs (the median over "
+                        "seeds), in brackets the range of all its runs' epochs: a wide range "
+                        "means the machine was shared for part of the run."]
 
 
 def paired(a: list[dict], b: list[dict], key) -> tuple[float, float, int]:
@@ -72,6 +76,11 @@ def paired(a: list[dict], b: list[dict], key) -> tuple[float, float, int]:
         return math.nan, math.nan, 0
     return (statistics.mean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
             len(diffs))
+
+
+def _diff(d: float, s: float, n: int, digits: int = 3) -> str:
+    """A paired mean difference with its spread over seeds (none for one seed)."""
+    return f"{d:+.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
 
 
 #: Two-sided 95 % quantiles of Student's t by degrees of freedom (paired t-test over seeds).
@@ -113,8 +122,8 @@ def verdict(groups: dict, eps: float, label: str) -> list[str]:
                     0: "robust accuracy within the seed spread"}[robust] + "; " + {
                 1: "DyART more accurate", -1: "DyART less accurate",
                 0: "clean accuracy within the seed spread"}[clean]
-        rows.append(f"- DyART − {other}: robust {d:+.3f} ± {s:.3f}, clean {dc:+.3f} ± "
-                    f"{sc:.3f} ({n} seeds; {call})")
+        rows.append(f"- DyART − {other}: robust {_diff(d, s, n)}, clean {_diff(dc, sc, n)} "
+                    f"({n} seed{'s' if n != 1 else ''}; {call})")
     return lines + ["", "DyART against each method: mean ± standard deviation over seeds of "
                         "the paired difference (same seed, same test digits); a difference "
                         "counts only where a two-sided paired t-test over the seeds rejects "
@@ -177,8 +186,9 @@ def warm_section(study, final: list[dict]) -> list[str]:
             "FAB iterations from its last boundary point after its first visit), the same "
             "seeds, epochs and AutoAttack:", "",
             *result_table(groups, eps), "",
-            f"Warm − cold, paired by seed ({n} seeds): AutoAttack at ε={key} {d:+.3f} ± "
-            f"{s:.3f}, clean {dc:+.3f} ± {sc:.3f}, seconds per epoch {dt:+.1f} ± {st:.1f} "
+            f"Warm − cold, paired by seed ({n} seed{'s' if n != 1 else ''}): AutoAttack at "
+            f"ε={key} {_diff(d, s, n)}, clean {_diff(dc, sc, n)}, seconds per epoch "
+            f"{_diff(dt, st, n, 1)} "
             f"(warm / cold epoch time {ratio:.2f})."]
 
 
@@ -236,7 +246,9 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     eps = p["eps"]
     planned = len(p["methods"]) * len(p["seeds"])
     tuned = sum(len(p["grids"][m]) for m in p["methods"])
-    status = (f"Runs recorded: tune {len(tune)} of {tuned}, final {len(final)} of {planned}, "
+    status = (f"Runs recorded: tune {len(tune)} of {tuned}, ablation "
+              f"{len(study.records('ablation'))} of {len(p['ablations'])}, final "
+              f"{len(final)} of {planned}, "
               f"equal time {len(equal)}.")
     lines = [
         "# Which method? The tuned comparison on MNIST-5k",
