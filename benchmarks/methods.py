@@ -4,7 +4,7 @@ MNIST-5k, judged by AutoAttack on test digits never used to choose a setting.
     KERAS_BACKEND=tensorflow python benchmarks/methods.py --all      # the study (hours)
     KERAS_BACKEND=tensorflow python benchmarks/methods.py --quick    # a smoke run (minutes)
 
-The study has six phases; each run is a `keras-dyart train` run (the CLI's recipe: clean
+The study has seven phases; each run is a `keras-dyart train` run (the CLI's recipe: clean
 burn-in, then the method with SGD, weight decay, clipping and the weight average) in its
 own run directory, and each finished run leaves one JSON record.  A phase skips the runs
 whose record exists and resumes an interrupted one (``--resume``), so the study can be
@@ -28,11 +28,17 @@ stopped at any time and continued by the same command.
    searches, `DyARTModel(warm_start=5)`), the same seeds, epochs and AutoAttack as
    ``final``, whose DyART runs are the cold default it is compared with (issue 19: epoch
    time against robust accuracy).
-5. ``equal-time``: the same at DyART's training time: each other method trains for the
-   epochs that its median epoch time fits into DyART's mean training time (measured in
-   ``final`` on this machine); AutoAttack at L∞ 0.3 only (the headline radius; 0.1, where
-   most points survive to Square, costs the most).
-6. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
+5. ``timing``: each method's epoch time at its chosen setting (and DyART's with warm
+   starts), measured side by side in one process on an otherwise idle machine: every
+   method in turn trains a few epochs on the 4,000 digits, in two rounds, the first
+   (compiling) epoch of each left out; ``<results>/timing.json``.  The final runs' own
+   epoch times are kept too, but a long study shares the machine now and then, and a
+   comparison at equal cost needs times taken under the same conditions.
+6. ``equal-time``: the same at DyART's training time: each other method trains for the
+   epochs that its timed epoch fits into DyART's (timed epoch × the study's epochs);
+   AutoAttack at L∞ 0.3 only (the headline radius; 0.1, where most points survive to
+   Square, costs the most).
+7. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
    paired per-seed differences, and two plots: ``--report`` (benchmarks/results/methods.md)
    and ``--images`` (docs/img/methods_aa_vs_clean.png, methods_aa_vs_time.png), from the
    JSON records in ``--results`` (benchmarks/results/methods/<phase>/<run>.json).
@@ -114,7 +120,7 @@ FULL = {
     "val_text": "APGD-CE then APGD-T with 3 target classes",
     "attack_options": None, "common": {},
     "grids": GRIDS, "ablations": ABLATIONS, "max_epochs": 200, "methods": METHODS,
-    "warm_start": 5,
+    "warm_start": 5, "timing_epochs": 3, "timing_rounds": 2,
     "attack_chunk": 100,
 }
 
@@ -132,7 +138,7 @@ QUICK = {
     "common": {"n_iter": 3, "train_steps": 2, "pgd_steps": 2},
     "grids": {"pgd-at": GRIDS["pgd-at"][:1], "dyart": GRIDS["dyart"][3:5]},
     "ablations": [{"r0": 1.0}], "max_epochs": 3, "methods": ("pgd-at", "dyart"),
-    "warm_start": 1,
+    "warm_start": 1, "timing_epochs": 2, "timing_rounds": 1,
     "attack_chunk": 25,
 }
 
@@ -440,19 +446,56 @@ class Study:
         for seed in self.plan["seeds"]:
             self.run("warm-start", "dyart", self.warm_setting(), seed, self.plan["epochs"])
 
+    def timing_path(self) -> str:
+        return os.path.join(self.results, "timing.json")
+
+    def timed(self) -> dict:
+        """The ``timing`` phase's record ({} before it ran)."""
+        path = self.timing_path()
+        return json.load(open(path)) if os.path.exists(path) else {}
+
+    def timing(self) -> dict:
+        """Each method's epoch time at its chosen setting, and DyART's with warm starts,
+        side by side: ``timing_rounds`` rounds of every entry in turn, each a
+        ``timing_epochs``-epoch `keras-dyart train` run (no burn-in; a step costs the same
+        whatever the weights) whose first, compiling, epoch is left out.  Kept in
+        ``timing.json``; a later call reuses it."""
+        if self.timed():
+            return self.timed()
+        chosen, p = self.chosen(), self.plan
+        entries = {m: (m, chosen[m]) for m in p["methods"]}
+        entries[f"dyart, warm_start={p['warm_start']}"] = ("dyart", self.warm_setting())
+        seconds = {name: [] for name in entries}
+        for round_ in range(p["timing_rounds"]):
+            for name, (method, setting) in entries.items():
+                out = os.path.join(self.runs, "timing", f"{method}-{tag(setting)}-r{round_}")
+                shutil.rmtree(out, ignore_errors=True)
+                self.log(f"[timing] round {round_ + 1}: {name}")
+                run_train(train_args(method, setting, 0, p["timing_epochs"],
+                                     {**p, "burn_in": 0}, False, out), out)
+                seconds[name] += epoch_seconds(out)[1:]
+        record = {"seconds": {k: [round(t, 2) for t in v] for k, v in seconds.items()},
+                  "seconds_per_epoch": {k: round(statistics.median(v), 2)
+                                        for k, v in seconds.items()},
+                  "settings": {k: v[1] for k, v in entries.items()},
+                  "epochs": p["timing_epochs"], "rounds": p["timing_rounds"],
+                  "train_points": p["limit"], "commit": commit(),
+                  "backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
+        os.makedirs(self.results, exist_ok=True)
+        with open(self.timing_path(), "w") as f:
+            json.dump(record, f, indent=1)
+        self.log("[timing] s/epoch: " + json.dumps(record["seconds_per_epoch"]))
+        return record
+
     def equal_time_epochs(self) -> dict:
-        """Epochs per method that fit DyART's mean training time (from ``final``; {} before
-        a DyART final run)."""
-        final = self.records("final")
-        if not any(r["method"] == "dyart" for r in final):
+        """Epochs per method whose timed epochs fit DyART's timed training time ({} before
+        the ``timing`` phase)."""
+        per_epoch = self.timed().get("seconds_per_epoch", {})
+        if "dyart" not in per_epoch:
             return {}
-        budget = statistics.mean(r["train_seconds"] for r in final if r["method"] == "dyart")
-        epochs = {}
-        for method in sorted({r["method"] for r in final}, key=METHODS.index):
-            per_epoch = statistics.median(
-                s for r in final if r["method"] == method for s in r["epoch_seconds"])
-            epochs[method] = int(min(self.plan["max_epochs"],
-                                     max(1, round(budget / per_epoch))))
+        budget = per_epoch["dyart"] * self.plan["epochs"]
+        epochs = {m: int(min(self.plan["max_epochs"], max(1, round(budget / per_epoch[m]))))
+                  for m in METHODS if m in per_epoch}
         epochs["dyart"] = self.plan["epochs"]
         return epochs
 
@@ -460,7 +503,8 @@ class Study:
         chosen, epochs = self.chosen(), self.equal_time_epochs()
         missing = [m for m in self.plan["methods"] if m not in epochs]
         if missing:
-            raise SystemExit(f"the final phase has not run for {missing}: run --phase final")
+            raise SystemExit(f"the timing phase has not run for {missing}: run --phase "
+                             "timing")
         for seed in self.plan["seeds"]:
             for method in self.plan["methods"]:
                 if epochs[method] != self.plan["epochs"]:
@@ -474,9 +518,9 @@ def main(argv=None) -> int:
     which.add_argument("--quick", action="store_true",
                        help="every phase on a tiny budget (a pipeline check, not a result)")
     parser.add_argument("--phase", action="append",
-                        choices=("tune", "ablation", "final", "warm-start", "equal-time",
-                                 "report"),
-                        help="run only these phases (repeat); default: all six")
+                        choices=("tune", "ablation", "final", "warm-start", "timing",
+                                 "equal-time", "report"),
+                        help="run only these phases (repeat); default: all seven")
     parser.add_argument("--runs", help="run directories (default runs/methods, "
                                        "runs/methods-quick with --quick)")
     parser.add_argument("--results", help="records and methods.md (default "
@@ -497,8 +541,8 @@ def main(argv=None) -> int:
     images = args.images or (results if args.quick else os.path.join(root, "docs", "img"))
     report = args.report or (os.path.join(results, "methods.md") if args.quick
                              else os.path.join(HERE, "results", "methods.md"))
-    phases = args.phase or ["tune", "ablation", "final", "warm-start", "equal-time",
-                            "report"]
+    phases = args.phase or ["tune", "ablation", "final", "warm-start", "timing",
+                            "equal-time", "report"]
 
     def log(line):
         print(time.strftime("%H:%M:%S ") + line, flush=True)
@@ -512,6 +556,8 @@ def main(argv=None) -> int:
         study.final()
     if "warm-start" in phases:
         study.warm_start()
+    if "timing" in phases:
+        study.timing()
     if "equal-time" in phases:
         log("equal-time epochs: " + json.dumps(study.equal_time_epochs()))
         study.equal_time()

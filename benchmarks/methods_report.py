@@ -130,7 +130,11 @@ def verdict(groups: dict, eps: float, label: str) -> list[str]:
                         "0 at 95 %:", ""] + rows
 
 
-def plots(final: list[dict], equal: list[dict], images: str, eps: float) -> list[str]:
+def plots(final: list[dict], equal: list[dict], images: str, eps: float,
+          per_epoch: dict | None = None) -> list[str]:
+    """AutoAttack accuracy at ``eps`` against clean accuracy and against training time:
+    the timed epoch (``per_epoch``, the `timing` phase) × the run's epochs where measured,
+    else the run's own epoch times."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,8 +144,10 @@ def plots(final: list[dict], equal: list[dict], images: str, eps: float) -> list
     paths = []
     for name, x_of, xlabel in (
             ("methods_aa_vs_clean.png", lambda r: r["clean"], "clean accuracy"),
-            ("methods_aa_vs_time.png", lambda r: r["train_seconds"],
-             "training time of the method epochs (s, this machine)")):
+            ("methods_aa_vs_time.png", lambda r: (per_epoch[r["method"]] * r["epochs"]
+                                                  if per_epoch else r["train_seconds"]),
+             "training time of the method epochs (s, this machine"
+             + (", timed side by side)" if per_epoch else ")"))):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for records, marker, what in ((final, "o", "equal epochs"),
                                       (equal, "^", "equal time")):
@@ -230,6 +236,24 @@ def ablation_section(study) -> list[str]:
     return lines
 
 
+def timing_table(study) -> list[str]:
+    """The ``timing`` phase's epoch times against DyART's and the epochs they give."""
+    timed = study.timed()
+    if not timed:
+        return ["Epoch times not measured yet (the `timing` phase)."]
+    per_epoch, epochs = timed["seconds_per_epoch"], study.equal_time_epochs()
+    lines = [f"Epoch times measured side by side (the `timing` phase: every method in turn, "
+             f"{timed['rounds']} rounds of {timed['epochs']}-epoch runs on the "
+             f"{timed['train_points']} training digits, the compiling first epoch left out; "
+             f"commit {timed['commit']}):", "",
+             "| method | s/epoch | × DyART | epochs in DyART's training time |",
+             "|---|---|---|---|"]
+    for name, t in per_epoch.items():
+        lines.append(f"| {name} | {t:.1f} | {t / per_epoch['dyart']:.2f} | "
+                     f"{epochs.get(name, '–')} |")
+    return lines
+
+
 def write_report(study, path: str, images: str, command: str) -> list[str]:
     """Write the Markdown report to ``path`` and, once there are final runs, the two plots
     into ``images``; returns the paths.  Phases not run yet are reported as such."""
@@ -274,14 +298,15 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
         "## Equal training time",
         "",
     ]
+    lines += [*timing_table(study), ""]
     if equal:
-        lines += ["Each method trains for the epochs its median epoch time fits into DyART's "
-                  "mean training time: " + ", ".join(f"{m} {e}" for m, e in epochs.items())
+        lines += ["Each method trains for the epochs its timed epoch fits into DyART's "
+                  "training time: " + ", ".join(f"{m} {e}" for m, e in epochs.items())
                   + ".  AutoAttack at "
                   + ", ".join(f"ε={e:g}" for e in p["equal_time_eps"]) + " only.",
                   "", *result_table(equal_groups, p["equal_time_eps"])]
     else:
-        lines += ["Not run yet."]
+        lines += ["Equal-time runs: not run yet."]
     lines += ["", "## Verdict (computed from the records)", ""]
     if final_groups.get("dyart") and len(final_groups) > 1:
         lines += verdict(final_groups, max(eps), "Equal epochs")
@@ -306,7 +331,8 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines))
-    return [path] + (plots(final, equal, images, max(eps)) if final else [])
+    return [path] + (plots(final, equal, images, max(eps),
+                           study.timed().get("seconds_per_epoch")) if final else [])
 
 
 __all__ = ["write_report"]

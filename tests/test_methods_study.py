@@ -88,14 +88,22 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
         assert r["setting"] == {**best["setting"], "warm_start": 1} and r["n"] == 40
         config = json.load(open(os.path.join(r["run_dir"], "config.json")))
         assert config["warm_start"] == 1
+    # every method's epoch timed side by side, and the equal-time runs take their epochs
+    # from those times: each method whose share of DyART's time differs has its runs
+    timing = json.load(open(tmp_path / "results" / "timing.json"))
+    per_epoch = timing["seconds_per_epoch"]
+    assert set(per_epoch) == {"pgd-at", "dyart", "dyart, warm_start=1"}
+    assert all(len(v) == 1 and v[0] > 0 for v in timing["seconds"].values())
+    expected = min(3, max(1, round(per_epoch["dyart"] / per_epoch["pgd-at"])))
     equal = _records(tmp_path, "equal-time")
-    assert equal and all(r["method"] != "dyart" and r["epochs"] != 1 for r in equal)
+    assert [(r["method"], r["epochs"]) for r in equal] == (
+        [] if expected == 1 else [("pgd-at", expected)] * 2)
 
     text = (tmp_path / "methods.md").read_text()
     for part in ("## Equal epochs", "## Equal training time", "## Verdict", "## Tuning",
                  "| dyart |", "| pgd-at |", "DyART − pgd-at",
                  "## DyART with warm-started searches", "| dyart, warm_start=1 |",
-                 "## DyART ablations", "| r0=1 |"):
+                 "## DyART ablations", "| r0=1 |", "Epoch times measured side by side"):
         assert part in text, part
     for name in ("methods_aa_vs_clean.png", "methods_aa_vs_time.png"):
         assert (tmp_path / "img" / name).stat().st_size > 10_000
