@@ -3,6 +3,7 @@ per-seed differences, and two plots.  Reads only the study's JSON records."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -198,6 +199,24 @@ def warm_section(study, final: list[dict]) -> list[str]:
             f"(warm / cold epoch time {ratio:.2f})."]
 
 
+def last_epoch_logs(study, record: dict) -> dict:
+    """The last method epoch's training logs of a run (its history, kept beside the
+    attack's points), or {} for runs recorded before the history was kept."""
+    path = os.path.join(study.results, "points", record["phase"],
+                        record["name"] + ".train.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        history = json.load(f).get("history") or [{}]
+    return history[-1]
+
+
+def _logs(study, record: dict) -> str:
+    logs = last_epoch_logs(study, record)
+    return " | ".join(f"{logs[k]:.3f}" if isinstance(logs.get(k), float) else "–"
+                      for k in ("boundary_fraction", "mean_margin")) + " |"
+
+
 def ablation_section(study) -> list[str]:
     """DyART's chosen setting against each one-change variant on the validation split."""
     records = study.records("ablation")
@@ -212,10 +231,12 @@ def ablation_section(study) -> list[str]:
              f"{study.plan['val_text']} at L∞ {eps}).  One seed each; the chosen setting "
              f"was the best of its {len(study.plan['grids']['dyart'])} on this very split, "
              "so its number is, if anything, flattered by the choice.", "",
-             f"| change | val clean | val robust ε={eps} | Δ robust | s/epoch |",
-             "|---|---|---|---|---|",
+             f"| change | val clean | val robust ε={eps} | Δ robust | s/epoch | "
+             "boundary fraction | mean margin |",
+             "|---|---|---|---|---|---|---|",
              f"| none ({_setting(chosen)}) | {base['clean']:.3f} | "
-             f"{base['robust'][eps]:.3f} | – | {base['seconds_per_epoch']:.1f} |"]
+             f"{base['robust'][eps]:.3f} | – | {base['seconds_per_epoch']:.1f} | "
+             + _logs(study, base)]
 
     def change(r):
         return {k: v for k, v in r["setting"].items() if chosen.get(k) != v}
@@ -224,7 +245,7 @@ def ablation_section(study) -> list[str]:
     for r in ranked:
         lines.append(f"| {_setting(change(r))} | {r['clean']:.3f} | {r['robust'][eps]:.3f} | "
                      f"{r['robust'][eps] - base['robust'][eps]:+.3f} | "
-                     f"{r['seconds_per_epoch']:.1f} |")
+                     f"{r['seconds_per_epoch']:.1f} | " + _logs(study, r))
     best = ranked[0]
     gain = best["robust"][eps] - base["robust"][eps]
     lines += ["", (f"Best change: {_setting(change(best))}, {gain:+.3f} robust accuracy over "
@@ -232,7 +253,11 @@ def ablation_section(study) -> list[str]:
                    "confirmed over seeds." if gain > 0 else
                    "No change beats the chosen setting on the validation split; DyART's "
                    "setting stays.")
-              + f"  ({len(records)} of {len(study.plan['ablations'])} variants run.)"]
+              + f"  ({len(records)} of {len(study.plan['ablations'])} variants run.)",
+              "", "Boundary fraction and mean margin: DyART's training logs over the last "
+              "epoch: the share of the batch with a boundary point kept by the search and "
+              "its filter (the rest get the clean loss only), and their mean margin (L∞); "
+              "– for runs recorded before the logs were kept."]
     return lines
 
 

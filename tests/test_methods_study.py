@@ -105,6 +105,9 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
                  "## DyART with warm-started searches", "| dyart, warm_start=1 |",
                  "## DyART ablations", "| r0=1 |", "Epoch times measured side by side"):
         assert part in text, part
+    # the ablation row gives DyART's logged boundary fraction and mean margin
+    row = next(t for t in text.splitlines() if t.startswith("| r0=1 |")).split("|")[1:-1]
+    assert 0 <= float(row[5]) <= 1 and float(row[6]) >= 0, row
     for name in ("methods_aa_vs_clean.png", "methods_aa_vs_time.png"):
         assert (tmp_path / "img" / name).stat().st_size > 10_000
 
