@@ -42,11 +42,19 @@ def tune_table(study) -> list[str]:
     return lines
 
 
-def by_method(records) -> dict:
-    out = {m: [] for m in METHODS}
+def by_method(records, label=lambda r: r["method"]) -> dict:
+    """Records grouped by ``label`` (the method, or `Study.label`), in the order of
+    `METHODS` (a method's other labels right after it), each group sorted by seed."""
+    out = {}
     for r in records:
-        out[r["method"]].append(r)
-    return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in out.items() if rs}
+        out.setdefault(label(r), []).append(r)
+    order = sorted(out, key=lambda k: (METHODS.index(k.split(",")[0]), k))
+    return {k: sorted(out[k], key=lambda r: r["seed"]) for k in order}
+
+
+def _color(label: str) -> str:
+    """A method's color; DyART's ablated runs a darker red."""
+    return COLORS.get(label, "#8c1515" if label.startswith("dyart") else "#000000")
 
 
 def result_table(groups: dict, eps) -> list[str]:
@@ -99,22 +107,23 @@ def t_sign(d: float, s: float, n: int) -> int:
     return int(math.copysign(1, d)) if t > T95.get(n - 1, 1.96) else 0
 
 
-def verdict(groups: dict, eps: float, label: str) -> list[str]:
-    """Who is best at ``eps`` in one table, and DyART against each method, by paired
-    per-seed differences (same seed, same test digits)."""
+def verdict(groups: dict, eps: float, label: str, ours: str = "dyart") -> list[str]:
+    """Who is best at ``eps`` in one table, and DyART (the group ``ours``) against each
+    method, by paired per-seed differences (same seed, same test digits)."""
     key = f"{eps:g}"
     means = {m: statistics.mean(r["robust"][key] for r in rs) for m, rs in groups.items()}
     order = sorted(means, key=means.get, reverse=True)
     lines = [f"**{label}.** Highest mean AutoAttack accuracy at ε={key}: **{order[0]}** "
              f"({means[order[0]]:.3f}); order: " + " > ".join(order) + "."]
-    if "dyart" not in groups:
+    if ours not in groups:
         return lines
+    name = "DyART" + ("" if ours == "dyart" else f" ({ours.split(', ', 1)[1]})")
     rows = []
     for other in order:
-        if other == "dyart":
+        if other == ours:
             continue
-        d, s, n = paired(groups["dyart"], groups[other], lambda r: r["robust"][key])
-        dc, sc, _ = paired(groups["dyart"], groups[other], lambda r: r["clean"])
+        d, s, n = paired(groups[ours], groups[other], lambda r: r["robust"][key])
+        dc, sc, _ = paired(groups[ours], groups[other], lambda r: r["clean"])
         robust, clean = t_sign(d, s, n), t_sign(dc, sc, n)
         if n < 2:
             call = "one seed: no spread to judge by"
@@ -123,19 +132,19 @@ def verdict(groups: dict, eps: float, label: str) -> list[str]:
                     0: "robust accuracy within the seed spread"}[robust] + "; " + {
                 1: "DyART more accurate", -1: "DyART less accurate",
                 0: "clean accuracy within the seed spread"}[clean]
-        rows.append(f"- DyART − {other}: robust {_diff(d, s, n)}, clean {_diff(dc, sc, n)} "
+        rows.append(f"- {name} − {other}: robust {_diff(d, s, n)}, clean {_diff(dc, sc, n)} "
                     f"({n} seed{'s' if n != 1 else ''}; {call})")
-    return lines + ["", "DyART against each method: mean ± standard deviation over seeds of "
+    return lines + ["", f"{name} against each method: mean ± standard deviation over seeds of "
                         "the paired difference (same seed, same test digits); a difference "
                         "counts only where a two-sided paired t-test over the seeds rejects "
                         "0 at 95 %:", ""] + rows
 
 
-def plots(final: list[dict], equal: list[dict], images: str, eps: float,
+def plots(final: dict, equal: dict, images: str, eps: float,
           per_epoch: dict | None = None) -> list[str]:
     """AutoAttack accuracy at ``eps`` against clean accuracy and against training time:
     the timed epoch (``per_epoch``, the `timing` phase) × the run's epochs where measured,
-    else the run's own epoch times."""
+    else the run's own epoch times.  ``final`` and ``equal``: records by `by_method`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,19 +154,20 @@ def plots(final: list[dict], equal: list[dict], images: str, eps: float,
     paths = []
     for name, x_of, xlabel in (
             ("methods_aa_vs_clean.png", lambda r: r["clean"], "clean accuracy"),
-            ("methods_aa_vs_time.png", lambda r: (per_epoch[r["method"]] * r["epochs"]
-                                                  if per_epoch else r["train_seconds"]),
+            ("methods_aa_vs_time.png", None,
              "training time of the method epochs (s, this machine"
              + (", timed side by side)" if per_epoch else ")"))):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for records, marker, what in ((final, "o", "equal epochs"),
-                                      (equal, "^", "equal time")):
-            for method in METHODS:
-                rs = [r for r in records if r["method"] == method]
-                if rs:
-                    ax.scatter([x_of(r) for r in rs], [r["robust"][key] for r in rs],
-                               c=COLORS[method], marker=marker, s=36, alpha=0.85,
-                               label=f"{method} ({what})")
+        for groups, marker, what in ((final, "o", "equal epochs"),
+                                     (equal, "^", "equal time")):
+            for label, rs in groups.items():
+                if x_of is None:     # the timed epoch where measured, else the run's own
+                    timed = (per_epoch or {}).get(label)
+                    xs = [timed * r["epochs"] if timed else r["train_seconds"] for r in rs]
+                else:
+                    xs = [x_of(r) for r in rs]
+                ax.scatter(xs, [r["robust"][key] for r in rs], c=_color(label),
+                           marker=marker, s=36, alpha=0.85, label=f"{label} ({what})")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"AutoAttack accuracy, L∞ ε={key}")
         ax.grid(alpha=0.3)
@@ -176,7 +186,7 @@ def warm_section(study, final: list[dict]) -> list[str]:
     """DyART's final runs (cold searches, the paper's) against the same setting with
     ``warm_start``: the table and the paired per-seed differences."""
     warm = study.records("warm-start")
-    cold = [r for r in final if r["method"] == "dyart"]
+    cold = [r for r in final if study.label(r) == "dyart"]
     k = study.plan["warm_start"]
     if not warm or not cold:
         return ["Not run yet."]
@@ -249,8 +259,9 @@ def ablation_section(study) -> list[str]:
     best = ranked[0]
     gain = best["robust"][eps] - base["robust"][eps]
     lines += ["", (f"Best change: {_setting(change(best))}, {gain:+.3f} robust accuracy over "
-                   "the chosen setting on one seed: a candidate for DyART's default, to be "
-                   "confirmed over seeds." if gain > 0 else
+                   "the chosen setting on one seed: a candidate for DyART's default, run "
+                   "over the seeds in the final phase (its own row and verdict above)."
+                   if gain > 0 else
                    "No change beats the chosen setting on the validation split; DyART's "
                    "setting stays.")
               + f"  ({len(records)} of {len(study.plan['ablations'])} variants run.)",
@@ -286,10 +297,11 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     tune, final, equal = (study.records("tune"), study.records("final"),
                           study.records("equal-time"))
     epochs = study.equal_time_epochs()
-    final_groups = by_method(final)
+    final_groups = by_method(final, study.label)
     # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
-    equal_groups = by_method([r for r in final if epochs.get(r["method"]) == p["epochs"]]
-                             + equal)
+    equal_groups = by_method([r for r in final if epochs.get(study.label(r)) == p["epochs"]]
+                             + equal, study.label)
+    ablated = study.ablated_label() if study.ablated() is not None else None
     commits = sorted({r["commit"] for r in tune + final + equal
                       + study.records("warm-start") + study.records("ablation")})
     eps = p["eps"]
@@ -334,7 +346,14 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
         lines += ["Equal-time runs: not run yet."]
     lines += ["", "## Verdict (computed from the records)", ""]
     if final_groups.get("dyart") and len(final_groups) > 1:
-        lines += verdict(final_groups, max(eps), "Equal epochs")
+        lines += verdict({k: v for k, v in final_groups.items() if k != ablated},
+                         max(eps), "Equal epochs")
+        if ablated in final_groups:
+            lines += ["", *verdict({k: v for k, v in final_groups.items() if k != "dyart"},
+                                   max(eps), f"Equal epochs, DyART after its ablations "
+                                   f"({len(p['grids']['dyart'])} tuning settings and "
+                                   f"{len(p['ablations'])} ablations, where each other "
+                                   "method had its tuning settings alone)", ours=ablated)]
         if equal:
             lines += ["", *verdict(equal_groups, max(eps), "Equal training time")]
     else:
@@ -356,7 +375,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines))
-    return [path] + (plots(final, equal, images, max(eps),
+    return [path] + (plots(final_groups, by_method(equal, study.label), images, max(eps),
                            study.timed().get("seconds_per_epoch")) if final else [])
 
 

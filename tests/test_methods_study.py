@@ -139,3 +139,22 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     again = json.load(open(tmp_path / "results" / "final" / (record["name"] + ".json")))
     for key in ("clean", "robust", "robust_points", "epoch_seconds", "commit"):
         assert again[key] == record[key], key
+
+    # An ablation that beats DyART's chosen setting on the validation split (here made to,
+    # by raising its recorded accuracy: the quick runs are too short to tell settings
+    # apart) gets final runs over the seeds, its own row and its own verdict, apart from
+    # DyART's budget-matched ones.
+    path = tmp_path / "results" / "ablation" / (ablation[0]["name"] + ".json")
+    won = json.load(open(path))
+    won["robust"]["0.3"] += 0.5
+    json.dump(won, open(path, "w"))
+    done = _study(tmp_path, "--phase", "final", "--phase", "report")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    final = _records(tmp_path, "final")
+    assert sorted(r["seed"] for r in final if r["setting"] == won["setting"]) == [0, 1]
+    assert sorted(r["seed"] for r in final if r["method"] == "dyart"
+                  and r["setting"] != won["setting"]) == [0, 1]
+    text = (tmp_path / "methods.md").read_text()
+    assert "| dyart, r0=1 |" in text and "DyART (r0=1) − pgd-at" in text
+    assert "DyART − pgd-at" in text and "DyART − dyart" not in text
+    assert "DyART (r0=1) − dyart" not in text
