@@ -111,10 +111,19 @@ def verdict(groups: dict, eps: float, label: str, ours: str = "dyart") -> list[s
     """Who is best at ``eps`` in one table, and DyART (the group ``ours``) against each
     method, by paired per-seed differences (same seed, same test digits)."""
     key = f"{eps:g}"
-    means = {m: statistics.mean(r["robust"][key] for r in rs) for m, rs in groups.items()}
+    # ranked over the seeds every group has finished, so that a partial study does not
+    # set one method's mean over three seeds against another's over one
+    seeds = [{r["seed"] for r in rs} for rs in groups.values()]
+    common = set.intersection(*seeds)
+    means = {m: statistics.mean(r["robust"][key] for r in rs
+                                if r["seed"] in common or not common)
+             for m, rs in groups.items()}
     order = sorted(means, key=means.get, reverse=True)
-    lines = [f"**{label}.** Highest mean AutoAttack accuracy at ε={key}: **{order[0]}** "
-             f"({means[order[0]]:.3f}); order: " + " > ".join(order) + "."]
+    over = ("" if all(s == common for s in seeds) or not common else
+            f" over seed{'s' if len(common) > 1 else ''} "
+            f"{', '.join(map(str, sorted(common)))} (those every method has finished)")
+    lines = [f"**{label}.** Highest mean AutoAttack accuracy at ε={key}{over}: "
+             f"**{order[0]}** ({means[order[0]]:.3f}); order: " + " > ".join(order) + "."]
     if ours not in groups:
         return lines
     name = "DyART" + ("" if ours == "dyart" else f" ({ours.split(', ', 1)[1]})")
