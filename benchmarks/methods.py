@@ -326,6 +326,10 @@ class Study:
     def record_path(self, phase: str, name: str) -> str:
         return os.path.join(self.results, phase, name + ".json")
 
+    def train_info_path(self, phase: str, name: str) -> str:
+        """A run's epoch times and training logs, kept beside its attack's points."""
+        return os.path.join(self.results, "points", phase, name + ".train.json")
+
     def records(self, phase: str) -> list[dict]:
         folder = os.path.join(self.results, phase)
         if not os.path.isdir(folder):
@@ -344,7 +348,7 @@ class Study:
         # What outlives the run directory (which a new checkout lacks): the trained model
         # and its epoch times (models/), and the attack's finished chunks (points/).
         saved = os.path.join(self.results, "models", phase, name + ".keras")
-        trained = os.path.join(self.results, "points", phase, name + ".train.json")
+        trained = self.train_info_path(phase, name)
         points = os.path.join(self.results, "points", phase, name + ".json")
         if not (os.path.exists(saved) and os.path.exists(trained)):
             if not os.path.exists(os.path.join(out, "metrics.json")):
@@ -432,6 +436,12 @@ class Study:
         for setting in self.ablation_settings():
             self.run("ablation", "dyart", setting, 0, self.plan["epochs"])
 
+    def chosen_dyart_record(self) -> dict | None:
+        """The tuning record of DyART's chosen setting (None before DyART was tuned)."""
+        chosen = self.chosen(strict=False).get("dyart")
+        return next((r for r in self.records("tune")
+                     if r["method"] == "dyart" and r["setting"] == chosen), None)
+
     def ablated(self) -> dict | None:
         """DyART's best ablation setting where it beats the chosen setting on the
         validation split (robust accuracy, ties: clean accuracy); None before every
@@ -440,9 +450,7 @@ class Study:
         if len(records) < len(self.plan["ablations"]):
             return None
         eps = f"{self.plan['val_eps']:g}"
-        chosen = self.chosen(strict=False).get("dyart")
-        base = next((r for r in self.records("tune")
-                     if r["method"] == "dyart" and r["setting"] == chosen), None)
+        base = self.chosen_dyart_record()
         if base is None:
             return None
         best = max(records, key=lambda r: (r["robust"][eps], r["clean"]))
@@ -476,18 +484,27 @@ class Study:
         path = self.timing_path()
         return json.load(open(path)) if os.path.exists(path) else {}
 
-    def ablated_label(self) -> str:
-        """The report's name of DyART's runs at its best ablation setting."""
+    def ablated_label(self, ablated: dict) -> str:
+        """The report's name of DyART's runs at the ablation setting ``ablated``."""
         chosen = self.chosen()["dyart"]
-        change = {k: v for k, v in self.ablated().items() if chosen.get(k) != v}
+        change = {k: v for k, v in ablated.items() if chosen.get(k) != v}
         return "dyart, " + ", ".join(f"{k}={v:g}" for k, v in sorted(change.items()))
 
-    def label(self, record: dict) -> str:
-        """The method of a final or equal-time record, or `ablated_label` for DyART's runs
-        at its best ablation setting."""
-        if record["method"] == "dyart" and record["setting"] == self.ablated():
-            return self.ablated_label()
-        return record["method"]
+    def labeller(self):
+        """``(label, ablated_name)``: ``label(record)`` names a final or equal-time
+        record's group, its method, or `ablated_label` for DyART's runs at its best
+        ablation setting; ``ablated_name`` is that name (None without such a setting).
+        The records that decide the setting are read once, here."""
+        ablated = self.ablated()
+        name = None if ablated is None else self.ablated_label(ablated)
+
+        def label(record: dict) -> str:
+            if name is not None and record["method"] == "dyart" \
+                    and record["setting"] == ablated:
+                return name
+            return record["method"]
+
+        return label, name
 
     def timing(self) -> dict:
         """Each method's epoch time at its chosen setting, and DyART's with warm starts,
@@ -495,13 +512,14 @@ class Study:
         ``timing_epochs``-epoch `keras-dyart train` run (no burn-in; a step costs the same
         whatever the weights) whose first, compiling, epoch is left out.  Kept in
         ``timing.json``; a later call reuses it."""
-        if self.timed():
-            return self.timed()
-        chosen, p = self.chosen(), self.plan
+        done = self.timed()
+        if done:
+            return done
+        chosen, ablated, p = self.chosen(), self.ablated(), self.plan
         entries = {m: (m, chosen[m]) for m in p["methods"]}
         entries[f"dyart, warm_start={p['warm_start']}"] = ("dyart", self.warm_setting())
-        if self.ablated() is not None:
-            entries[self.ablated_label()] = ("dyart", self.ablated())
+        if ablated is not None:
+            entries[self.ablated_label(ablated)] = ("dyart", ablated)
         seconds = {name: [] for name in entries}
         for round_ in range(p["timing_rounds"]):
             for name, (method, setting) in entries.items():

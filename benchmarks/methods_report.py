@@ -43,7 +43,7 @@ def tune_table(study) -> list[str]:
 
 
 def by_method(records, label=lambda r: r["method"]) -> dict:
-    """Records grouped by ``label`` (the method, or `Study.label`), in the order of
+    """Records grouped by ``label`` (the method, or `Study.labeller`'s), in the order of
     `METHODS` (a method's other labels right after it), each group sorted by seed."""
     out = {}
     for r in records:
@@ -162,20 +162,18 @@ def plots(final: dict, equal: dict, images: str, eps: float,
     key = f"{eps:g}"
     paths = []
     for name, x_of, xlabel in (
-            ("methods_aa_vs_clean.png", lambda r: r["clean"], "clean accuracy"),
-            ("methods_aa_vs_time.png", None,
+            ("methods_aa_vs_clean.png", lambda label, r: r["clean"], "clean accuracy"),
+            ("methods_aa_vs_time.png", lambda label, r: (
+                per_epoch[label] * r["epochs"] if label in (per_epoch or {})
+                else r["train_seconds"]),
              "training time of the method epochs (s, this machine"
              + (", timed side by side)" if per_epoch else ")"))):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for groups, marker, what in ((final, "o", "equal epochs"),
                                      (equal, "^", "equal time")):
             for label, rs in groups.items():
-                if x_of is None:     # the timed epoch where measured, else the run's own
-                    timed = (per_epoch or {}).get(label)
-                    xs = [timed * r["epochs"] if timed else r["train_seconds"] for r in rs]
-                else:
-                    xs = [x_of(r) for r in rs]
-                ax.scatter(xs, [r["robust"][key] for r in rs], c=_color(label),
+                ax.scatter([x_of(label, r) for r in rs], [r["robust"][key] for r in rs],
+                           c=_color(label),
                            marker=marker, s=36, alpha=0.85, label=f"{label} ({what})")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"AutoAttack accuracy, L∞ ε={key}")
@@ -191,11 +189,12 @@ def plots(final: dict, equal: dict, images: str, eps: float,
     return paths
 
 
-def warm_section(study, final: list[dict]) -> list[str]:
+def warm_section(study, final: list[dict], label) -> list[str]:
     """DyART's final runs (cold searches, the paper's) against the same setting with
-    ``warm_start``: the table and the paired per-seed differences."""
+    ``warm_start``: the table and the paired per-seed differences (``label``: the
+    record's group, `Study.labeller`'s)."""
     warm = study.records("warm-start")
-    cold = [r for r in final if study.label(r) == "dyart"]
+    cold = [r for r in final if label(r) == "dyart"]
     k = study.plan["warm_start"]
     if not warm or not cold:
         return ["Not run yet."]
@@ -221,8 +220,7 @@ def warm_section(study, final: list[dict]) -> list[str]:
 def last_epoch_logs(study, record: dict) -> dict:
     """The last method epoch's training logs of a run (its history, kept beside the
     attack's points), or {} for runs recorded before the history was kept."""
-    path = os.path.join(study.results, "points", record["phase"],
-                        record["name"] + ".train.json")
+    path = study.train_info_path(record["phase"], record["name"])
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -239,11 +237,10 @@ def _logs(study, record: dict) -> str:
 def ablation_section(study) -> list[str]:
     """DyART's chosen setting against each one-change variant on the validation split."""
     records = study.records("ablation")
-    chosen = study.chosen(strict=False).get("dyart")
-    base = next((r for r in study.records("tune")
-                 if r["method"] == "dyart" and r["setting"] == chosen), None)
+    base = study.chosen_dyart_record()
     if not records or base is None:
         return ["Not run yet."]
+    chosen = base["setting"]
     eps = f"{study.plan['val_eps']:g}"
     lines = ["DyART's chosen setting with one change at a time (`ABLATIONS` in the script), "
              "seed 0, trained and attacked as in tuning (validation split, "
@@ -306,11 +303,11 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     tune, final, equal = (study.records("tune"), study.records("final"),
                           study.records("equal-time"))
     epochs = study.equal_time_epochs()
-    final_groups = by_method(final, study.label)
+    label, ablated = study.labeller()
+    final_groups = by_method(final, label)
     # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
-    equal_groups = by_method([r for r in final if epochs.get(study.label(r)) == p["epochs"]]
-                             + equal, study.label)
-    ablated = study.ablated_label() if study.ablated() is not None else None
+    equal_groups = by_method([r for r in final if epochs.get(label(r)) == p["epochs"]]
+                             + equal, label)
     commits = sorted({r["commit"] for r in tune + final + equal
                       + study.records("warm-start") + study.records("ablation")})
     eps = p["eps"]
@@ -367,7 +364,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
             lines += ["", *verdict(equal_groups, max(eps), "Equal training time")]
     else:
         lines += ["Not before the final runs."]
-    lines += ["", "## DyART with warm-started searches", "", *warm_section(study, final)]
+    lines += ["", "## DyART with warm-started searches", "", *warm_section(study, final, label)]
     lines += ["", "## DyART ablations (validation split, seed 0)", "",
               *ablation_section(study)]
     lines += ["", "## Tuning (validation split, seed 0)", "",
@@ -384,7 +381,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines))
-    return [path] + (plots(final_groups, by_method(equal, study.label), images, max(eps),
+    return [path] + (plots(final_groups, by_method(equal, label), images, max(eps),
                            study.timed().get("seconds_per_epoch")) if final else [])
 
 
