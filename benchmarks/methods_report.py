@@ -369,7 +369,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
               *ablation_section(study)]
     lines += ["", "## Tuning (validation split, seed 0)", "",
               "Seconds per epoch here are rough: tuning runs shared the machine with other "
-              "work; the tables above time the final runs.", ""]
+              "work; the cost comparison above uses the `timing` phase's epochs.", ""]
     lines += tune_table(study) if tune else ["Not run yet."]
     lines += [
         "",
