@@ -70,9 +70,29 @@ def result_table(groups: dict, eps) -> list[str]:
             + f" | {statistics.median(r['seconds_per_epoch'] for r in rs):.1f} "
             f"({min(every):.0f}–{max(every):.0f}) | "
             f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |")
-    return lines + ["", "s/epoch: the median over a run's method epochs (the median over "
-                        "seeds), in brackets the range of all its runs' epochs: a wide range "
-                        "means the machine was shared for part of the run."]
+    lines += ["", "s/epoch: the median over a run's method epochs (the median over "
+                  "seeds), in brackets the range of all its runs' epochs: a wide range "
+                  "means the machine was shared for part of the run."]
+    return lines + collapsed_note(groups)
+
+
+#: A run whose clean test accuracy is below this (twice chance on ten classes) has collapsed.
+COLLAPSED = 0.2
+
+
+def collapsed_note(groups: dict) -> list[str]:
+    """One line naming the runs whose training collapsed (clean accuracy near chance):
+    they stay in the means above, since the protocol fixed each setting before the seeds
+    ran, and a reader must not have to guess why a spread is wide."""
+    bad = [f"{m} seed {r['seed']} (clean {r['clean']:.3f})" for m, rs in groups.items()
+           for r in rs if r["clean"] < COLLAPSED]
+    if not bad:
+        return []
+    return ["", f"Collapsed (clean accuracy below {COLLAPSED:g}, chance is 0.1): "
+                + ", ".join(bad) + ".  These runs count in the means and the verdict: the "
+                "setting was fixed on seed 0's validation split before any seed ran, and a "
+                "method that collapses on some seeds at its chosen setting is less robust "
+                "to use."]
 
 
 def paired(a: list[dict], b: list[dict], key) -> tuple[float, float, int]:

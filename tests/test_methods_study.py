@@ -158,3 +158,28 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert "| dyart, r0=1 |" in text and "DyART (r0=1) − pgd-at" in text
     assert "DyART − pgd-at" in text and "DyART − dyart" not in text
     assert "DyART (r0=1) − dyart" not in text
+
+
+def test_report_names_collapsed_runs():
+    """A run whose training collapsed is named under the table that averages it in."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import methods_report
+    finally:
+        sys.path.pop(0)
+
+    def run(seed, clean):
+        return {"seed": seed, "clean": clean, "robust": {"0.3": clean - 0.2},
+                "setting": {"lr": 0.1}, "epochs": 8, "epoch_seconds": [10.0, 11.0],
+                "seconds_per_epoch": 10.5, "train_seconds": 90.0}
+
+    healthy = {"pgd-at": [run(0, 0.96), run(1, 0.95)], "dyart": [run(0, 0.97)]}
+    assert not any("Collapsed" in line for line in methods_report.result_table(healthy, [0.3]))
+    broken = {"pgd-at": [run(0, 0.96), run(1, 0.094)], "dyart": [run(0, 0.97)]}
+    table = methods_report.result_table(broken, [0.3])
+    notes = [line for line in table if line.startswith("Collapsed")]
+    assert len(notes) == 1 and "pgd-at seed 1 (clean 0.094)" in notes[0]
+    named = notes[0].split(":", 1)[1].split(".  ")[0]
+    assert named.strip() == "pgd-at seed 1 (clean 0.094)"
+    # the collapsed run stays in the mean: (0.96 + 0.094) / 2
+    assert "| pgd-at | lr=0.1 | 8 | 2 | 0.527 ± " in "\n".join(table)
