@@ -252,7 +252,7 @@ def attack_run(model_path: str, out: str, x, y, attack: str, eps, seed: int, opt
     merged = merge_chunks(done["chunks"])
     name = "autoattack" if attack == "autoattack" else attack.replace(",", "+")
     io.write_json(os.path.join(out, f"eval_{name}.json"), merged)
-    keys = [evaluation._eps_key(e) for e in eps]
+    keys = [evaluation.eps_key(e) for e in eps]
     robust = np.array([[r[f"robust@{k}"] for k in keys] for r in merged["points"]], bool)
     return {
         "attack": attack, "n": merged["n"], "clean": merged["clean_accuracy"],

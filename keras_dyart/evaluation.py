@@ -29,7 +29,9 @@ from keras_dyart.attacks.autoattack import NAMES, resolve, run_sequence
 from keras_dyart.attacks.fab import fab_t
 
 
-def _eps_key(e):
+def eps_key(e) -> str:
+    """How a radius is written in `RobustnessReport.to_dict`'s keys (``robust@0.3``,
+    ``"robust_accuracy": {"0.0313725": ...}``): six significant digits."""
     return f"{e:.6g}"
 
 
@@ -125,7 +127,7 @@ class RobustnessReport:
 
     def table(self):
         """The report as a plain-text table (accuracy in %, one column per eps)."""
-        head = ["", *[f"eps={_eps_key(e)}" for e in self.epsilons]]
+        head = ["", *[f"eps={eps_key(e)}" for e in self.epsilons]]
         body = [[name, *[f"{100 * acc[e]:.1f}" for e in self.epsilons]]
                 for name, acc in self.rows()]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
@@ -147,8 +149,8 @@ class RobustnessReport:
             "attack": self.attack, "attacks": list(self.attacks), "norm": self.norm,
             "epsilons": list(self.epsilons), "n": self.n, "backend": self.backend,
             "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": {_eps_key(e): v for e, v in self.robust_accuracy.items()},
-            "accuracy_after": {a: {_eps_key(e): v for e, v in acc.items()}
+            "robust_accuracy": {eps_key(e): v for e, v in self.robust_accuracy.items()},
+            "accuracy_after": {a: {eps_key(e): v for e, v in acc.items()}
                                for a, acc in self.accuracy_after.items()},
             "seconds": dict(self.seconds),
         }
@@ -164,8 +166,8 @@ class RobustnessReport:
             r = {"index": i, "label": int(self.labels[i]),
                  "prediction": int(self.predictions[i])}
             for j, e in enumerate(self.epsilons):
-                r[f"robust@{_eps_key(e)}"] = bool(self.robust[i, j])
-                r[f"broken_by@{_eps_key(e)}"] = self.broken_by[i][j]
+                r[f"robust@{eps_key(e)}"] = bool(self.robust[i, j])
+                r[f"broken_by@{eps_key(e)}"] = self.broken_by[i][j]
             dist = float(self.distance[i])
             r["distance"] = None if np.isnan(dist) else (
                 "inf" if np.isinf(dist) else dist)
@@ -285,7 +287,7 @@ class MarginsReport:
             "misclassified": float(np.mean(self.distance == 0)),
             "not_found": float(np.mean(np.isinf(self.distance))),
             "median": float(np.median(finite)) if len(finite) else None,
-            "share_below": {_eps_key(e): self.share_below(e) for e in self.epsilons},
+            "share_below": {eps_key(e): self.share_below(e) for e in self.epsilons},
         }
 
     def table(self):
@@ -327,7 +329,7 @@ class MarginsReport:
         for e in self.epsilons:
             ax.axvline(e, color="#c44e52", linestyle="--", linewidth=1)
             ax.text(e, ax.get_ylim()[1] * 0.95, f" {100 * self.share_below(e):.0f}% ≤ "
-                    f"{_eps_key(e)}", color="#c44e52", fontsize=8, va="top")
+                    f"{eps_key(e)}", color="#c44e52", fontsize=8, va="top")
         label = {"linf": "L∞", "l2": "L2"}[self.norm]
         ax.set_xlabel(f"minimal adversarial distance ({label}, FAB-T)")
         ax.set_ylabel("points")
