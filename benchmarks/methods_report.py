@@ -188,18 +188,31 @@ def plots(final: dict, equal: dict, images: str, eps: float,
                 else r["train_seconds"]),
              "training time of the method epochs (s, this machine"
              + (", timed side by side)" if per_epoch else ")"))):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        # right: the robust methods' runs that did not collapse, where they crowd together
+        fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12.4, 4.6))
+        near = []
         for groups, marker, what in ((final, "o", "equal epochs"),
                                      (equal, "^", "equal time")):
             for label, rs in groups.items():
-                ax.scatter([x_of(label, r) for r in rs], [r["robust"][key] for r in rs],
-                           c=_color(label),
-                           marker=marker, s=36, alpha=0.85, label=f"{label} ({what})")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"AutoAttack accuracy, L∞ ε={key}")
-        ax.grid(alpha=0.3)
+                xy = [(x_of(label, r), r["robust"][key]) for r in rs]
+                for a in (ax, zoom):
+                    a.scatter(*zip(*xy), c=_color(label), marker=marker, s=36, alpha=0.85,
+                              label=f"{label} ({what})")
+                if label != "clean":
+                    near += [p for p, r in zip(xy, rs) if r["clean"] >= COLLAPSED]
+        for a in (ax, zoom):
+            a.set_xlabel(xlabel)
+            a.set_ylabel(f"AutoAttack accuracy, L∞ ε={key}")
+            a.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         ax.set_title("One point per run (seed); MNIST-5k test digits")
+        if near:
+            xs, ys = zip(*near)
+            pad_x, pad_y = max(0.01, 0.08 * (max(xs) - min(xs))), max(0.01, 0.08 * (
+                max(ys) - min(ys)))
+            zoom.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+            zoom.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
+        zoom.set_title("The robust methods' runs, collapsed ones left out (zoom)")
         fig.tight_layout()
         os.makedirs(images, exist_ok=True)
         path = os.path.join(images, name)
@@ -338,6 +351,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
               f"{len(final)} of {planned}, "
               f"equal time {len(equal)}.")
     lines = [
+        "<!-- --8<-- [start:results] -->",
         "# Which method? The tuned comparison on MNIST-5k",
         "",
         f"`KERAS_BACKEND=tensorflow {command}` (records from commits "
@@ -384,7 +398,9 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
             lines += ["", *verdict(equal_groups, max(eps), "Equal training time")]
     else:
         lines += ["Not before the final runs."]
-    lines += ["", "## DyART with warm-started searches", "", *warm_section(study, final, label)]
+    # docs/study.md includes the report in two sections with the plots between them
+    lines += ["", "<!-- --8<-- [end:results] -->", "<!-- --8<-- [start:details] -->",
+              "", "## DyART with warm-started searches", "", *warm_section(study, final, label)]
     lines += ["", "## DyART ablations (validation split, seed 0)", "",
               *ablation_section(study)]
     lines += ["", "## Tuning (validation split, seed 0)", "",
@@ -396,6 +412,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
         "Settings are `keras-dyart train` options over its defaults (lr 0.05, clipnorm 1.0; "
         "DyART λ 1000, r0 0.6, with α given in every DyART setting; TRADES/MART β "
         "(kl_beta) 6; MMA d_max 0.4).",
+        "<!-- --8<-- [end:details] -->",
         "",
     ]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

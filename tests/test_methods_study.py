@@ -105,6 +105,11 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
                  "## DyART with warm-started searches", "| dyart, warm_start=1 |",
                  "## DyART ablations", "| r0=1 |", "Epoch times measured side by side"):
         assert part in text, part
+    # docs/study.md includes the report in two sections, with the plots between them
+    marks = [text.index(f"<!-- --8<-- [{m}] -->") for m in
+             ("start:results", "end:results", "start:details", "end:details")]
+    assert marks == sorted(marks) and marks[0] == 0
+    assert text.index("## Verdict") < marks[1] < text.index("## DyART with warm-started")
     # the ablation row gives DyART's logged boundary fraction and mean margin
     row = next(t for t in text.splitlines() if t.startswith("| r0=1 |")).split("|")[1:-1]
     assert 0 <= float(row[5]) <= 1 and float(row[6]) >= 0, row
