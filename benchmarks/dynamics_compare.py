@@ -19,7 +19,9 @@ measures it on MNIST-5k with `keras_dyart.dynamics.BoundaryDynamics`, per seed:
    difference of each method against DyART (two-sided paired t-test at 95 %).
 
 Writes ``summary.json``, ``conflict_share.png`` (mean over seeds, band = min..max) and
-``speed_vs_margin.png`` (seed 0) into ``--out``, and prints the Markdown table.
+``speed_vs_margin.png`` (seed 0) into ``--out``, and prints the Markdown tables (per method,
+and speed by margin over every record).  A method's records are kept in ``--work``, so a
+second call redraws without training; ``--quick`` runs the pipeline in about a minute.
 
     KERAS_BACKEND=tensorflow python benchmarks/dynamics_compare.py --out docs/img/dynamics
 """
@@ -40,6 +42,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 CHOSEN = os.path.join(HERE, "results", "methods", "chosen.json")
+
+#: Margin bins of the speed-by-margin table.
+MARGIN_BINS = (0.0, 0.1, 0.2, 0.3, math.inf)
+
+#: The robust methods, compared by default.
+ROBUST = "pgd-at,trades,mart,mma,dyart"
+
+#: ``--quick``: the pipeline in about a minute (two seeds, a few steps, a few probes).
+QUICK = {"seeds": "0,1", "burn_in": 1, "steps": 4, "every": 2, "probe": 16}
 
 
 def burn_in(seed: int, args, x_train, y_train, path: str):
@@ -114,8 +125,8 @@ def paired_t(a: list[float], b: list[float]) -> tuple[float, float, bool]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="pgd-at,dyart",
-                        help="comma-separated robust methods (default pgd-at,dyart)")
+    parser.add_argument("--methods", default=ROBUST,
+                        help=f"comma-separated robust methods (default {ROBUST})")
     parser.add_argument("--settings", default=CHOSEN,
                         help="JSON of each method's setting (train options); default: the "
                              "methods study's chosen.json")
@@ -130,9 +141,24 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/img/dynamics")
     parser.add_argument("--work", default="runs/dynamics_compare",
                         help="folder of the checkpoints, per-run logs and records")
+    parser.add_argument("--quick", action="store_true",
+                        help="the pipeline in about a minute (other options still count): "
+                             + ", ".join(
+                            f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
     args = parser.parse_args(argv)
+    if args.quick:    # its values are defaults: options given with it still count
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    for name in ("burn_in", "steps", "every", "probe", "batch_size"):
+        if getattr(args, name) < (0 if name == "burn_in" else 1):
+            parser.error(f"--{name.replace('_', '-')}: must be "
+                         f"{'0 or more' if name == 'burn_in' else 'at least 1'}, got "
+                         f"{getattr(args, name)}")
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
     from keras_dyart_apps.settings import METHODS
 
     for name in names:
@@ -200,8 +226,12 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "conflict_share.png"), dpi=110)
     plt.close(fig)
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4))
-    for ax, (name, rs) in zip(np.atleast_1d(axes), runs.items()):
+    cols = min(3, len(runs))
+    rows = math.ceil(len(runs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax, (name, rs) in zip(axes.flat, runs.items()):
         margin, speed = (np.asarray(rs[0]["margin_seed_points"]),
                          np.asarray(rs[0]["speed_seed_points"]))
         dynamics.plot_speed_vs_margin((margin, speed), ax=ax, r0=args.r0,
@@ -213,18 +243,41 @@ def main(argv=None):
     summary = {"backend": backend, "args": vars(args), "settings": chosen,
                "methods": {n: [{k: v for k, v in r.items() if not k.endswith("_points")}
                                for r in rs] for n, rs in runs.items()}}
-    rows = ["| method | setting | seeds | mean conflict share | pooled share | "
-            "probe accuracy after | s per run |", "|---|---|---|---|---|---|---|"]
+    rows = ["| method | setting | seeds | mean conflict share | pooled share | first record "
+            "| last record | mean corr(s, R) | probe accuracy after | s per run |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rs in runs.items():
-        def ms(key, rs=rs):
-            vals = [r[key] for r in rs]
+        def ms(get, rs=rs):
+            vals = [get(r) for r in rs]
             return (f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
                     if len(vals) > 1 else f"{vals[0]:.3f}")
         setting = ", ".join(f"{k}={v:g}" for k, v in sorted(rs[0]["setting"].items()))
         rows.append(f"| {name} | {setting or 'defaults'} | {len(rs)} | "
-                    f"{ms('mean_conflict_share')} | {ms('pooled_conflict_share')} | "
-                    f"{ms('probe_accuracy_after')} | "
+                    f"{ms(lambda r: r['mean_conflict_share'])} | "
+                    f"{ms(lambda r: r['pooled_conflict_share'])} | "
+                    f"{ms(lambda r: r['conflict_share'][0])} | "
+                    f"{ms(lambda r: r['conflict_share'][-1])} | "
+                    f"{ms(lambda r: float(np.nanmean(r['speed_margin_corr'])))} | "
+                    f"{ms(lambda r: r['probe_accuracy_after'])} | "
                     f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
+    rows += ["", "Speed by margin, every record of every seed pooled (n, mean s, share s < 0):",
+             "", "| margin R | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    summary["by_margin"] = {}
+    for low, high in zip(MARGIN_BINS[:-1], MARGIN_BINS[1:]):
+        cells = []
+        for name, rs in runs.items():
+            margin = np.concatenate([r["margin_seed_points"] for r in rs])
+            speed = np.concatenate([r["speed_seed_points"] for r in rs])
+            inside = np.isfinite(margin) & np.isfinite(speed) & (margin >= low) & (
+                margin < high)
+            n = int(inside.sum())
+            mean = float(np.mean(speed[inside])) if n else math.nan
+            share = float(np.mean(speed[inside] < 0)) if n else math.nan
+            summary["by_margin"].setdefault(name, []).append(
+                {"low": low, "high": high, "n": n, "mean_speed": mean, "share_negative": share})
+            cells.append(f"{n}, {mean:+.1e}, {share:.2f}")
+        label = f"[{low:g}, {high:g})" if math.isfinite(high) else f"[{low:g}, ∞)"
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     if "dyart" in runs:
         summary["paired_vs_dyart"] = {}
         for name in runs:
