@@ -227,8 +227,9 @@ def main(argv=None):
     fig.savefig(os.path.join(args.out, "conflict_share.png"), dpi=110)
     plt.close(fig)
     cols = min(3, len(runs))
-    rows = math.ceil(len(runs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
+    grid_rows = math.ceil(len(runs) / cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(5.2 * cols, 4 * grid_rows),
+                             squeeze=False)
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
     for ax, (name, rs) in zip(axes.flat, runs.items()):
@@ -263,11 +264,12 @@ def main(argv=None):
     rows += ["", "Speed by margin, every record of every seed pooled (n, mean s, share s < 0):",
              "", "| margin R | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     summary["by_margin"] = {}
+    pooled = {name: (np.concatenate([r["margin_seed_points"] for r in rs]),
+                     np.concatenate([r["speed_seed_points"] for r in rs]))
+              for name, rs in runs.items()}
     for low, high in zip(MARGIN_BINS[:-1], MARGIN_BINS[1:]):
         cells = []
-        for name, rs in runs.items():
-            margin = np.concatenate([r["margin_seed_points"] for r in rs])
-            speed = np.concatenate([r["speed_seed_points"] for r in rs])
+        for name, (margin, speed) in pooled.items():
             inside = np.isfinite(margin) & np.isfinite(speed) & (margin >= low) & (
                 margin < high)
             n = int(inside.sum())
