@@ -10,8 +10,9 @@ path, the paths taking turns so that a drift in the machine's speed moves both a
 - ``arrays``: ``fit(x, y, batch_size=128)``, Keras's own array adapter, shuffled;
 - ``ArrayBatches``: ``fit(kd.recipe.ArrayBatches(...), steps_per_epoch=...)``, the stream
   `keras-dyart train` feeds (a `PyDataset`, with the callbacks `RobustModel.fit` adds);
-- with ``--warm K``, also ``warm K``: a second DyART model with ``warm_start=K`` fed an
-  ``ArrayBatches(..., index=True)`` (its warm-up epoch is its cold first visit).
+- with ``--warm K [K ...]``, also ``warm K`` for each K: a DyART model of its own with
+  ``warm_start=K`` (the same starting weights) fed an ``ArrayBatches(..., index=True)``
+  (its warm-up epoch is its cold first visit).
 
 Each epoch's wall time comes from `keras_dyart.recipe.EpochSeconds`.  In the same process:
 the floor (n_iter input-gradient passes + 2 clean steps, as in `benchmarks/step_time.py`)
@@ -24,7 +25,7 @@ of one path within 10 % of each other (``spread`` = (max − min) / median).  Ru
 nothing else on the machine.
 
 Usage: python benchmarks/fit_epoch.py [--backends tensorflow jax torch] [--rounds 3]
-       [--epochs 2] [--n 4000] [--warm K] [--quick] [--out benchmarks/results/fit_epoch.md]
+       [--epochs 2] [--n 4000] [--warm K [K ...]] [--quick] [--out benchmarks/results/fit_epoch.md]
 """
 
 import argparse
@@ -65,11 +66,11 @@ def fit_batches(epochs, cbs):
               verbose=0, callbacks=cbs)
 
 paths = {"arrays": fit_arrays, "ArrayBatches": fit_batches}
-if cfg["warm"] is not None:
+def warm_path(k):
     warm_clf = kd.architectures.small_cnn()
     warm_clf.set_weights(clf.get_weights())
     warm_model = kd.DyARTModel(warm_clf, norm="linf", r0=0.6, eps_fab=0.3, n_iter=n_iter,
-                               warm_start=cfg["warm"])
+                               warm_start=k)
     warm_model.compile(optimizer=kd.recipe.build_optimizer(
         total, learning_rate=0.05, global_clipnorm=1.0, schedule="constant"),
         metrics=["accuracy"])
@@ -79,7 +80,10 @@ if cfg["warm"] is not None:
         warm_model.fit(indexed_batches, epochs=epochs,
                        steps_per_epoch=indexed_batches.steps_per_epoch, shuffle=False,
                        verbose=0, callbacks=cbs)
-    paths[f"warm {cfg['warm']}"] = fit_warm
+    return fit_warm
+
+for k in cfg["warm"]:
+    paths[f"warm {k}"] = warm_path(k)
 
 class Record(keras.callbacks.Callback):
     def __init__(self, into):
@@ -164,14 +168,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fit call")
     parser.add_argument("--step-repeats", type=int, default=5)
-    parser.add_argument("--warm", type=int, default=None,
-                        help="also time DyART with warm_start=K (ArrayBatches with index)")
+    parser.add_argument("--warm", type=int, nargs="+", default=[], metavar="K",
+                        help="also time DyART with warm_start=K for each K (ArrayBatches "
+                             "with index)")
     parser.add_argument("--quick", action="store_true",
                         help="a pipeline check (200 digits, 2 iterations): not a result")
     parser.add_argument("--out", default=None,
                         help="the Markdown table (default benchmarks/results/fit_epoch.md; "
                              "with --quick, printed only)")
     args = parser.parse_args()
+    if any(k < 1 for k in args.warm):
+        parser.error(f"--warm: the warm searches' iteration counts must be >= 1, got "
+                     f"{args.warm}")
     if args.quick:
         args.n, args.batch, args.n_iter, args.rounds, args.epochs, args.step_repeats = (
             200, 64, 2, 1, 1, 1)

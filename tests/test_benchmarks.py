@@ -59,10 +59,10 @@ def positive(cell):
 
 
 def test_fit_epoch_quick_times_every_data_path():
-    text = run("fit_epoch.py", "--quick", "--backends", *BACKENDS, "--warm", "1")
+    text = run("fit_epoch.py", "--quick", "--backends", *BACKENDS, "--warm", "1", "2")
     for backend in BACKENDS:
         found = {r[1]: r for r in rows(text, backend)}
-        assert set(found) == {"arrays", "ArrayBatches", "warm 1"}, text
+        assert set(found) == {"arrays", "ArrayBatches", "warm 1", "warm 2"}, text
         for r in found.values():
             # seconds and ratios > 0; the spreads (max − min over median) may be 0
             assert all(positive(c) for i, c in enumerate(r[2:], 2) if i not in (4, 10)), r
