@@ -224,30 +224,36 @@ def plots(final: dict, equal: dict, images: str, eps: float,
 
 def warm_section(study, final: list[dict], label) -> list[str]:
     """DyART's final runs (cold searches, the paper's) against the same setting with
-    ``warm_start``: the table and the paired per-seed differences (``label``: the
-    record's group, `Study.labeller`'s)."""
-    warm = study.records("warm-start")
+    each ``warm_start`` of the plan: the table and the paired per-seed differences
+    (``label``: the record's group, `Study.labeller`'s)."""
+    records = study.records("warm-start")
     cold = [r for r in final if label(r) == "dyart"]
-    k = study.plan["warm_start"]
-    if not warm or not cold:
+    if not records or not cold:
         return ["Not run yet."]
     eps = study.plan["eps"]
     key = f"{max(eps):g}"
-    groups = {"dyart (cold)": cold, f"dyart, warm_start={k}": sorted(warm,
-                                                                     key=lambda r: r["seed"])}
-    d, s, n = paired(warm, cold, lambda r: r["robust"][key])
-    dc, sc, _ = paired(warm, cold, lambda r: r["clean"])
-    dt, st, _ = paired(warm, cold, lambda r: r["seconds_per_epoch"])
-    ratio = (statistics.mean(r["seconds_per_epoch"] for r in warm)
-             / statistics.mean(r["seconds_per_epoch"] for r in cold))
-    return [f"The same DyART setting with `--warm-start {k}` (each point searched in {k} "
-            "FAB iterations from its last boundary point after its first visit), the same "
+    ks = [k for k in study.plan["warm_starts"]
+          if any(r["setting"].get("warm_start") == k for r in records)]
+    groups = {"dyart (cold)": cold}
+    lines = []
+    for k in ks:
+        warm = sorted((r for r in records if r["setting"].get("warm_start") == k),
+                      key=lambda r: r["seed"])
+        groups[f"dyart, warm_start={k}"] = warm
+        d, s, n = paired(warm, cold, lambda r: r["robust"][key])
+        dc, sc, _ = paired(warm, cold, lambda r: r["clean"])
+        dt, st, _ = paired(warm, cold, lambda r: r["seconds_per_epoch"])
+        ratio = (statistics.mean(r["seconds_per_epoch"] for r in warm)
+                 / statistics.mean(r["seconds_per_epoch"] for r in cold))
+        lines.append(f"- `--warm-start {k}` − cold, paired by seed ({n} "
+                     f"seed{'s' if n != 1 else ''}): AutoAttack at ε={key} "
+                     f"{_diff(d, s, n)}, clean {_diff(dc, sc, n)}, seconds per epoch "
+                     f"{_diff(dt, st, n, 1)} (warm / cold epoch time {ratio:.2f}).")
+    listed = " and ".join(f"`--warm-start {k}`" for k in ks)
+    return [f"The same DyART setting with {listed} (after its first visit, each point is "
+            "searched in that many FAB iterations from its last boundary point), the same "
             "seeds, epochs and AutoAttack:", "",
-            *result_table(groups, eps), "",
-            f"Warm − cold, paired by seed ({n} seed{'s' if n != 1 else ''}): AutoAttack at "
-            f"ε={key} {_diff(d, s, n)}, clean {_diff(dc, sc, n)}, seconds per epoch "
-            f"{_diff(dt, st, n, 1)} "
-            f"(warm / cold epoch time {ratio:.2f})."]
+            *result_table(groups, eps), "", *lines]
 
 
 def last_epoch_logs(study, record: dict) -> dict:

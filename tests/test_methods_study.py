@@ -188,3 +188,39 @@ def test_report_names_collapsed_runs():
     assert named.strip() == "pgd-at seed 1 (clean 0.094)"
     # the collapsed run stays in the mean: (0.96 + 0.094) / 2
     assert "| pgd-at | lr=0.1 | 8 | 2 | 0.527 ± " in "\n".join(table)
+
+
+def test_warm_section_compares_each_warm_start_with_the_cold_runs():
+    """Each warm start of the plan gets its row and its paired difference with the cold
+    final runs; a warm start with no run yet is left out."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import methods_report
+    finally:
+        sys.path.pop(0)
+
+    def run(seed, robust, seconds, **setting):
+        return {"seed": seed, "clean": 0.95, "robust": {"0.3": robust}, "method": "dyart",
+                "setting": {"lr": 0.1, **setting}, "epochs": 8, "epoch_seconds": [seconds],
+                "seconds_per_epoch": seconds, "train_seconds": 8 * seconds}
+
+    class Study:
+        plan = {"eps": (0.3,), "warm_starts": (5, 3, 10)}
+
+        @staticmethod
+        def records(phase):
+            assert phase == "warm-start"
+            return [run(0, 0.70, 5.0, warm_start=5), run(1, 0.74, 5.0, warm_start=5),
+                    run(0, 0.69, 4.0, warm_start=3)]
+
+    cold = [run(0, 0.72, 10.0), run(1, 0.73, 10.0)]
+    lines = methods_report.warm_section(Study, cold, lambda r: "dyart")
+    text = "\n".join(lines)
+    assert "| dyart, warm_start=5 |" in text and "| dyart, warm_start=3 |" in text
+    assert "warm_start=10" not in text and "--warm-start 10" not in text
+    five = next(line for line in lines if line.startswith("- `--warm-start 5`"))
+    # paired by seed: (0.70 - 0.72, 0.74 - 0.73) -> mean -0.005, std 0.021
+    assert "(2 seeds)" in five and "-0.005 ± 0.021" in five and "time 0.50" in five
+    three = next(line for line in lines if line.startswith("- `--warm-start 3`"))
+    assert "(1 seed)" in three and "-0.030," in three and "time 0.40" in three
+    assert methods_report.warm_section(Study, [], lambda r: "dyart") == ["Not run yet."]
