@@ -264,20 +264,19 @@ def main(argv=None):
     rows += ["", "Speed by margin, every record of every seed pooled (n, mean s, share s < 0):",
              "", "| margin R | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     summary["by_margin"] = {}
-    pooled = {name: (np.concatenate([r["margin_seed_points"] for r in rs]),
-                     np.concatenate([r["speed_seed_points"] for r in rs]))
-              for name, rs in runs.items()}
-    for low, high in zip(MARGIN_BINS[:-1], MARGIN_BINS[1:]):
-        cells = []
-        for name, (margin, speed) in pooled.items():
-            inside = np.isfinite(margin) & np.isfinite(speed) & (margin >= low) & (
-                margin < high)
-            n = int(inside.sum())
-            mean = float(np.mean(speed[inside])) if n else math.nan
-            share = float(np.mean(speed[inside] < 0)) if n else math.nan
-            summary["by_margin"].setdefault(name, []).append(
-                {"low": low, "high": high, "n": n, "mean_speed": mean, "share_negative": share})
-            cells.append(f"{n}, {mean:+.1e}, {share:.2f}")
+    for name, rs in runs.items():
+        margin = np.concatenate([r["margin_seed_points"] for r in rs])
+        speed = np.concatenate([r["speed_seed_points"] for r in rs])
+        pooled = dynamics.summarize(margin, speed, np.isfinite(margin) & np.isfinite(speed),
+                                    r0=args.r0, bins=MARGIN_BINS)
+        summary["by_margin"][name] = [
+            {"low": low, "high": high, "n": n, "mean_speed": mean, "share_negative": share}
+            for low, high, n, mean, share in zip(
+                MARGIN_BINS[:-1], MARGIN_BINS[1:], pooled["bin_count"],
+                pooled["bin_mean_speed"], pooled["bin_share_negative"])]
+    for i, (low, high) in enumerate(zip(MARGIN_BINS[:-1], MARGIN_BINS[1:])):
+        cells = [f"{b[i]['n']}, {b[i]['mean_speed']:+.1e}, {b[i]['share_negative']:.2f}"
+                 for b in summary["by_margin"].values()]
         label = f"[{low:g}, {high:g})" if math.isfinite(high) else f"[{low:g}, ∞)"
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     if "dyart" in runs:

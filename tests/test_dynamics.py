@@ -223,12 +223,14 @@ def test_summarize_definitions():
     assert s["mean_speed"] == pytest.approx(14 / 6)
     assert s["bin_count"] == [2, 2, 2]
     assert s["bin_mean_speed"] == pytest.approx([0.5, 0.5, 6.0])
+    assert s["bin_share_negative"] == pytest.approx([0.5, 0.5, 0.0])
     ref = np.corrcoef(margin[:6], speed[:6])[0, 1]
     assert s["speed_margin_corr"] == pytest.approx(ref, rel=1e-4)
     default = dy.summarize(margin, speed, usable, r0=0.3)
     assert len(default["bin_count"]) == 9 and sum(default["bin_count"]) == 6
     empty = dy.summarize(margin, speed, np.zeros(7, bool), r0=0.3)
     assert np.isnan(empty["conflict_share"]) and np.isnan(empty["speed_margin_corr"])
+    assert all(np.isnan(v) for v in empty["bin_share_negative"])
 
 
 def test_bad_input_names_the_argument(tmp_path):

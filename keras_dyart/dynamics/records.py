@@ -30,9 +30,10 @@ def write_records(log_dir: str, records: list[dict], point_records: list[dict],
     rows = []
     for rec in records:
         row = {k: rec[k] for k in ("step", "epoch", "n_points") + SCALARS if k in rec}
-        for i, v in enumerate(rec["bin_mean_speed"]):
-            lo, hi = rec["bin_edges"][i], rec["bin_edges"][i + 1]
-            row[f"bin_mean_speed[{lo:.4g},{hi:.4g})"] = v
+        for key in ("bin_mean_speed", "bin_share_negative"):
+            for i, v in enumerate(rec.get(key, ())):
+                lo, hi = rec["bin_edges"][i], rec["bin_edges"][i + 1]
+                row[f"{key}[{lo:.4g},{hi:.4g})"] = v
         rows.append(row)
     io.write_csv(os.path.join(log_dir, "dynamics.csv"), rows)
     point_rows = []

@@ -110,13 +110,14 @@ def summarize(margin, speed, usable, r0: float,
         ``conflict_share`` (share of vulnerable points with s < 0; NaN without vulnerable
         points), ``mean_speed`` (usable points), ``mean_speed_vulnerable``,
         ``speed_margin_corr`` (Pearson, usable points; NaN with fewer than two or no
-        spread), ``bin_edges``, ``bin_count`` and ``bin_mean_speed`` (NaN for empty bins).
+        spread), ``bin_edges``, and per margin bin ``bin_count``, ``bin_mean_speed`` and
+        ``bin_share_negative`` (share of its points with s < 0; NaN for empty bins).
 
     >>> import numpy as np
     >>> s = summarize(np.array([0.1, 0.2, 0.5]), np.array([-1.0, 1.0, 2.0]),
     ...               np.array([True, True, True]), r0=0.3, bins=[0.0, 0.3, np.inf])
-    >>> s["conflict_share"], s["bin_mean_speed"]
-    (0.5, [0.0, 2.0])
+    >>> s["conflict_share"], s["bin_mean_speed"], s["bin_share_negative"]
+    (0.5, [0.0, 2.0], [0.5, 0.0])
     """
     r0 = _checks.positive(r0, "r0")
     edges = bin_edges(r0, bins)
@@ -144,8 +145,10 @@ def summarize(margin, speed, usable, r0: float,
     member = u[:, None] * ops.cast((margin[:, None] >= lo) & (margin[:, None] < hi),
                                    "float32")
     count = ops.sum(member, axis=0)
-    bin_mean = ops.where(count > 0, ops.sum(member * speed[:, None], axis=0)
+    def bin_mean(v):
+        return ops.where(count > 0, ops.sum(member * v[:, None], axis=0)
                          / ops.maximum(count, 1.0), math.nan)
+
     return {
         "n_points": int(ops.shape(margin)[0]),
         "n_usable": int(ops.convert_to_numpy(n_u)),
@@ -156,7 +159,8 @@ def summarize(margin, speed, usable, r0: float,
         "speed_margin_corr": float(ops.convert_to_numpy(corr)),
         "bin_edges": [float(e) for e in edges],
         "bin_count": [int(c) for c in ops.convert_to_numpy(count)],
-        "bin_mean_speed": [float(b) for b in ops.convert_to_numpy(bin_mean)],
+        "bin_mean_speed": [float(b) for b in ops.convert_to_numpy(bin_mean(speed))],
+        "bin_share_negative": [float(b) for b in ops.convert_to_numpy(bin_mean(neg))],
     }
 
 
