@@ -247,11 +247,11 @@ def main(argv=None):
     rows = ["| method | setting | seeds | mean conflict share | pooled share | first record "
             "| last record | mean corr(s, R) | probe accuracy after | s per run |",
             "|---|---|---|---|---|---|---|---|---|---|"]
+    from methods_report import mean_std
+
     for name, rs in runs.items():
         def ms(get, rs=rs):
-            vals = [get(r) for r in rs]
-            return (f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
-                    if len(vals) > 1 else f"{vals[0]:.3f}")
+            return mean_std(get(r) for r in rs)
         setting = ", ".join(f"{k}={v:g}" for k, v in sorted(rs[0]["setting"].items()))
         rows.append(f"| {name} | {setting or 'defaults'} | {len(rs)} | "
                     f"{ms(lambda r: r['mean_conflict_share'])} | "

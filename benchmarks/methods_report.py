@@ -14,7 +14,8 @@ COLORS = {"clean": "#7f7f7f", "pgd-at": "#1f77b4", "trades": "#2ca02c", "mart": 
           "mma": "#ff7f0e", "dyart": "#d62728"}
 
 
-def _mean_std(values) -> str:
+def mean_std(values) -> str:
+    """Mean ± standard deviation over seeds, three decimals (one value: itself; none: –)."""
     values = list(values)
     if not values:
         return "–"
@@ -62,11 +63,11 @@ def result_table(groups: dict, eps) -> list[str]:
     lines = [f"| method | setting | epochs | seeds | clean | {head} | s/epoch | training s |",
              "|---|---|---|---|---|" + "---|" * len(eps) + "---|---|"]
     for method, rs in groups.items():
-        cells = [_mean_std(r["robust"][f"{e:g}"] for r in rs) for e in eps]
+        cells = [mean_std(r["robust"][f"{e:g}"] for r in rs) for e in eps]
         every = [t for r in rs for t in r["epoch_seconds"]]
         lines.append(
             f"| {method} | {_setting(rs[0]['setting'])} | {rs[0]['epochs']} | {len(rs)} | "
-            f"{_mean_std(r['clean'] for r in rs)} | " + " | ".join(cells)
+            f"{mean_std(r['clean'] for r in rs)} | " + " | ".join(cells)
             + f" | {statistics.median(r['seconds_per_epoch'] for r in rs):.1f} "
             f"({min(every):.0f}–{max(every):.0f}) | "
             f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |")
