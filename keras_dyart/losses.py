@@ -10,9 +10,14 @@ from keras_dyart.margins import soft_margin
 
 
 def robust_term(logits_hat: Any, y: Any, weights: Any, beta: float = 5.0) -> Any:
-    """(1/N)·Σ_i w_i·(−φ(x̂_i; θ)), N the batch size; x̂ and w are constants."""
-    weights = ops.stop_gradient(ops.cast(weights, logits_hat.dtype))
-    return ops.mean(weights * -soft_margin(logits_hat, y, beta))
+    """(1/N)·Σ_i w_i·(−φ(x̂_i; θ)), N the batch size; x̂ and w are constants.
+
+    ``y`` and ``weights`` are ``(N,)`` (``(N, 1)`` is read as ``(N,)``); float16 logits
+    are computed in float32, as in `keras_dyart.margins.soft_margin`.
+    """
+    phi = soft_margin(logits_hat, y, beta)
+    weights = ops.stop_gradient(ops.reshape(ops.cast(weights, phi.dtype), (-1,)))
+    return ops.mean(weights * -phi)
 
 
 def dyart_loss(logits: Any, logits_hat: Any, y: Any, weights: Any, beta: float = 5.0,

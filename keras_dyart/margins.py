@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 from keras import ops
 
 # Added to the true-class logit before the smooth maximum so that it drops out of the sum.
@@ -19,8 +20,9 @@ def soft_margin(logits: Any, y: Any, beta: float = 5.0) -> Any:
     """Soft margin φ of each row of ``logits`` for labels ``y``.
 
     Args:
-        logits: tensor of shape ``(N, K)``.
-        y: integer labels of shape ``(N,)``.
+        logits: tensor of shape ``(N, K)``; float16 and bfloat16 logits are computed in
+            float32 (the excluded true class would overflow them).
+        y: integer labels of shape ``(N,)`` (or ``(N, 1)``).
         beta: temperature of the smooth maximum over the other classes.
 
     Returns:
@@ -35,7 +37,10 @@ def soft_margin(logits: Any, y: Any, beta: float = 5.0) -> Any:
     2.0
     """
     logits = ops.convert_to_tensor(logits)
-    onehot = ops.one_hot(ops.cast(y, "int32"), ops.shape(logits)[-1], dtype=logits.dtype)
+    if keras.backend.standardize_dtype(logits.dtype) in ("float16", "bfloat16"):
+        logits = ops.cast(logits, "float32")
+    y = ops.reshape(ops.cast(y, "int32"), (-1,))       # (N, 1) labels as (N,)
+    onehot = ops.one_hot(y, ops.shape(logits)[-1], dtype=logits.dtype)
     f_y = ops.sum(logits * onehot, axis=-1)
     others = beta * (logits - _EXCLUDE * onehot)
     return f_y - ops.logsumexp(others, axis=-1) / beta

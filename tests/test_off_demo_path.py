@@ -491,3 +491,148 @@ def test_margins_report_in_pixel_units():
     found = np.isfinite(a.distance) & (a.distance > 0)
     assert found.mean() > 0.5
     np.testing.assert_allclose(b.distance[found], 255 * a.distance[found], rtol=1e-3)
+
+
+def _softmax_linear(w):
+    inputs = keras.Input((D,))
+    model = keras.Model(inputs, keras.layers.Dense(K, activation="softmax")(inputs))
+    model.layers[-1].set_weights([w, np.zeros(K, "float32")])
+    return model
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x, y: kd.evaluate(m, x, y, "pgd", [0.1]),
+    lambda m, x, y: kd.evaluate(m, x, y, "autoattack", [0.1]),
+    lambda m, x, y: kd.margins_report(m, x, y, n_iter=2),
+    lambda m, x, y: kd.attacks.pgd(m, x, y, 0.1, steps=2),
+    lambda m, x, y: kd.attacks.apgd(m, x, y, 0.1, n_iter=2),
+    lambda m, x, y: kd.attacks.fab_t(m, x, y, n_iter=2),
+    lambda m, x, y: kd.attacks.square(m, x, y, 0.1, n_queries=2),
+    lambda m, x, y: kd.dynamics.boundary_points(m, x, y, n_iter=2),
+], ids=["evaluate-pgd", "evaluate-autoattack", "margins_report", "pgd", "apgd", "fab_t",
+        "square", "dynamics"])
+def test_probability_models_refused_by_evaluation_and_attacks(call):
+    """A model that outputs probabilities would be attacked through the wrong margins (a
+    softmax flattens the gradients): every entry point refuses it, as training does."""
+    x, y, w = _data()
+    with pytest.raises(ValueError, match="`model` returns probabilities.*logits"):
+        call(_softmax_linear(w), x, y)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x, y: kd.margins_report(m, x, y, n_iter=2),
+    lambda m, x, y: kd.attacks.pgd(m, x, y, 0.1, steps=2),
+    lambda m, x, y: kd.attacks.apgd(m, x, y, 0.1, n_iter=2),
+    lambda m, x, y: kd.attacks.fab_t(m, x, y, n_iter=2),
+    lambda m, x, y: kd.attacks.square(m, x, y, 0.1, n_queries=2),
+    lambda m, x, y: kd.attacks.autoattack(m, x, y, 0.1),
+    lambda m, x, y: kd.dynamics.boundary_points(m, x, y, n_iter=2),
+], ids=["margins_report", "pgd", "apgd", "fab_t", "square", "autoattack", "dynamics"])
+def test_labels_beyond_the_models_classes_refused_by_attacks(call):
+    """1-based labels (1..K) once gave "every point misclassified" or a crash deep in a
+    backend's cross-entropy; every attack now checks them against the model's K."""
+    x, y, w = _data()
+    with pytest.raises(ValueError, match=r"`y` must be in \[0, 3\); got values in \[1, 3\]"):
+        call(_linear(w), x, y + 1)
+
+
+def test_two_class_autoattack_names_the_attack_that_needs_three():
+    x, y, w = _data()
+    y2 = (y > 0).astype("int32")
+    inputs = keras.Input((D,))
+    two = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(ValueError, match=r"\['apgd-t'\] use the DLR loss.*at least 3 "
+                                         r"classes.*has 2"):
+        kd.evaluate(two, x, y2, "autoattack", [0.1])
+    report = kd.evaluate(two, x, y2, ["apgd-ce", "fab-t", "square"], [0.1],
+                         options={"apgd-ce": {"n_iter": 3}, "fab-t": {"n_iter": 3},
+                                  "square": {"n_queries": 5}})
+    assert 0 <= report.robust_accuracy[0.1] <= report.clean_accuracy
+
+
+def _soft_margin_numpy(logits, y, beta=5.0):
+    out = []
+    for row, label in zip(np.asarray(logits, "float64"), y):
+        others = np.delete(row, label)
+        top = others.max()
+        out.append(row[label] - (top + np.log(np.exp(beta * (others - top)).sum()) / beta))
+    return np.array(out)
+
+
+def test_public_margin_and_loss_functions_read_n_by_1_labels_and_float16_logits():
+    """(N, 1) labels and weights once broadcast into (N, N) terms, and float16 logits gave
+    NaN (the excluded true class overflowed): both now give the (N,) float32 values."""
+    from keras import ops
+
+    rng = np.random.RandomState(0)
+    logits = rng.normal(size=(6, 4)).astype("float32")
+    y = rng.randint(0, 4, 6)
+    w = rng.uniform(size=6).astype("float32")
+    phi = _soft_margin_numpy(logits, y)
+    np.testing.assert_allclose(ops.convert_to_numpy(kd.soft_margin(logits, y[:, None])), phi,
+                               rtol=1e-5)
+    robust = float(np.mean(w * -phi))
+    for labels, weights in ((y, w), (y[:, None], w[:, None])):
+        value = float(ops.convert_to_numpy(kd.robust_term(logits, labels, weights)))
+        assert value == pytest.approx(robust, rel=1e-5)
+    ce = np.mean([np.log(np.exp(r - r.max()).sum()) + r.max() - r[t]
+                  for r, t in zip(logits.astype("float64"), y)])
+    loss = float(ops.convert_to_numpy(kd.dyart_loss(logits, logits, y[:, None], w[:, None])))
+    assert loss == pytest.approx(ce + 1000.0 * robust, rel=1e-5)
+    half = kd.soft_margin(ops.cast(logits, "float16"), y)
+    assert keras.backend.standardize_dtype(half.dtype) == "float32"
+    np.testing.assert_allclose(ops.convert_to_numpy(half),
+                               _soft_margin_numpy(logits.astype("float16"), y), atol=1e-3)
+
+
+def test_dict_or_multi_input_classifiers_refused():
+    inputs = keras.Input((D,), name="img")
+    out = keras.layers.Dense(K)(inputs)
+    with pytest.raises(ValueError, match=r"`classifier` must take one input tensor.*a dict "
+                                         r"of inputs \['img'\]"):
+        kd.DyARTModel(keras.Model({"img": inputs}, out))
+    other = keras.Input((D,), name="other")
+    both = keras.layers.Dense(K)(keras.layers.Concatenate()([inputs, other]))
+    with pytest.raises(ValueError, match=r"one input tensor.*2 inputs"):
+        kd.PGDATModel(keras.Model([inputs, other], both), eps=0.1)
+    kd.DyARTModel(keras.Model([inputs], out))          # a list of one input is one input
+
+
+def test_averaged_model_of_a_subclassed_classifier():
+    class Sub(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(K)
+
+        def call(self, x):
+            return self.dense(x)
+
+    x, y, _ = _data()
+    model = _dyart(Sub())
+    model.compile(optimizer=kd.recipe.build_optimizer(4, learning_rate=0.05,
+                                                      schedule="constant"))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    copy = kd.recipe.averaged_model(model)
+    kernel, bias = kd.recipe.averaged_weights(model)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(copy(x)), x @ kernel + bias,
+                               atol=1e-5)
+
+
+def test_square_refuses_a_batch_that_looks_channels_first():
+    """Under the default channels_last, an (N, 3, 8, 8) batch would be attacked with
+    squares over (3, 8) and 8 'channels': a weaker attack, silently.  It is refused unless
+    the layout is given."""
+    rng = np.random.RandomState(0)
+    x = rng.uniform(size=(8, 3, 8, 8)).astype("float32")
+    inputs = keras.Input((3, 8, 8))
+    h = keras.layers.Permute((2, 3, 1))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(K)(keras.layers.Flatten()(h)))
+    y = np.argmax(keras.ops.convert_to_numpy(model(x)), axis=1)
+    assert keras.config.image_data_format() == "channels_last"
+    with pytest.raises(ValueError, match="looks channels_first.*data_format='channels_first'"):
+        kd.attacks.square(model, x, y, 0.1, n_queries=4)
+    with pytest.raises(ValueError, match="looks channels_first"):
+        kd.evaluate(model, x, y, "square", [0.1], options={"square": {"n_queries": 4}})
+    for fmt in ("channels_first", "channels_last"):      # an explicit layout is obeyed
+        adv, _ = kd.attacks.square(model, x, y, 0.1, n_queries=4, data_format=fmt)
+        assert np.abs(adv - x).max() <= 0.1 + 1e-7

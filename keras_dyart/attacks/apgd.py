@@ -219,7 +219,7 @@ def apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, 
     x, y, ball, eps, n_iter, restarts, batch_size = driver.check(
         x, y, norm, eps, n_iter=n_iter, restarts=restarts, batch_size=batch_size)
     L.get(loss)
-    k = driver.num_classes(model, x)
+    k = driver.num_classes(model, x, y)
     if loss in ("dlr", "dlr-t") and k < 3:
         raise ValueError(
             f"`loss` {loss!r} needs a model with at least 3 classes (with two, the DLR loss "

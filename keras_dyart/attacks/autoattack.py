@@ -84,6 +84,13 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
     if unknown:
         raise ValueError(f"`options` keys must be attack names in {tuple(ATTACKS)}; "
                          f"got {unknown}.")
+    k = driver.num_classes(model, x, y)
+    dlr = [name for name in attacks if name in ("apgd-t", "apgd-dlr")]
+    if k < 3 and dlr:
+        raise ValueError(
+            f"The attacks {dlr} use the DLR loss, which needs at least 3 classes; the model "
+            f"has {k}. For 2 classes run the others, e.g. attack=['apgd-ce', 'fab-t', "
+            f"'square'].")
     clean_pred = driver.predict_labels(model, x, batch_size)
     correct = clean_pred == y
     robust = {e: correct.copy() for e in epsilons}

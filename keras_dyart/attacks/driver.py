@@ -148,14 +148,24 @@ def predict_labels(model, x, batch_size: int) -> np.ndarray:
     return np.concatenate(out).astype("int32") if out else np.zeros(0, "int32")
 
 
-def num_classes(model, x) -> int:
-    """The number of classes ``K`` of a logits model (checked: outputs ``(N, K)``, K >= 2)."""
-    logits = ops.convert_to_numpy(model(x[:1], training=False))
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(
-            f"`model` must output logits of shape (N, K) with K >= 2 classes; for 1 input "
-            f"it returned shape {tuple(logits.shape)}.")
-    return int(logits.shape[1])
+#: Rows of ``x`` that `num_classes` runs the model on.
+PROBE_ROWS = 16
+
+
+def num_classes(model, x, y=None) -> int:
+    """The number of classes ``K`` of a logits model, checked on its outputs for the first
+    `PROBE_ROWS` rows of ``x``: one tensor ``(N, K)``, K >= 2, logits rather than
+    probabilities (rows that are non-negative and sum to 1 are refused: margins and losses
+    of probabilities are not the ones the attacks assume); with ``y``, also that every
+    label is in [0, K)."""
+    n = max(1, min(len(x), PROBE_ROWS))
+    out = model(x[:n], training=False)
+    if not isinstance(out, (dict, list, tuple)):
+        out = ops.convert_to_numpy(out)
+    k = _checks.logits_output(out, len(x[:n]), "model")
+    if y is not None:
+        _checks.labels(y, len(y), num_classes=k)
+    return k
 
 
 # --- bounds --------------------------------------------------------------------------------

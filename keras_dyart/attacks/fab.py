@@ -204,7 +204,7 @@ def fab_t(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: str = "linf
                          "radius); got eps=None.")
     stop = (np.full(len(x), -1.0) if stop_at is None
             else np.broadcast_to(np.asarray(stop_at, "float64"), (len(x),)))
-    k = driver.num_classes(model, x)
+    k = driver.num_classes(model, x, y)
     targets = list(range(2, min(n_target_classes, k - 1) + 2))
     rng = driver.rng(seed)
     run = driver.compiled_loop(model, ("fab-t", ball.name, n_iter, refine),

@@ -95,6 +95,7 @@ def pgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, n
         x, y, norm, eps, steps=steps, restarts=restarts, batch_size=batch_size)
     if loss not in _LOSSES:
         raise ValueError(f"`loss` must be 'ce' or 'cw'; got {loss!r}.")
+    driver.num_classes(model, x, y)
     rng = driver.rng(seed)
     run = driver.compiled_loop(model, ("pgd", ball.name, steps, loss), _loop(ball.name, loss),
                                steps, jit)

@@ -297,8 +297,11 @@ def square(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *
             called after each chunk with the number of queries done.
         data_format: ``"channels_last"`` (``x`` is ``(N, H, W, C)``) or
             ``"channels_first"`` (``(N, C, H, W)``); ``None`` (default):
-            ``keras.config.image_data_format()``.  The squares cover the spatial axes either
-            way, and the same seed draws the same queries for both layouts.
+            ``keras.config.image_data_format()``, and a 4-D ``x`` whose shape looks like
+            the other layout (at most 4 on one channel axis, more on the other) is then
+            refused rather than attacked over the wrong axes.  The squares cover the
+            spatial axes either way, and the same seed draws the same queries for both
+            layouts.
         bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
             ``bounds``, else (0, 1)); x and eps are in their units.
 
@@ -308,8 +311,20 @@ def square(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *
     x, y, ball, eps, n_queries, chunk, batch_size = driver.check(
         x, y, norm, eps, n_queries=n_queries, chunk=chunk, batch_size=batch_size)
     p_init = _checks.in_range(p_init, "p_init", 0.0, 1.0)
+    given = data_format is not None
     data_format = _checks.data_format(data_format)
+    if not given and x.ndim == 4:
+        first, last = x.shape[1], x.shape[3]
+        other = "channels_first" if data_format == "channels_last" else "channels_last"
+        if (first <= 4 < last) if data_format == "channels_last" else (last <= 4 < first):
+            raise ValueError(
+                f"`x` of shape {x.shape} looks {other} while `data_format` defaults to "
+                f"keras.config.image_data_format() = {data_format!r}: the Square attack "
+                f"would draw its squares over the wrong axes (a weaker attack). Pass "
+                f"data_format={other!r} (in evaluate: options={{'square': {{'data_format': "
+                f"{other!r}}}}}), or data_format={data_format!r} if the layout is right.")
     image = _as_image(x.shape, data_format)
+    driver.num_classes(model, x, y)
     shape = x.shape
     # The attack works on (N, H, W, C); a channels-first batch is transposed here and its
     # points are transposed back before every model call and at the end.

@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_dyart import _checks, boundary, geometry
 from keras_dyart import backend as dyart_backend
+from keras_dyart.attacks import driver
 from keras_dyart.backend.jvp import param_jvp
 from keras_dyart.dynamics.changes import assigned_weights, check_model
 from keras_dyart.dynamics.speed import speed_from_difference, speed_from_jvp
@@ -141,6 +142,7 @@ class Analyzer:
         """The `BoundaryPoints` of inputs ``x`` in [0, 1] with labels ``y``."""
         x = _checks.images(x, "x")
         y = _checks.labels(y, len(x), arg="y")
+        driver.num_classes(self.model, x, y)      # logits, not probabilities; y in [0, K)
         parts = [[ops.convert_to_numpy(t) for t in self._search(x[sl], y[sl])]
                  for sl in self._batches(len(x))]
         cols = [np.concatenate(c) for c in zip(*parts)]

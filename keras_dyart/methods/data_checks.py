@@ -8,8 +8,8 @@ from keras import ops
 
 
 def check_classifier_structure(classifier: keras.Model) -> None:
-    """Refuse, at construction, classifiers whose graph shows they cannot give logits: several
-    outputs, or a final softmax / sigmoid."""
+    """Refuse, at construction, classifiers whose graph shows they cannot give logits of one
+    input tensor: several outputs, a final softmax / sigmoid, a dict or several inputs."""
     try:
         outputs = classifier.outputs
     except (AttributeError, ValueError):
@@ -18,6 +18,20 @@ def check_classifier_structure(classifier: keras.Model) -> None:
         raise ValueError(
             f"`classifier` must have one output (the class logits); it has {len(outputs)}. "
             "Wrap it in a model that returns only the logits.")
+    try:
+        inputs, structure = classifier.inputs, classifier.input
+    except (AttributeError, ValueError):
+        inputs, structure = None, None
+    if isinstance(structure, dict) or (inputs is not None and len(inputs) > 1):
+        names = (list(structure) if isinstance(structure, dict)
+                 else [getattr(t, "name", "?") for t in inputs])
+        raise ValueError(
+            f"`classifier` must take one input tensor (the images); it takes "
+            f"{'a dict of inputs' if isinstance(structure, dict) else f'{len(inputs)} inputs'} "
+            f"{names}. "
+            "The boundary search and the attacks move one input: build the classifier on "
+            "keras.Input(shape) directly (e.g. keras.Model(inp, out), not "
+            "keras.Model({'name': inp}, out)).")
     layers = getattr(classifier, "layers", None)
     last = layers[-1] if layers else classifier
     activation = getattr(last, "activation", None)

@@ -28,9 +28,23 @@ def plain_copy(classifier, weights=None) -> keras.Model:
         raise TypeError(f"`classifier` must be a Keras model; got {type(classifier).__name__}.")
     # (``keras.models.clone_model`` would carry the compile settings over)
     clone = classifier.__class__.from_config(classifier.get_config())
-    if not clone.built and getattr(classifier, "input_shape", None) is not None:
-        clone.build(classifier.input_shape)
-    clone.set_weights(classifier.get_weights() if weights is None else weights)
+    if not clone.built:
+        try:
+            shape = classifier.input_shape
+        except (AttributeError, ValueError):      # a subclassed model has none
+            shape = None
+        if shape is not None:
+            clone.build(shape)
+        elif classifier.get_build_config():
+            # the shapes the classifier was first called with (Keras's own record)
+            clone.build_from_config(classifier.get_build_config())
+    weights = classifier.get_weights() if weights is None else weights
+    if len(clone.weights) != len(weights):
+        raise ValueError(
+            f"`classifier` could not be copied: its copy from get_config() has "
+            f"{len(clone.weights)} weights against {len(weights)}. Call the classifier on a "
+            f"batch before copying it, or give its class a get_config that rebuilds it.")
+    clone.set_weights(weights)
     return clone
 
 
