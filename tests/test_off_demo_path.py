@@ -636,3 +636,15 @@ def test_square_refuses_a_batch_that_looks_channels_first():
     for fmt in ("channels_first", "channels_last"):      # an explicit layout is obeyed
         adv, _ = kd.attacks.square(model, x, y, 0.1, n_queries=4, data_format=fmt)
         assert np.abs(adv - x).max() <= 0.1 + 1e-7
+
+
+def test_attack_loss_names_ignore_case():
+    """Norm names ignore case ("Linf"); so do the attacks' loss names."""
+    x, y, w = _data()
+    model = _linear(w)
+    for attack, upper, lower in ((kd.attacks.pgd, "CE", "ce"), (kd.attacks.apgd, "DLR-T", "dlr-t")):
+        kw = {"steps": 3} if attack is kd.attacks.pgd else {"n_iter": 3}
+        np.testing.assert_array_equal(attack(model, x, y, 0.1, loss=upper, **kw)[0],
+                                      attack(model, x, y, 0.1, loss=lower, **kw)[0])
+    with pytest.raises(ValueError, match="`loss` must be"):
+        kd.attacks.pgd(model, x, y, 0.1, loss="dlr")

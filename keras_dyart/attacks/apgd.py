@@ -218,6 +218,7 @@ def apgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, 
     """
     x, y, ball, eps, n_iter, restarts, batch_size = driver.check(
         x, y, norm, eps, n_iter=n_iter, restarts=restarts, batch_size=batch_size)
+    loss = loss.lower() if isinstance(loss, str) else loss
     L.get(loss)
     k = driver.num_classes(model, x, y)
     if loss in ("dlr", "dlr-t") and k < 3:

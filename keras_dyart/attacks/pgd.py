@@ -93,6 +93,7 @@ def pgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, n
     """
     x, y, ball, eps, steps, restarts, batch_size = driver.check(
         x, y, norm, eps, steps=steps, restarts=restarts, batch_size=batch_size)
+    loss = loss.lower() if isinstance(loss, str) else loss
     if loss not in _LOSSES:
         raise ValueError(f"`loss` must be 'ce' or 'cw'; got {loss!r}.")
     driver.num_classes(model, x, y)
