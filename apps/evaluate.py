@@ -12,7 +12,6 @@ table.  ``--margins`` also writes the FAB-T margins report (``margins.csv``, ``m
 import os
 from typing import Any, Callable, List, Optional, Sequence
 
-import click
 import typer
 
 
@@ -198,7 +197,7 @@ def evaluate(
         else:
             _, _, x_test, y_test = datasets.load(name, **kwargs)
     except Exception as err:  # noqa: BLE001  (downloads and readers raise many kinds)
-        raise click.ClickException(f"cannot load --dataset {name}: {err}") from None
+        raise typer.BadParameter(f"cannot load --dataset {name}: {err}") from None
     x_test, y_test = x_test[:n], y_test[:n]
     typer.echo(f"{model_path}: {len(x_test)} {name} test points, {keras.backend.backend()} "
                f"backend")

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-import click
 import typer
 
 from keras_dyart_apps import settings
@@ -45,7 +44,7 @@ def load_data(config: Mapping[str, Any], preset: Optional[Mapping[str, Any]]) ->
     set (``eval_n`` of them).
 
     Raises:
-        click.ClickException: the data set cannot be loaded.
+        typer.BadParameter: the data set cannot be loaded.
     """
     from keras_dyart import datasets
 
@@ -68,7 +67,9 @@ def load_data(config: Mapping[str, Any], preset: Optional[Mapping[str, Any]]) ->
                                       y_key=spec["y_key"],
                                       dtype="uint8" if uint8 else "float32")
     except Exception as err:  # noqa: BLE001  (downloads and readers raise many kinds)
-        raise click.ClickException(f"cannot load --dataset {dataset}: {err}") from None
+        # typer's own exception: it vendors click, so click's ClickException would
+        # print as a traceback
+        raise typer.BadParameter(f"cannot load --dataset {dataset}: {err}") from None
     limit, n = config["limit"], config["eval_n"]
     if limit:
         x_train, y_train = x_train[:limit], y_train[:limit]

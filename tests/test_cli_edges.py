@@ -112,7 +112,7 @@ def test_train_overwrite_replaces_a_finished_run(tmp_path):
 @pytest.mark.parametrize("case, word", [
     ("missing", "TARGET"), ("empty-dir", "TARGET"), ("corrupt", "TARGET"),
     ("bad-config", "TARGET"), ("out-file", "--out"), ("dataset", "--dataset"),
-    ("svhn", "--data-path"),
+    ("svhn", "--data-path"), ("unreadable", "--dataset"),
 ])
 def test_evaluate_edges(tmp_path, case, word):
     run = tmp_path / "run"
@@ -135,6 +135,9 @@ def test_evaluate_edges(tmp_path, case, word):
         args += ["--dataset", "imagenet"]
     elif case == "svhn":
         args += ["--dataset", "svhn"]
+    elif case == "unreadable":     # a data set that fails to load (as offline downloads do)
+        (tmp_path / "bad.npz").write_text("not an npz")
+        args += ["--dataset", "npz", "--data-path", str(tmp_path / "bad.npz")]
     before = sorted(os.listdir(run))
     _fails_cleanly(runner.invoke(app, ["evaluate", *args]), word)
     assert sorted(os.listdir(run)) == before
