@@ -648,3 +648,10 @@ def test_attack_loss_names_ignore_case():
                                       attack(model, x, y, 0.1, loss=lower, **kw)[0])
     with pytest.raises(ValueError, match="`loss` must be"):
         kd.attacks.pgd(model, x, y, 0.1, loss="dlr")
+
+
+@pytest.mark.parametrize("seed", ["a", 1.5, -1, True])
+def test_attack_seed_checked(seed):
+    x, y, w = _data()
+    with pytest.raises(ValueError, match="`seed` must be an integer"):
+        kd.attacks.pgd(_linear(w), x, y, 0.1, steps=2, seed=seed)

@@ -57,7 +57,12 @@ def check(x, y, norm: str = "linf", eps=None, **counts) -> tuple:
 
 
 def rng(seed) -> np.random.RandomState:
-    """The NumPy generator of an attack's random draws."""
+    """The NumPy generator of an attack's random draws (``seed``: an integer in
+    [0, 2**32), or None for fresh entropy)."""
+    if seed is not None and (isinstance(seed, bool)
+                             or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 2**32):
+        raise ValueError(f"`seed` must be an integer in [0, 2**32) or None; got {seed!r}.")
     return np.random.RandomState(seed)
 
 
