@@ -351,12 +351,14 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     commits = sorted({r["commit"] for r in tune + final + equal
                       + study.records("warm-start") + study.records("ablation")})
     eps = p["eps"]
-    planned = len(p["methods"]) * len(p["seeds"])
+    # final: every method over the seeds, and DyART's winning ablation setting (if any)
+    planned = (len(p["methods"]) + (ablated is not None)) * len(p["seeds"])
     tuned = sum(len(p["grids"][m]) for m in p["methods"])
     status = (f"Runs recorded: tune {len(tune)} of {tuned}, ablation "
               f"{len(study.records('ablation'))} of {len(p['ablations'])}, final "
-              f"{len(final)} of {planned}, "
-              f"equal time {len(equal)}.")
+              f"{len(final)} of {planned}, warm start "
+              f"{len(study.records('warm-start'))} of "
+              f"{len(p['warm_starts']) * len(p['seeds'])}, equal time {len(equal)}.")
     lines = [
         "<!-- --8<-- [start:results] -->",
         "# Which method? The tuned comparison on MNIST-5k",

@@ -103,7 +103,8 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     for part in ("## Equal epochs", "## Equal training time", "## Verdict", "## Tuning",
                  "| dyart |", "| pgd-at |", "DyART − pgd-at",
                  "## DyART with warm-started searches", "| dyart, warm_start=1 |",
-                 "## DyART ablations", "| r0=1 |", "Epoch times measured side by side"):
+                 "## DyART ablations", "| r0=1 |", "Epoch times measured side by side",
+                 "final 4 of 4, warm start 2 of 2, equal time "):
         assert part in text, part
     # docs/study.md includes the report in two sections, with the plots between them
     marks = [text.index(f"<!-- --8<-- [{m}] -->") for m in
@@ -160,6 +161,7 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
     assert sorted(r["seed"] for r in final if r["method"] == "dyart"
                   and r["setting"] != won["setting"]) == [0, 1]
     text = (tmp_path / "methods.md").read_text()
+    assert "final 6 of 6" in text        # the ablation's runs are planned too
     assert "| dyart, r0=1 |" in text and "DyART (r0=1) − pgd-at" in text
     assert "DyART − pgd-at" in text and "DyART − dyart" not in text
     assert "DyART (r0=1) − dyart" not in text
