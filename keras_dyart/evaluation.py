@@ -244,7 +244,6 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     _checks.positive(batch_size, "batch_size", integer=True)
-    driver.num_classes(model, x, y)
     out = run_sequence(model, x, y, epsilons, norm=norm, attacks=attacks,
                        batch_size=batch_size, seed=seed, jit=jit, options=options,
                        progress=progress, bounds=box)
