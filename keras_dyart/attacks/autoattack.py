@@ -55,6 +55,9 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
                  seed=0, jit=True, options=None, progress=None, bounds=None) -> dict:
     """Run ``attacks`` in order at every eps, each on the points still robust.
 
+    A point broken at one radius counts as broken at every larger one, with the same
+    adversarial point (the larger ball holds it), so robust accuracy never rises with eps.
+
     Args:
         epsilons: list of radii.  ``options``: per-attack keyword arguments, e.g.
             ``{"square": {"n_queries": 1000}, "apgd-t": {"n_iter": 50}}``.
@@ -129,7 +132,7 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
                     sel = idx[hit]
                     mark(name, e, sel, driver.guard(adv[hit], x[sel], e, norm))
         else:
-            for e in epsilons:
+            for e in sorted(epsilons):
                 idx = np.flatnonzero(robust[e])
                 if not len(idx):
                     continue
@@ -137,6 +140,8 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
                     lambda d, t, e=e, name=name: progress(name, e, d, t))
                 adv, ok = attack.run(model, x[idx], y[idx], e, progress=p, **common)
                 mark(name, e, idx[ok], adv[ok])
+                _carry(robust, x_adv, broken)
+        _carry(robust, x_adv, broken)
         seconds[name] = time.perf_counter() - t0
         after[name] = {e: float(np.mean(robust[e])) for e in epsilons}
 
@@ -145,9 +150,23 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
         x_adv[e] = driver.guard(x_adv[e], x, e, norm)
         wrong = driver.predict_labels(model, x_adv[e], batch_size) != y
         robust[e] &= ~wrong
+    _carry(robust, x_adv, broken)
     return {"clean_pred": clean_pred, "robust": robust, "x_adv": x_adv,
             "broken_by": {e: list(broken[e]) for e in epsilons}, "after": after,
             "seconds": seconds, "distance": distance}
+
+
+def _carry(robust, x_adv, broken):
+    """Carry each point broken at a radius to the larger radii where it still counts as
+    robust: its adversarial point lies in their balls too (in place; ascending radii, so a
+    point broken at the smallest reaches the largest)."""
+    order = sorted(robust)
+    for small, large in zip(order, order[1:]):
+        sel = np.flatnonzero(~robust[small] & robust[large])
+        if len(sel):
+            x_adv[large][sel] = x_adv[small][sel]
+            robust[large][sel] = False
+            broken[large][sel] = broken[small][sel]
 
 
 def _in_unit_box(unit, x, y, epsilons, *, norm, batch_size, progress, **kwargs):
@@ -166,7 +185,9 @@ def _in_unit_box(unit, x, y, epsilons, *, norm, batch_size, progress, **kwargs):
         x_adv[e] = unit.outputs(out["x_adv"][u], x, e, norm)
         wrong = driver.predict_labels(model, x_adv[e], batch_size) != y
         robust[e] = out["robust"][u] & ~wrong
-        broken[e] = out["broken_by"][u]
+        broken[e] = np.asarray(out["broken_by"][u], dtype=object)
+    _carry(robust, x_adv, broken)
+    broken = {e: list(b) for e, b in broken.items()}
     after = {a: {e: acc[unit_eps[e]] for e in epsilons} for a, acc in out["after"].items()}
     return {"clean_pred": out["clean_pred"], "robust": robust, "x_adv": x_adv,
             "broken_by": broken, "after": after, "seconds": out["seconds"],
