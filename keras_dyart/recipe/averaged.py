@@ -14,6 +14,10 @@ from keras import ops
 from keras_dyart import _checks, io
 from keras_dyart.recipe.optimizers import AveragingSGD
 
+# How many wrappers (`keras.optimizers.LossScaleOptimizer`, ...) `_averaging_optimizer` looks
+# through; a guard against a wrapper that holds itself.
+_MAX_WRAPPERS = 16
+
 
 def plain_copy(classifier, weights=None) -> keras.Model:
     """An uncompiled copy of ``classifier``: the same layers, with its weights (or
@@ -48,12 +52,27 @@ def plain_copy(classifier, weights=None) -> keras.Model:
     return clone
 
 
+def _averaging_optimizer(optimizer) -> AveragingSGD | None:
+    """The `AveragingSGD` that ``optimizer`` is or wraps, else None.
+
+    Keras wraps a model's optimizer in a `keras.optimizers.LossScaleOptimizer` when the
+    model is compiled under the ``"mixed_float16"`` dtype policy; the weight averages live in
+    the wrapped optimizer (``inner_optimizer``, followed through nested wrappers).
+    """
+    for _ in range(_MAX_WRAPPERS):
+        if optimizer is None or isinstance(optimizer, AveragingSGD):
+            return optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return None
+
+
 def averaged_weights(model) -> list[np.ndarray]:
     """The classifier's weights with each trainable variable replaced by its average.
 
     Args:
         model: a method model (its ``classifier`` is used) or a plain classifier, compiled
-            with an `AveragingSGD` (else the raw weights are returned).
+            with an `AveragingSGD`, possibly wrapped (the `keras.optimizers.LossScaleOptimizer`
+            of a ``"mixed_float16"`` model); else the raw weights are returned.
 
     Returns:
         NumPy arrays in ``classifier.weights`` order: the EMA from the model's
@@ -61,8 +80,8 @@ def averaged_weights(model) -> list[np.ndarray]:
         BatchNorm statistics).
     """
     classifier = getattr(model, "classifier", model)
-    optimizer = getattr(model, "optimizer", None)
-    averages = optimizer.averages() if isinstance(optimizer, AveragingSGD) else {}
+    optimizer = _averaging_optimizer(getattr(model, "optimizer", None))
+    averages = optimizer.averages() if optimizer is not None else {}
     return [ops.convert_to_numpy(averages.get(id(v), v)) for v in classifier.weights]
 
 
@@ -72,7 +91,8 @@ def averaged_model(model) -> keras.Model:
     ``model`` is a method model (`keras_dyart.methods`, `keras_dyart.DyARTModel`) or a
     plain classifier compiled with `AveragingSGD`.  The copy is a plain, uncompiled logits
     model (`plain_copy`): attack it (`keras_dyart.evaluation.evaluate`) or ``save`` it; a
-    saved copy loads without keras_dyart.
+    saved copy loads without keras_dyart.  It does not carry the method model's input
+    ``bounds``: give them to the attack (``bounds=model.bounds``) when they are not (0, 1).
     """
     classifier = getattr(model, "classifier", model)
     if not isinstance(classifier, keras.layers.Layer):
@@ -81,27 +101,46 @@ def averaged_model(model) -> keras.Model:
 
 
 def robust_accuracy(model, x, y, eps, norm: str = "linf", steps: int = 40, loss: str = "cw",
-                    batch_size: int = 250, seed: int = 0, rel_step: float = 0.1
+                    batch_size: int = 250, seed: int = 0, rel_step: float = 0.1,
+                    bounds: tuple[float, float] | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per-point clean and robust correctness of a logits model under PGD.
 
     PGD (`keras_dyart.attacks.pgd`) with ``steps`` steps of ``rel_step · eps`` from one
-    random start uniform in the ball (drawn with NumPy from ``seed``), in inference mode.
-    A point counts as robust when it is classified correctly both clean and at the PGD
-    point.
+    random start uniform in the ball (drawn with NumPy from ``seed``), in inference mode,
+    kept in the input box ``bounds``.  A point counts as robust when it is classified
+    correctly both clean and at the PGD point.
+
+    Args:
+        model: a logits model: a method model or a classifier.
+        x: inputs in ``bounds``.
+        y: their integer labels.
+        eps: radius of the attack, in the units of ``bounds`` (a number or text such as
+            ``"8/255"``).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: PGD steps (default 40).
+        loss: ``"cw"`` (default) or ``"ce"``.
+        batch_size: points per PGD batch.
+        seed: seed of PGD's random start.
+        rel_step: PGD's step as a fraction of ``eps``.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the model's own
+            ``bounds``, a method model's, else (0, 1)).  Give them for a copy of a method
+            model's classifier (`averaged_model` of a model with ``bounds=(0, 255)``, say).
 
     Returns:
         Two bool arrays: clean correctness and robust correctness.
     """
     from keras_dyart import attacks
     from keras_dyart import backend as dyart_backend
+    from keras_dyart.attacks.driver import model_bounds
 
     eps = _checks.parse_eps(eps)
     norm = _checks.norm_name(norm)
-    x = _checks.images(x)
+    box = model_bounds(model, bounds)
+    x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     _, success = attacks.pgd(model, x, y, eps, norm=norm, steps=steps, rel_step=rel_step,
-                             loss=loss, batch_size=batch_size, seed=seed)
+                             loss=loss, batch_size=batch_size, seed=seed, bounds=box)
     predict = dyart_backend.compile_model_fn(
         model, lambda logits_fn, xb: ops.argmax(logits_fn(ops.convert_to_tensor(xb)), axis=-1),
         True)
@@ -121,11 +160,17 @@ class AveragedCheckpoint(keras.callbacks.Callback):
     ``filepath`` (``.keras``) when its robust accuracy is the best so far.  The best value
     is kept in ``filepath + ".json"`` so that a resumed run keeps comparing against it.
 
+    The attack keeps its points in the input box ``bounds`` (default: the trained model's
+    own ``bounds``, a method model's, else (0, 1)); ``x`` is checked against them when
+    training begins, as the callback sees the model only then.
+
     Args:
-        x: evaluation inputs in [0, 1].
+        x: evaluation inputs in ``bounds`` (e.g. 0-255 pixels for a method model built with
+            ``bounds=(0, 255)``).
         y: their integer labels.
         filepath: where the best averaged model goes (must end in ``.keras``).
-        eps: radius of the evaluation attack (a number or text such as ``"8/255"``).
+        eps: radius of the evaluation attack, in the units of ``bounds`` (a number or text
+            such as ``"8/255"``).
         norm: ``"linf"`` or ``"l2"``.
         steps: PGD steps (default 40).
         loss: ``"cw"`` (default) or ``"ce"``.
@@ -133,14 +178,24 @@ class AveragedCheckpoint(keras.callbacks.Callback):
         last_filepath: if given, also save the latest averaged model there.
         batch_size: points per PGD batch.
         seed: seed of PGD's random start.
+        bounds: ``(lower, upper)`` of the model's inputs (default: the trained model's own
+            ``bounds``, else (0, 1)).
     """
 
     def __init__(self, x, y, filepath: str, eps, norm: str = "linf", steps: int = 40,
                  loss: str = "cw", every: int = 1, last_filepath: str | None = None,
-                 batch_size: int = 250, seed: int = 0):
+                 batch_size: int = 250, seed: int = 0,
+                 bounds: tuple[float, float] | None = None):
         super().__init__()
-        self.x = _checks.images(x)
-        self.y = _checks.labels(y, len(self.x))
+        self.bounds = None if bounds is None else _checks.bounds(bounds)
+        x = np.asarray(x)
+        if self.bounds is not None or x.dtype.kind == "f":
+            # What does not depend on the model's bounds (shape, NaN) fails here already;
+            # the values are checked against the model's bounds when training begins.
+            x = _checks.images(x, box=self.bounds or (-np.inf, np.inf))
+        self.x = x
+        self._checked_box = self.bounds
+        self.y = _checks.labels(y, len(self.x) if self.x.ndim else 0)
         for arg, path in (("filepath", filepath), ("last_filepath", last_filepath)):
             if path is not None and not str(path).endswith(".keras"):
                 raise ValueError(f"`{arg}` must end in '.keras'; got {path!r}.")
@@ -163,7 +218,19 @@ class AveragedCheckpoint(keras.callbacks.Callback):
         """Where the best value so far is kept (``filepath + ".json"``)."""
         return self.filepath + ".json"
 
+    def _input_box(self) -> tuple[float, float]:
+        """The box of the evaluation inputs: ``bounds`` if given, else the trained model's
+        own ``bounds``, else (0, 1); ``x`` is checked against it."""
+        from keras_dyart.attacks.driver import model_bounds
+
+        box = model_bounds(self.model, self.bounds)
+        if box != self._checked_box:
+            self.x = _checks.images(self.x, box=box)
+            self._checked_box = box
+        return box
+
     def on_train_begin(self, logs=None):
+        self._input_box()
         if os.path.exists(self.state_path):
             with open(self.state_path) as f:
                 state = json.load(f)
@@ -171,9 +238,12 @@ class AveragedCheckpoint(keras.callbacks.Callback):
 
     def evaluate(self) -> tuple[keras.Model, float, float]:
         """``(averaged_model, clean_accuracy, robust_accuracy)`` now."""
+        box = self._input_box()
+        # the copy is a plain classifier: the method model's bounds are given to the attack
         model = averaged_model(self.model)
         correct, robust = robust_accuracy(model, self.x, self.y, self.eps, self.norm,
-                                          self.steps, self.loss, self.batch_size, self.seed)
+                                          self.steps, self.loss, self.batch_size, self.seed,
+                                          bounds=box)
         return model, float(correct.mean()), float(robust.mean())
 
     def on_epoch_end(self, epoch, logs=None):
