@@ -173,6 +173,8 @@ def input_values(x: np.ndarray, arg: str = "x",
 def images(x: Any, arg: str = "x", box: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Check a batch of inputs: float, finite, non-empty, values within ``box``
     (default [0, 1]).  Returns float32."""
+    if isinstance(x, dict):
+        single_input(x, arg)
     x = input_values(np.asarray(x), arg, box)
     return x.astype("float32", copy=False)
 
@@ -200,13 +202,19 @@ _PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentr
                        "binary_crossentropy", "sparsecategoricalcrossentropy",
                        "categoricalcrossentropy", "binarycrossentropy")
 
+# Cross-entropies on one-hot labels (names with the underscores removed, lower case).
+_ONE_HOT_LOSSES = ("categoricalcrossentropy", "categoricalfocalcrossentropy")
+
 
 def logits_loss(loss: Any, arg: str = "loss") -> Any:
-    """Refuse a cross-entropy that expects probabilities (``from_logits=False``): the robust
-    models' classifiers output logits."""
+    """Refuse a cross-entropy that expects probabilities (``from_logits=False``) or one-hot
+    labels (a categorical cross-entropy): the robust models' classifiers output logits and
+    they train on integer class labels."""
     name, from_logits = None, None
     if isinstance(loss, str):
         name, from_logits = loss, False
+    elif isinstance(loss, type):
+        name = loss.__name__
     elif hasattr(loss, "get_config"):
         try:
             config = loss.get_config()
@@ -218,10 +226,56 @@ def logits_loss(loss: Any, arg: str = "loss") -> Any:
         name = getattr(loss, "__name__", "")
         if name.lower() in _PROBABILITY_LOSSES:
             from_logits = False
-    if from_logits is False and str(name).lower().replace("_", "") in {
-            n.replace("_", "") for n in _PROBABILITY_LOSSES}:
+    key = str(name).lower().replace("_", "")
+    if key in _ONE_HOT_LOSSES:
+        on = " on probabilities (from_logits=False)" if from_logits is False else ""
+        raise ValueError(
+            f"`{arg}` ({name}) is a categorical cross-entropy{on}, which takes one-hot "
+            f"labels, but the robust models train on integer class labels (the attacks and "
+            f"the boundary search need the label's index) and their classifiers output "
+            f"logits. Leave `loss` unset (cross-entropy on logits) or pass "
+            f"keras.losses.SparseCategoricalCrossentropy(from_logits=True), with integer "
+            f"labels (np.argmax(y, axis=-1) of one-hot ones).")
+    if from_logits is False and key in {n.replace("_", "") for n in _PROBABILITY_LOSSES}:
         raise ValueError(
             f"`{arg}`={loss!r} computes cross-entropy on probabilities (from_logits=False), "
             f"but the classifier outputs logits. Leave `loss` unset (cross-entropy on "
             f"logits) or pass keras.losses.SparseCategoricalCrossentropy(from_logits=True).")
     return loss
+
+
+def continuous_inputs(model: Any, arg: str = "classifier") -> None:
+    """Refuse a model whose declared input dtype is an integer or bool type: token ids or
+    indices cannot be moved by the small steps of an attack or a boundary search."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return
+    for tensor in inputs or ():
+        dtype = str(getattr(tensor, "dtype", "") or "")
+        if dtype == "bool" or dtype.startswith(("int", "uint")):
+            raise ValueError(
+                f"`{arg}` takes inputs of dtype {dtype} (token ids or indices, e.g. for an "
+                f"Embedding): the methods need continuous inputs, since the attacks and the "
+                f"boundary search move them by small steps in the input box. Give the "
+                f"classifier a float input (keras.Input(shape, dtype='float32')) that "
+                f"takes continuous values.")
+
+
+def single_input(x: Any, arg: str = "x") -> None:
+    """Refuse inputs given as a dict, list or tuple: the classifiers take one input tensor,
+    the one the attacks and the boundary search move."""
+    if isinstance(x, dict):
+        keys = sorted(map(str, x))
+        first = repr(keys[0]) if keys else "'...'"
+        raise ValueError(
+            f"`{arg}` is a dict of inputs (keys {keys}), but the classifier must take one "
+            f"input tensor (the one the attacks and the boundary search move). Pass the "
+            f"array itself, e.g. {arg}[{first}], not a dict (a pipeline yields (inputs, "
+            f"labels) with the inputs an array).")
+    if isinstance(x, (list, tuple)):
+        raise ValueError(
+            f"`{arg}` is a {type(x).__name__} of {len(x)} inputs, but the classifier must "
+            f"take one input tensor (the one the attacks and the boundary search move). "
+            f"Pass the array itself (a pipeline yields (inputs, labels) with the inputs an "
+            f"array).")

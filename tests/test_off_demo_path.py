@@ -425,16 +425,9 @@ def test_a_later_bad_batch_fails_at_the_end_of_its_epoch(bad):
             yield x[16:32], np.full(16, K + 1, "int32")
         yield x[32:48], y[32:48]
 
-    with pytest.raises(Exception) as info:
+    # (bad labels are clipped for the step's losses, so no backend fails first)
+    with pytest.raises(ValueError, match="16 training rows of epoch 1"):
         model.fit(gen(), steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
-    if BACKEND == "tensorflow" and bad == "labels":
-        # TensorFlow's own sparse cross-entropy refuses the batch first, and says why.
-        assert "outside the valid range" in str(info.value)
-    elif BACKEND == "torch" and bad == "labels":
-        assert "Class values must be smaller than num_classes" in str(info.value)
-    else:
-        assert info.type is ValueError
-        assert "16 training rows of epoch 1" in str(info.value)
     # the check's counter is not in the logs
     model2 = _dyart(_linear(w))
     history = model2.fit(x, y, batch_size=16, epochs=1, verbose=0)

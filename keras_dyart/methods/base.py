@@ -8,7 +8,10 @@ A robust model wraps a logits classifier.  The whole train step is `RobustModel.
 2. **Hand-over.** The batch given to Keras's own backend ``train_step`` is
    ``(step, y, sample_weight)`` where ``step`` is a dict (`step_inputs`): the inputs of
    Keras's forward pass (``forward_inputs(x, inner)``: ``x``, or PGD-AT's adversarial
-   batch), the clean ``x``, ``inner`` and the batch's count of bad rows.
+   batch), the clean ``x``, ``inner`` and the batch's count of bad rows (inputs outside
+   the bounds, labels outside [0, K): such labels are clipped into [0, K) for the whole
+   step, so that no attack or loss fails inside the backend, and `InputErrorCheck` fails
+   ``fit`` at the epoch's end with a message that says what was wrong).
 3. **Loss.** Keras runs ``y_pred = self(step)`` (`call` reads the forward inputs), then
    differentiates ``compute_loss(step, y, y_pred, sample_weight)``, which returns the sum of
    ``objective(x, y, y_pred, sample_weight, inner)`` and logs its other terms.
@@ -52,7 +55,7 @@ from keras_dyart import _checks, geometry
 from keras_dyart import backend as dyart_backend
 from keras_dyart import inputs as _inputs
 from keras_dyart.methods.data_checks import InputErrorCheck, check_classifier_structure
-from keras_dyart.methods.warm import split_indexed
+from keras_dyart.methods.warm import is_indexed, split_indexed
 from keras_dyart.recipe.data import HostMemory
 
 # The keys of the dict that carries a train step's batch into Keras's step (`step_inputs`).
@@ -95,6 +98,9 @@ class RobustModel(keras.Model):
         # Rows of the epoch whose inputs left the bounds or whose labels left [0, K):
         # counted inside every training step (a few reductions), checked at the epoch's end.
         self.input_error_tracker = keras.metrics.Sum(name="input_errors")
+        # K, the classifier's number of classes (from `check_data`'s probe, or the first
+        # train step's): the range labels are checked and clipped into.
+        self._num_classes = None
         if getattr(classifier, "built", False):
             self.built = True
 
@@ -132,10 +138,14 @@ class RobustModel(keras.Model):
         classifier's number of classes; the classifier must return one tensor of logits.
         Returns ``x`` to train on (a peeked generator is handed back replayed).
         """
+        if isinstance(x, (dict, list, tuple)) and not is_indexed(x):
+            _checks.single_input(x, x_arg)
         bx, by, x = _inputs.peek(x, y)
         if isinstance(bx, dict):
             bx = _inputs.to_numpy(split_indexed(bx)[0])
-        if bx is None or isinstance(bx, (dict, tuple, list)):
+        if isinstance(bx, (dict, tuple, list)):
+            _checks.single_input(bx, x_arg)
+        if bx is None:
             return x
         bx = _checks.input_values(bx, x_arg, self.bounds)
         probe = bx[:8].astype("float32")
@@ -143,6 +153,7 @@ class RobustModel(keras.Model):
         if not isinstance(out, (dict, list, tuple)):
             out = ops.convert_to_numpy(ops.cast(out, "float32"))
         k = _checks.logits_output(out, len(probe), "classifier")
+        self._num_classes = k
         if by is not None:
             _checks.labels(by, len(bx), k, y_arg)
         return x
@@ -184,12 +195,22 @@ class RobustModel(keras.Model):
         return _without(super().test_step(*args),
                         {m.name for m in self.train_only_metrics} | {"input_errors"})
 
-    def _count_input_errors(self, y, num_classes, input_errors):
-        """Add this batch's bad rows (inputs outside the bounds or NaN, counted by
-        `input_errors`; labels outside [0, K)) to `input_error_tracker`."""
-        y = ops.reshape(ops.cast(y, "int32"), (-1,))
-        label_errors = ops.sum(ops.cast((y < 0) | (y >= num_classes), "float32"))
-        self.input_error_tracker.update_state(input_errors + label_errors)
+    def _checked_labels(self, logits_fn, x, y):
+        """``(y, errors)``: a batch's labels with those outside [0, K) clipped into it, and
+        how many there were (K from `check_data`'s probe, else from ``logits_fn`` on one
+        row).  The step trains on the clipped labels, so that no attack or loss indexes
+        past the logits (a backend error that names nothing); `InputErrorCheck` fails the
+        run at the epoch's end with a clear message."""
+        k = self._num_classes
+        if k is None:
+            k = ops.shape(logits_fn(x[:1]))[-1]
+            if isinstance(k, int):
+                self._num_classes = k
+        labels = ops.cast(y, "int32")
+        bad = (labels < 0) | (labels >= k)
+        safe = ops.cast(ops.clip(labels, 0, k - 1), keras.backend.standardize_dtype(y.dtype))
+        errors = ops.sum(ops.cast(ops.reshape(bad, (-1,)), "float32"))
+        return ops.where(bad, safe, y), errors
 
     def input_errors(self, x):
         """The number of rows of ``x`` outside the model's bounds or with a NaN."""
@@ -269,9 +290,9 @@ class RobustModel(keras.Model):
                 "({'inputs': x, 'example_index': indices}).")
         hooks = dyart_backend.current()
         with hooks.step_scope():
-            inner, state = hooks.inference(self, self._inner_examples, tuple(state), x, y,
-                                           index)
-            errors = self.input_errors(x)
+            (inner, y, label_errors), state = hooks.inference(
+                self, self._inner_examples, tuple(state), x, y, index)
+            errors = self.input_errors(x) + label_errors
             if index is not None:
                 errors = errors + self.index_errors(index)
             step = {"forward": self.forward_inputs(x, inner), "x": x, "inner": inner,
@@ -280,14 +301,18 @@ class RobustModel(keras.Model):
         return _without(logs, {"input_errors"})
 
     def _inner_examples(self, logits_fn, x, y, index=None):
+        """``(inner, y, label_errors)``: the inner examples, and the labels as
+        `_checked_labels` leaves them."""
         def logits32(z):
             return ops.cast(logits_fn(z), "float32")
 
+        x = ops.cast(x, "float32")
+        y, label_errors = self._checked_labels(logits32, x, y)
         extra = {"index": index} if self.uses_index else {}
-        inner = self.inner(logits32, ops.cast(x, "float32"), _class_indices(y), **extra)
+        inner = self.inner(logits32, x, _class_indices(y), **extra)
         if inner is None:
-            return {}
-        return {k: ops.stop_gradient(v) for k, v in inner.items()}
+            return {}, y, label_errors
+        return {k: ops.stop_gradient(v) for k, v in inner.items()}, y, label_errors
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """As Keras's, plus the method's terms in a train step: ``x`` is then the step's
@@ -296,7 +321,7 @@ class RobustModel(keras.Model):
         if step is None:
             return super().compute_loss(x=x, y=y, y_pred=y_pred,
                                         sample_weight=sample_weight, training=training)
-        self._count_input_errors(y, ops.shape(y_pred)[-1], step["input_errors"])
+        self.input_error_tracker.update_state(step["input_errors"])
         terms = self.objective(step["x"], _class_indices(y), ops.cast(y_pred, "float32"),
                                sample_weight, step["inner"] or None)
         loss = terms.pop("loss")

@@ -17,7 +17,7 @@ class CleanModel(RobustModel):
     Args:
         classifier: a Keras model that outputs logits.
         seed: unused (kept so that every method takes it).
-    """
 
-    def train_step(self, *args):
-        return keras.Model.train_step(self, *args)
+    Its train step is `RobustModel`'s without inner examples, so its later batches are
+    checked as every method's are (`keras_dyart.methods.data_checks.InputErrorCheck`).
+    """

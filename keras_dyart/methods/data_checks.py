@@ -6,10 +6,13 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_dyart import _checks
+
 
 def check_classifier_structure(classifier: keras.Model) -> None:
     """Refuse, at construction, classifiers whose graph shows they cannot give logits of one
-    input tensor: several outputs, a final softmax / sigmoid, a dict or several inputs."""
+    input tensor: several outputs, a final softmax / sigmoid, a dict or several inputs, an
+    integer or bool input (token ids: the methods need continuous inputs)."""
     try:
         outputs = classifier.outputs
     except (AttributeError, ValueError):
@@ -32,6 +35,7 @@ def check_classifier_structure(classifier: keras.Model) -> None:
             "The boundary search and the attacks move one input: build the classifier on "
             "keras.Input(shape) directly (e.g. keras.Model(inp, out), not "
             "keras.Model({'name': inp}, out)).")
+    _checks.continuous_inputs(classifier, "classifier")
     layers = getattr(classifier, "layers", None)
     last = layers[-1] if layers else classifier
     activation = getattr(last, "activation", None)
@@ -47,7 +51,9 @@ def check_classifier_structure(classifier: keras.Model) -> None:
 class InputErrorCheck(keras.callbacks.Callback):
     """Fails `fit` at the end of an epoch in which some batch had inputs outside the model's
     bounds or labels outside [0, K) (the first batch is checked before training starts;
-    this catches the later ones, which a compiled step cannot refuse by itself)."""
+    this catches the later ones, which a compiled step cannot refuse by itself: the step
+    counts them, and trains on such labels clipped into [0, K), so that no loss or attack
+    fails inside the backend before this check can say what is wrong)."""
 
     def on_epoch_end(self, epoch, logs=None):
         count = int(round(float(ops.convert_to_numpy(

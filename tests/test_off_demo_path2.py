@@ -1,0 +1,231 @@
+"""More steps off the demo path, for every method model: later batches with bad inputs or
+labels fail with the epoch-end check's message (never a backend crash, never silent
+training), inputs given as a dict are refused up front, a one-hot cross-entropy is refused
+by ``compile``, and a classifier with integer inputs is refused at construction."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_dyart as kd
+from keras_dyart import methods
+from keras_dyart.methods.warm import indexed
+
+K = 3
+D = 12
+N = 48
+BATCH = 16
+
+HYPER = {
+    "clean": {},
+    "pgd-at": dict(eps=0.1, step_size=0.05, steps=2),
+    "trades": dict(eps=0.1, step_size=0.05, steps=2),
+    "mart": dict(eps=0.1, step_size=0.05, steps=2),
+    "mma": dict(d_max=0.2, n_iter=3),
+    "dyart": dict(r0=0.5, n_iter=3),
+}
+
+
+def _data(n=N, seed=0):
+    rng = np.random.RandomState(seed)
+    x = rng.uniform(0.2, 0.8, size=(n, D)).astype("float32")
+    w = rng.normal(size=(D, K)).astype("float32")
+    y = np.argmax(x @ w, axis=1).astype("int32")
+    return x, y
+
+
+def _classifier(name=None):
+    inputs = keras.Input((D,), name=name)
+    return keras.Model(inputs, keras.layers.Dense(K)(inputs))
+
+
+def _model(method, classifier=None, **kw):
+    model = methods.get(method, classifier or _classifier(), **{**HYPER[method], **kw})
+    model.compile(optimizer=keras.optimizers.SGD(0.01), metrics=["accuracy"])
+    return model
+
+
+# -- A: later bad batches, every method ------------------------------------------------------
+
+def _bad_batches(bad):
+    x, y = _data()
+
+    def gen():
+        yield x[:16], y[:16]                       # the first batch passes `check_data`
+        if bad == "pixels":
+            yield x[16:32] * 255, y[16:32]         # 0-255 pixels
+        else:                                      # labels outside [0, K), both sides
+            yield x[16:32], np.array([-1] * 8 + [K + 4] * 8, "int32")
+        yield x[32:48], y[32:48]
+
+    return gen
+
+
+@pytest.mark.parametrize("bad", ["pixels", "labels"])
+@pytest.mark.parametrize("method", sorted(HYPER))
+def test_a_later_bad_batch_fails_at_its_epoch_end_for_every_method(method, bad):
+    model = _model(method)
+    with pytest.raises(ValueError) as info:
+        model.fit(_bad_batches(bad)(), steps_per_epoch=3, epochs=1, verbose=0,
+                  shuffle=False)
+    message = str(info.value)
+    assert "16 training rows of epoch 1" in message, message
+    assert "labels outside the classifier's classes" in message, message
+
+
+@pytest.mark.parametrize("method", ["clean", "pgd-at", "dyart"])
+def test_train_on_batch_with_bad_labels_counts_them_without_a_backend_crash(method):
+    # `train_on_batch` skips `fit`'s checks (and its probe of the number of classes): the
+    # step itself finds K, clips the labels for its losses and counts the bad rows.
+    x, y = _data(BATCH)
+    y[:5] = K + 2
+    y[5] = -3
+    model = _model(method)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(float(logs["loss"]))
+    assert "input_errors" not in logs
+    assert float(keras.ops.convert_to_numpy(model.input_error_tracker.result())) == 6.0
+
+
+def test_clean_model_history_drops_the_input_error_counter():
+    x, y = _data()
+    history = _model("clean").fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    assert "input_errors" not in history.history
+    assert set(history.history) == {"loss", "accuracy"}
+
+
+def test_good_data_trains_as_before_for_the_clean_model():
+    x, y = _data()
+    model = _model("clean")
+    before = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False)
+    after = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert after < before
+
+
+# -- B: inputs given as a dict (or a list / tuple) ---------------------------------------------
+
+def test_fit_refuses_a_dict_keyed_by_the_input_name():
+    x, y = _data()
+    model = _model("pgd-at", _classifier("image"))
+    with pytest.raises(ValueError, match=r"`x` is a dict of inputs \(keys \['image'\]\)"
+                                         r".*Pass the array itself, e.g. x\['image'\]"):
+        model.fit({"image": x}, y, batch_size=BATCH, verbose=0)
+
+
+@pytest.mark.parametrize("form", ["tuple", "list"])
+def test_fit_refuses_inputs_in_a_tuple_or_list(form):
+    x, y = _data()
+    model = _model("clean")
+    with pytest.raises(ValueError, match=f"`x` is a {form} of 1 inputs.*Pass the array"):
+        model.fit((x,) if form == "tuple" else [x], y, batch_size=BATCH, verbose=0)
+
+
+def test_a_pipeline_of_dict_inputs_is_refused_before_training():
+    x, y = _data()
+
+    def gen():
+        for i in range(0, N, BATCH):
+            yield {"image": x[i:i + BATCH]}, y[i:i + BATCH]
+
+    model = _model("trades", _classifier("image"))
+    with pytest.raises(ValueError, match=r"`x` is a dict of inputs.*Pass the array itself"):
+        model.fit(gen(), steps_per_epoch=3, verbose=0)
+
+
+def test_validation_and_evaluate_refuse_dict_inputs():
+    x, y = _data()
+    model = _model("mart", _classifier("image"))
+    with pytest.raises(ValueError, match=r"`validation_data\[0\]` is a dict of inputs"):
+        model.fit(x, y, batch_size=BATCH, verbose=0, validation_data=({"image": x}, y))
+    with pytest.raises(ValueError, match=r"`x` is a dict of inputs"):
+        model.evaluate({"image": x}, y, verbose=0)
+
+
+def test_kd_evaluate_refuses_dict_inputs_by_name():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"`x` is a dict of inputs.*Pass the array itself"):
+        kd.evaluate(_classifier("image"), {"image": x}, y, attack="pgd", epsilons=[0.1])
+
+
+def test_the_warm_start_index_dict_still_trains():
+    x, y = _data()
+    model = _model("dyart", warm_start=2)
+    history = model.fit(indexed(x), y, batch_size=BATCH, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert model.cache.n_examples == N
+
+    def gen():
+        for _ in range(2):
+            for i in range(0, N, BATCH):
+                yield indexed(x[i:i + BATCH], np.arange(i, i + BATCH)), y[i:i + BATCH]
+
+    model = _model("dyart", warm_start=2, n_examples=N)
+    history = model.fit(gen(), steps_per_epoch=3, epochs=2, verbose=0, shuffle=False)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+# -- C: a one-hot cross-entropy ---------------------------------------------------------------
+
+@pytest.mark.parametrize("loss", [
+    "categorical_crossentropy",
+    "CategoricalCrossentropy",
+    keras.losses.categorical_crossentropy,
+    keras.losses.CategoricalCrossentropy(from_logits=True),
+    keras.losses.CategoricalCrossentropy(from_logits=False),
+    keras.losses.CategoricalFocalCrossentropy(from_logits=True),
+], ids=["str", "class-name", "function", "logits", "probabilities", "focal"])
+def test_compile_refuses_a_one_hot_cross_entropy(loss):
+    model = methods.get("trades", _classifier(), **HYPER["trades"])
+    with pytest.raises(ValueError, match=r"`loss` .*categorical cross-entropy.*which takes "
+                                         r"one-hot labels.*SparseCategoricalCrossentropy"
+                                         r"\(from_logits=True\)"):
+        model.compile("sgd", loss=loss)
+
+
+def test_compile_still_takes_sparse_logits_and_refuses_sparse_probabilities():
+    x, y = _data()
+    model = methods.get("trades", _classifier(), **HYPER["trades"])
+    with pytest.raises(ValueError, match="on probabilities"):
+        model.compile("sgd", loss="sparse_categorical_crossentropy")
+    model.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+# -- D: a classifier with integer inputs ------------------------------------------------------
+
+def _token_classifier(dtype):
+    inputs = keras.Input((10,), dtype=dtype)
+    h = keras.layers.Embedding(256, 4)(inputs)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, keras.layers.Dense(2)(h))
+
+
+@pytest.mark.parametrize("method", sorted(HYPER))
+def test_every_method_refuses_a_classifier_with_integer_inputs(method):
+    with pytest.raises(ValueError, match=r"`classifier` takes inputs of dtype int32.*"
+                                         r"the methods need continuous inputs"):
+        methods.get(method, _token_classifier("int32"), **HYPER[method])
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint8", "bool"])
+def test_other_integer_and_bool_input_dtypes_are_refused(dtype):
+    inputs = keras.Input((D,), dtype=dtype)
+    h = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"))(inputs)
+    classifier = keras.Model(inputs, keras.layers.Dense(K)(h))
+    with pytest.raises(ValueError, match=f"dtype {dtype}.*continuous inputs"):
+        kd.DyARTModel(classifier)
+    with pytest.raises(ValueError, match="continuous inputs"):
+        methods.get("pgd-at", keras.Sequential([keras.Input((10,), dtype=dtype),
+                                                keras.layers.Embedding(256, 4),
+                                                keras.layers.Flatten(),
+                                                keras.layers.Dense(2)]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_float_inputs_are_accepted(dtype):
+    inputs = keras.Input((D,), dtype=dtype)
+    model = methods.get("pgd-at", keras.Model(inputs, keras.layers.Dense(K)(inputs)),
+                        **HYPER["pgd-at"])
+    assert model.classifier.inputs[0].dtype == dtype
