@@ -229,3 +229,17 @@ def test_float_inputs_are_accepted(dtype):
     model = methods.get("pgd-at", keras.Model(inputs, keras.layers.Dense(K)(inputs)),
                         **HYPER["pgd-at"])
     assert model.classifier.inputs[0].dtype == dtype
+
+
+@pytest.mark.parametrize("bounds", [None, (0.0, 255.0)])
+def test_evaluate_and_the_attacks_refuse_a_model_with_integer_inputs(bounds):
+    # Such a model casts the attack's points to integers: no input gradient, so every
+    # attack failed and evaluate reported the clean accuracy as robust (0.25 at eps 25/255).
+    model = _token_classifier("int32")
+    scale = 1.0 if bounds is None else 255.0
+    x = np.random.RandomState(0).rand(8, 10).astype("float32") * scale
+    y = np.zeros(8, "int32")
+    with pytest.raises(ValueError, match=r"`model` takes inputs of dtype int32"):
+        kd.evaluate(model, x, y, epsilons=[0.1 * scale], attack="apgd-ce", bounds=bounds)
+    with pytest.raises(ValueError, match=r"`model` takes inputs of dtype int32"):
+        kd.attacks.pgd(model, x, y, eps=0.1 * scale, steps=2, bounds=bounds)

@@ -161,8 +161,11 @@ def num_classes(model, x, y=None) -> int:
     """The number of classes ``K`` of a logits model, checked on its outputs for the first
     `PROBE_ROWS` rows of ``x``: one tensor ``(N, K)``, K >= 2, logits rather than
     probabilities (rows that are non-negative and sum to 1 are refused: margins and losses
-    of probabilities are not the ones the attacks assume); with ``y``, also that every
-    label is in [0, K)."""
+    of probabilities are not the ones the attacks assume), inputs of a float dtype (an
+    integer-input model has no input gradient: every attack would fail and report the
+    clean accuracy as robust); with ``y``, also that every label is in [0, K)."""
+    _checks.continuous_inputs(model.model if isinstance(model, UnitBoxModel) else model,
+                              "model")
     n = max(1, min(len(x), PROBE_ROWS))
     out = model(x[:n], training=False)
     if not isinstance(out, (dict, list, tuple)):
