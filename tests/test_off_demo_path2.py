@@ -1,6 +1,6 @@
 """More steps off the demo path, for every method model: later batches with bad inputs or
 labels fail with the epoch-end check's message (never a backend crash, never silent
-training), inputs given as a dict are refused up front, a one-hot cross-entropy is refused
+training, validation or evaluation), inputs given as a dict are refused up front, a one-hot cross-entropy is refused
 by ``compile``, and a classifier with integer inputs is refused at construction."""
 
 import keras
@@ -71,6 +71,44 @@ def test_a_later_bad_batch_fails_at_its_epoch_end_for_every_method(method, bad):
     message = str(info.value)
     assert "16 training rows of epoch 1" in message, message
     assert "labels outside the classifier's classes" in message, message
+
+
+@pytest.mark.parametrize("method", sorted(HYPER))
+def test_a_later_bad_training_batch_still_fails_when_validation_runs(method):
+    # Keras resets the metrics (the error counter among them) when validation starts: the
+    # bad training rows trained silently whenever `validation_data` was given.
+    x, y = _data()
+    model = _model(method)
+    with pytest.raises(ValueError, match="16 training rows of epoch 1"):
+        model.fit(_bad_batches("labels")(), steps_per_epoch=3, epochs=1, verbose=0,
+                  validation_data=(x, y))
+
+
+def _repeat(gen_fn):
+    def forever():
+        while True:
+            yield from gen_fn()
+    return forever()
+
+
+@pytest.mark.parametrize("bad", ["pixels", "labels"])
+@pytest.mark.parametrize("method", ["clean", "trades", "dyart"])
+def test_a_later_bad_validation_or_evaluate_batch_fails_by_name(method, bad):
+    # Before: JAX reported val_loss / val_accuracy on the bad rows silently, TensorFlow and
+    # PyTorch crashed inside their cross-entropy ("Target 7 is out of bounds").
+    x, y = _data()
+    model = _model(method)
+    with pytest.raises(ValueError, match=r"`validation_data`: 16 evaluation rows after "
+                                         r"epoch 1 had inputs outside"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
+                  validation_data=_repeat(_bad_batches(bad)), validation_steps=3)
+    with pytest.raises(ValueError, match=r"`x` / `y`: 16 evaluation rows had inputs"):
+        model.evaluate(_repeat(_bad_batches(bad)), steps=3, verbose=0)
+    # good data evaluates as before, the counter left out of the logs
+    logs = model.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "accuracy"}
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, validation_data=(x, y))
+    assert "val_input_errors" not in history.history
 
 
 @pytest.mark.parametrize("method", ["clean", "pgd-at", "dyart"])

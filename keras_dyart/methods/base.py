@@ -182,8 +182,9 @@ class RobustModel(keras.Model):
         a = bound.arguments
         callbacks = a.get("callbacks")
         if callbacks is None or isinstance(callbacks, (list, tuple)):
-            # (fit's validation passes its own CallbackList, HostMemory already in it)
-            a["callbacks"] = [HostMemory(), *(callbacks or [])]
+            # (fit's validation passes its own CallbackList, with HostMemory and
+            # InputErrorCheck already in it)
+            a["callbacks"] = [HostMemory(), *(callbacks or []), InputErrorCheck()]
         cached = a.get("kwargs", {}).get("_use_cached_eval_dataset", False)
         if a.get("x") is not None and not cached:
             a["x"] = self.check_data(a.get("x"), a.get("y"))
@@ -211,6 +212,22 @@ class RobustModel(keras.Model):
         safe = ops.cast(ops.clip(labels, 0, k - 1), keras.backend.standardize_dtype(y.dtype))
         errors = ops.sum(ops.cast(ops.reshape(bad, (-1,)), "float32"))
         return ops.where(bad, safe, y), errors
+
+    def _checked_test_labels(self, x, y, y_pred):
+        """A test step's labels (`evaluate`, validation) clipped into [0, K) as in training,
+        the rows with bad labels or inputs counted by the error counter (`InputErrorCheck`
+        fails the evaluation at its end), so that a later bad batch neither crashes the
+        loss inside the backend nor gives a silently wrong validation score."""
+        k = ops.shape(y_pred)[-1]
+        labels = ops.cast(y, "int32")
+        bad = (labels < 0) | (labels >= k)
+        errors = ops.sum(ops.cast(ops.reshape(bad, (-1,)), "float32"))
+        bare, _ = split_indexed(x)
+        if bare is not None and not isinstance(bare, (dict, list, tuple)):
+            errors = errors + self.input_errors(bare)
+        self.input_error_tracker.update_state(errors)
+        safe = ops.cast(ops.clip(labels, 0, k - 1), keras.backend.standardize_dtype(y.dtype))
+        return ops.where(bad, safe, y)
 
     def input_errors(self, x):
         """The number of rows of ``x`` outside the model's bounds or with a NaN."""
@@ -319,6 +336,9 @@ class RobustModel(keras.Model):
         dict (`step_inputs`) and the loss is ``objective(...)["loss"]``."""
         step = step_inputs(x)
         if step is None:
+            if y is not None and y_pred is not None and not isinstance(y_pred, (dict, list,
+                                                                                  tuple)):
+                y = self._checked_test_labels(x, y, y_pred)
             return super().compute_loss(x=x, y=y, y_pred=y_pred,
                                         sample_weight=sample_weight, training=training)
         self.input_error_tracker.update_state(step["input_errors"])

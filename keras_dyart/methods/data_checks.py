@@ -53,11 +53,52 @@ class InputErrorCheck(keras.callbacks.Callback):
     bounds or labels outside [0, K) (the first batch is checked before training starts;
     this catches the later ones, which a compiled step cannot refuse by itself: the step
     counts them, and trains on such labels clipped into [0, K), so that no loss or attack
-    fails inside the backend before this check can say what is wrong)."""
+    fails inside the backend before this check can say what is wrong), and `evaluate` (or
+    `fit`'s validation) at its end where a test batch had such rows.
+
+    Keras resets the counter when validation starts, so the epoch's training rows are
+    checked then (``on_test_begin`` comes before the reset) as well as at the epoch's end
+    (epochs without validation)."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = None
+
+    def _count(self) -> int:
+        return int(round(float(ops.convert_to_numpy(
+            self.model.input_error_tracker.result()))))
+
+    def on_train_begin(self, logs=None):
+        self._epoch = 0
+
+    def on_train_end(self, logs=None):
+        self._epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        count = int(round(float(ops.convert_to_numpy(
-            self.model.input_error_tracker.result()))))
+        self._check_training(epoch)
+
+    def on_test_begin(self, logs=None):
+        if self._epoch is not None:          # fit's validation: the training rows first
+            self._check_training(self._epoch)
+
+    def on_test_end(self, logs=None):
+        count = self._count()
+        if count:
+            lo, hi = self.model.bounds
+            what = ("`validation_data`" if self._epoch is not None else "`x` / `y`")
+            when = (f" after epoch {self._epoch + 1}" if self._epoch is not None else "")
+            raise ValueError(
+                f"{what}: {count} evaluation rows{when} had inputs outside the model's "
+                f"input bounds [{lo:g}, {hi:g}] (or NaN) or labels outside the "
+                f"classifier's classes, so the scores would be wrong. The first batch "
+                f"passed the checks; a later batch of the input pipeline did not. Fix the "
+                f"pipeline (or declare `bounds`).")
+
+    def _check_training(self, epoch):
+        count = self._count()
         if count:
             lo, hi = self.model.bounds
             raise ValueError(
