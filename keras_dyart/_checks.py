@@ -7,6 +7,7 @@ deep inside a backend.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -167,6 +168,13 @@ def input_values(x: np.ndarray, arg: str = "x",
         raise ValueError(
             f"`{arg}` must lie in the model's input bounds {_bounds_text(lo, hi)}; got values "
             f"in [{xmin:.4g}, {xmax:.4g}]{hint}.")
+    if np.isfinite(hi - lo) and hi - lo >= 100 and xmax - lo <= (hi - lo) / 100:
+        warnings.warn(
+            f"`{arg}` holds values in [{xmin:.4g}, {xmax:.4g}], within 1% of the model's input "
+            f"bounds {_bounds_text(lo, hi)}: pixels already divided by 255 for a model that "
+            f"takes 0-255 pixels? Every length (eps, r0, margins) is in the bounds' units, so "
+            f"on such inputs they are about 255 times too large. Pass the 0-255 pixels, or "
+            f"declare bounds=(0, 1).", UserWarning, stacklevel=3)
     return x
 
 

@@ -281,3 +281,24 @@ def test_evaluate_and_the_attacks_refuse_a_model_with_integer_inputs(bounds):
         kd.evaluate(model, x, y, epsilons=[0.1 * scale], attack="apgd-ce", bounds=bounds)
     with pytest.raises(ValueError, match=r"`model` takes inputs of dtype int32"):
         kd.attacks.pgd(model, x, y, eps=0.1 * scale, steps=2, bounds=bounds)
+
+
+# -- E: inputs divided by 255 for a model that takes 0-255 pixels -----------------------------
+
+def test_inputs_in_a_tiny_corner_of_a_pixel_box_warn_by_name():
+    # [0, 1] inputs pass a (0, 255) box check, but then eps 8 (pixel units) is 8 whole
+    # ranges: every point broken, with no word said.
+    x, y = _data()
+    model = _model("pgd-at", bounds=(0.0, 255.0), eps=8.0, step_size=2.0)
+    with pytest.warns(UserWarning, match=r"`x` holds values in .*within 1% of the model's "
+                                         r"input bounds \[0, 255\]"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match=r"`x` holds values .* about 255 times too large"):
+        kd.evaluate(model.classifier, x, y, epsilons=[8.0], attack="apgd-ce",
+                    bounds=(0, 255))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=UserWarning)   # 0-255 pixels: none
+        model.fit(x * 255, y, batch_size=BATCH, epochs=1, verbose=0)
+        kd.evaluate(model.classifier, x * 255, y, epsilons=[8.0], attack="apgd-ce",
+                    bounds=(0, 255), options={"apgd-ce": {"n_iter": 2}})
