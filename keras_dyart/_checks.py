@@ -253,12 +253,13 @@ def logits_loss(loss: Any, arg: str = "loss") -> Any:
 
 
 def continuous_inputs(model: Any, arg: str = "classifier") -> None:
-    """Refuse a model whose declared input dtype is an integer or bool type: token ids or
-    indices cannot be moved by the small steps of an attack or a boundary search."""
+    """Refuse a model whose declared input dtype is an integer or bool type, or that has an
+    Embedding layer (declared input or not): token ids or indices cannot be moved by the
+    small steps of an attack or a boundary search."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
-        return
+        inputs = None
     for tensor in inputs or ():
         dtype = str(getattr(tensor, "dtype", "") or "")
         if dtype == "bool" or dtype.startswith(("int", "uint")):
@@ -268,6 +269,24 @@ def continuous_inputs(model: Any, arg: str = "classifier") -> None:
                 f"boundary search move them by small steps in the input box. Give the "
                 f"classifier a float input (keras.Input(shape, dtype='float32')) that "
                 f"takes continuous values.")
+    for layer in _layers(model):
+        if type(layer).__name__ == "Embedding":
+            raise ValueError(
+                f"`{arg}` has an Embedding layer ({layer.name!r}), which takes token ids: "
+                f"the methods need continuous inputs, since the attacks and the boundary "
+                f"search move them by small steps in the input box (an Embedding casts them "
+                f"to integers, so no step moves its output). Give the classifier inputs "
+                f"that take continuous values.")
+
+
+def _layers(model: Any, depth: int = 0):
+    """The layers of ``model``, nested models' included (built or not)."""
+    if depth > 8:
+        return
+    for layer in getattr(model, "layers", None) or ():
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from _layers(layer, depth + 1)
 
 
 def single_input(x: Any, arg: str = "x") -> None:

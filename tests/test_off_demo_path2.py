@@ -261,6 +261,20 @@ def test_other_integer_and_bool_input_dtypes_are_refused(dtype):
                                                 keras.layers.Dense(2)]))
 
 
+def test_an_embedding_without_a_declared_input_is_refused_too():
+    # No Input: nothing declares a dtype, and the Embedding casts float inputs to ids.
+    unbuilt = keras.Sequential([keras.layers.Embedding(256, 4), keras.layers.Flatten(),
+                                keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"`classifier` has an Embedding layer"):
+        methods.get("dyart", unbuilt, **HYPER["dyart"])
+    nested = keras.Sequential([keras.Input((10,)),
+                               keras.Sequential([keras.layers.Embedding(256, 4)]),
+                               keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"`model` has an Embedding layer"):
+        kd.evaluate(nested, np.full((4, 10), 0.5, "float32"), np.zeros(4, "int32"),
+                    epsilons=[0.1], attack="apgd-ce")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_float_inputs_are_accepted(dtype):
     inputs = keras.Input((D,), dtype=dtype)
