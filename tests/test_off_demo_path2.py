@@ -1,7 +1,8 @@
 """More steps off the demo path, for every method model: later batches with bad inputs or
 labels fail with the epoch-end check's message (never a backend crash, never silent
-training, validation or evaluation), inputs given as a dict are refused up front, a one-hot cross-entropy is refused
-by ``compile``, and a classifier with integer inputs is refused at construction."""
+training, validation or evaluation), inputs given as a dict are refused up front, a one-hot
+cross-entropy is refused by ``compile``, a classifier with integer inputs (or an Embedding)
+is refused at construction and by the attacks, and x/255 for a 0-255 model warns."""
 
 import keras
 import numpy as np
