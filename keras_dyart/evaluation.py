@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from keras_dyart import _checks, io
+from keras_dyart import inputs as _inputs
 from keras_dyart.attacks import driver
 from keras_dyart.attacks.autoattack import NAMES, resolve, run_sequence
 from keras_dyart.attacks.fab import fab_t
@@ -201,7 +202,9 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
 
     Args:
         model: a Keras model that outputs logits ``(N, K)`` (a `DyARTModel` or any other).
-        x, y: inputs in [0, 1] and integer labels.
+        x, y: inputs in [0, 1] and integer labels (arrays or backend tensors), or ``x`` a
+            finite `tf.data.Dataset`, `keras.utils.PyDataset` or torch `DataLoader` of
+            ``(inputs, labels)`` batches and ``y`` None (gathered whole first).
         attack: ``"autoattack"`` (APGD-CE, APGD-T, FAB-T, Square, worst case), one of
             ``"pgd"``, ``"pgd-cw"``, ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``, ``"fab-t"``,
             ``"square"``, or a list of those run in order, worst case.
@@ -236,6 +239,7 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
     norm = _checks.norm_name(norm)
     epsilons = _eps_list(epsilons)
     attacks = resolve(attack)
+    x, y = _inputs.gather(x, y)
     if isinstance(attack, str) and attack.strip().lower() in ("autoattack", "aa", "standard"):
         name = "autoattack"
     else:
@@ -359,6 +363,7 @@ def margins_report(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: st
     """
     norm = _checks.norm_name(norm)
     epsilons = _eps_list(epsilons) if len(list(epsilons)) else []
+    x, y = _inputs.gather(x, y)
     box = driver.model_bounds(model, bounds)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))

@@ -5,7 +5,7 @@ NumPy arrays and backend tensors, a `tf.data.Dataset`, a `keras.utils.PyDataset`
 generator or a `torch.utils.data.DataLoader`.  `peek` returns the first batch of each as NumPy
 arrays (without consuming it: a generator is handed back as a new generator that yields the
 peeked batch first), so that `keras_dyart._checks` can check the values the model will see,
-whatever the pipeline.
+whatever the pipeline.  `gather` reads a finite pipeline whole, for the attacks.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from keras.utils import unpack_x_y_sample_weight
+
+from keras_dyart import _checks
 
 
 def to_numpy(value):
@@ -96,3 +98,49 @@ def peek(x: Any, y: Any = None) -> tuple[Any, Any, Any]:
     bx, by, _ = unpack_x_y_sample_weight(batch) if isinstance(batch, tuple) else (
         batch, None, None)
     return to_numpy(bx), to_numpy(by), x
+
+
+def gather(x: Any, y: Any = None, arg: str = "x") -> tuple[Any, Any]:
+    """``(x, y)`` whole, as NumPy arrays, from arrays or a finite pipeline: a
+    `tf.data.Dataset`, a `keras.utils.PyDataset` or a `torch.utils.data.DataLoader` that
+    yields ``(inputs, labels)`` batches (``y`` must then be None).  For an attack, which
+    needs every point at once; a generator is refused (it may never end)."""
+    kind = _kind(x)
+    if kind in ("array", "other"):
+        return x, y
+    if kind == "generator":
+        raise ValueError(
+            f"`{arg}` is a generator, which may never end: the attacks need every point at "
+            f"once. Pass arrays (e.g. np.concatenate of the batches), or a finite "
+            f"tf.data.Dataset, PyDataset or DataLoader.")
+    if y is not None:
+        raise ValueError(
+            f"`y` must be None when `{arg}` is a {kind} pipeline: its batches carry the "
+            f"labels ((inputs, labels) pairs).")
+    if kind == "tf.data":
+        import tensorflow as tf
+
+        if int(x.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError(
+                f"`{arg}` is an infinite tf.data.Dataset (.repeat()?): the attacks need "
+                f"every point once. Take a finite part, e.g. dataset.take(n_batches).")
+        batches = iter(x)
+    elif kind == "pydataset":
+        batches = (x[i] for i in range(len(x)))
+    else:
+        batches = iter(x)
+    xs, ys = [], []
+    for batch in batches:
+        if isinstance(batch, list):
+            batch = tuple(batch)
+        if not isinstance(batch, tuple) or len(batch) < 2:
+            raise ValueError(
+                f"`{arg}`'s batches must be (inputs, labels) pairs; got "
+                f"{type(batch).__name__}{'' if isinstance(batch, tuple) else ' alone'}.")
+        bx, by, _ = unpack_x_y_sample_weight(batch)
+        _checks.single_input(bx, arg)
+        xs.append(to_numpy(bx))
+        ys.append(to_numpy(by))
+    if not xs:
+        raise ValueError(f"`{arg}` yielded no batch.")
+    return np.concatenate(xs), np.concatenate(ys)

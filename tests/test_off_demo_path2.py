@@ -317,3 +317,62 @@ def test_inputs_in_a_tiny_corner_of_a_pixel_box_warn_by_name():
         model.fit(x * 255, y, batch_size=BATCH, epochs=1, verbose=0)
         kd.evaluate(model.classifier, x * 255, y, epsilons=[8.0], attack="apgd-ce",
                     bounds=(0, 255), options={"apgd-ce": {"n_iter": 2}})
+
+
+# -- F: evaluate and margins_report take a finite pipeline, as Keras's evaluate does ----------
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, size):
+        super().__init__()
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self):
+        return -(-len(self.x) // self.size)
+
+    def __getitem__(self, i):
+        s = slice(i * self.size, (i + 1) * self.size)
+        return self.x[s], self.y[s]
+
+
+def _pipelines(x, y):
+    import tensorflow as tf
+    import torch
+
+    yield "tf.data", tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    yield "PyDataset", _Batches(x, y, 10)
+    yield "DataLoader", torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)), batch_size=10)
+
+
+def test_evaluate_gathers_a_finite_pipeline_point_for_point():
+    # Before: "`x` must be a batch of inputs with shape (N, ...); got shape ()".
+    x, y = _data(36)
+    model = _classifier()
+    want = kd.evaluate(model, x, y, epsilons=[0.05, 0.1], attack="apgd-ce")
+    margins = kd.margins_report(model, x, y, n_iter=5, n_target_classes=2)
+    for name, pipeline in _pipelines(x, y):
+        got = kd.evaluate(model, pipeline, None, epsilons=[0.05, 0.1], attack="apgd-ce")
+        np.testing.assert_array_equal(got.robust, want.robust, err_msg=name)
+        np.testing.assert_array_equal(got.labels, y, err_msg=name)
+        got = kd.margins_report(model, pipeline, None, n_iter=5, n_target_classes=2)
+        np.testing.assert_allclose(got.distance, margins.distance, err_msg=name)
+
+
+def test_evaluate_refuses_pipelines_it_cannot_gather_by_name():
+    import tensorflow as tf
+
+    x, y = _data(20)
+    model = _classifier()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    with pytest.raises(ValueError, match=r"`y` must be None when `x` is a tf.data pipeline"):
+        kd.evaluate(model, dataset, y, epsilons=[0.1], attack="apgd-ce")
+    with pytest.raises(ValueError, match=r"`x` is an infinite tf.data.Dataset"):
+        kd.evaluate(model, dataset.repeat(), None, epsilons=[0.1], attack="apgd-ce")
+    with pytest.raises(ValueError, match=r"`x` is a generator, which may never end"):
+        kd.evaluate(model, (b for b in [(x, y)]), None, epsilons=[0.1], attack="apgd-ce")
+    with pytest.raises(ValueError, match=r"`x`'s batches must be \(inputs, labels\) pairs"):
+        kd.evaluate(model, tf.data.Dataset.from_tensor_slices(x).batch(10), None,
+                    epsilons=[0.1], attack="apgd-ce")
+    with pytest.raises(ValueError, match=r"`x` is a dict of inputs"):
+        kd.evaluate(model, tf.data.Dataset.from_tensor_slices(({"image": x}, y)).batch(10),
+                    None, epsilons=[0.1], attack="apgd-ce")
