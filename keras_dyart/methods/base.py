@@ -198,13 +198,19 @@ class RobustModel(keras.Model):
 
     def _checked_labels(self, logits_fn, x, y):
         """``(y, errors)``: a batch's labels with those outside [0, K) clipped into it, and
-        how many there were (K from `check_data`'s probe, else from ``logits_fn`` on one
-        row).  The step trains on the clipped labels, so that no attack or loss indexes
+        how many there were (K from `check_data`'s probe, else the classifier's output
+        shape, else ``logits_fn`` on one row).  The step trains on the clipped labels, so that no attack or loss indexes
         past the logits (a backend error that names nothing); `InputErrorCheck` fails the
         run at the epoch's end with a clear message."""
         k = self._num_classes
         if k is None:
-            k = ops.shape(logits_fn(x[:1]))[-1]
+            try:
+                shape = self.classifier.output_shape
+            except (AttributeError, ValueError):
+                shape = None
+            k = shape[-1] if isinstance(shape, tuple) and shape else None
+            if not isinstance(k, int):
+                k = ops.shape(logits_fn(x[:1]))[-1]     # an unbuilt subclassed classifier
             if isinstance(k, int):
                 self._num_classes = k
         labels = ops.cast(y, "int32")
