@@ -85,6 +85,24 @@ def test_a_later_bad_training_batch_still_fails_when_validation_runs(method):
                   validation_data=(x, y))
 
 
+class _EvaluateAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.evaluate(self.x, self.y, verbose=0)
+
+
+@pytest.mark.parametrize("method", ["clean", "dyart"])
+def test_a_later_bad_batch_still_fails_when_a_callback_evaluates(method):
+    # A user callback that calls `evaluate` at the epoch's end reset the counter first.
+    x, y = _data()
+    with pytest.raises(ValueError, match="16 training rows of epoch 1"):
+        _model(method).fit(_bad_batches("labels")(), steps_per_epoch=3, epochs=1, verbose=0,
+                           callbacks=[_EvaluateAtEpochEnd(x, y)])
+
+
 def _repeat(gen_fn):
     def forever():
         while True:

@@ -173,7 +173,9 @@ class RobustModel(keras.Model):
             a["validation_data"] = self.check_data(val, None, "validation_data",
                                                    "validation_data")
         callbacks = list(a.get("callbacks") or [])
-        a["callbacks"] = [HostMemory(), *callbacks, InputErrorCheck()]
+        # The check before the user's callbacks: one that calls `evaluate` at an epoch's end
+        # resets the error counter, and a checkpoint of a bad epoch should not be written.
+        a["callbacks"] = [HostMemory(), InputErrorCheck(), *callbacks]
         return super().fit(*bound.args[1:], **bound.kwargs)
 
     def evaluate(self, *args, **kwargs):
