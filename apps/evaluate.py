@@ -58,10 +58,12 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
                    epsilons: Sequence[float] = (0.1, 0.2, 0.3), norm: str = "linf",
                    batch_size: int = 500, seed: int = 0,
                    options: Optional[dict[str, dict[str, Any]]] = None,
-                   margins: bool = False, show: bool = True, table: bool = True):
+                   margins: bool = False, show: bool = True, table: bool = True,
+                   bounds: Optional[tuple] = None):
     """Evaluate, write ``eval_<attack>.json`` / ``.csv`` (and the margins report) to
     ``out_dir``, show progress bars (``show``) and print the table (``show`` and
-    ``table``).  Returns the `RobustnessReport`."""
+    ``table``); ``bounds``: the model's input box (default: its own, else (0, 1)).
+    Returns the `RobustnessReport`."""
     from rich.progress import Progress
 
     from keras_dyart.evaluation import evaluate, margins_report
@@ -69,7 +71,7 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
     with Progress(transient=True, disable=not show) as bar:
         report = evaluate(model, x, y, attack, list(epsilons), norm=norm,
                           batch_size=batch_size, seed=seed, options=options,
-                          progress=_progress_callback(bar))
+                          progress=_progress_callback(bar), bounds=bounds)
     tag = report.attack.replace(",", "+")
     report.to_json(os.path.join(out_dir, f"eval_{tag}.json"))
     report.to_csv(os.path.join(out_dir, f"eval_{tag}.csv"))
@@ -79,7 +81,7 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
         with Progress(transient=True, disable=not show) as bar:
             task = bar.add_task("FAB-T margins", total=1)
             rep = margins_report(model, x, y, norm=norm, epsilons=report.epsilons,
-                                 batch_size=batch_size, seed=seed,
+                                 batch_size=batch_size, seed=seed, bounds=bounds,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
         rep.to_csv(os.path.join(out_dir, "margins.csv"))
         rep.to_json(os.path.join(out_dir, "margins.json"))
@@ -138,6 +140,11 @@ def evaluate(
                                  help="Also write FAB-T margins (off)."),
     out: Optional[str] = typer.Option(None, metavar="DIR",
                                       help="Output folder. Default: TARGET's."),
+    bounds: Optional[str] = typer.Option(
+        None, metavar="LO,HI",
+        help="Input range the model takes, e.g. 0,255 for one that rescales 0-255 pixels "
+             "itself: the test images are mapped into it and --eps is in its units. "
+             "Default: the model's own bounds, else 0,1."),
 ) -> None:
     """Evaluate robustness: clean and robust accuracy per attack and eps.
 
@@ -178,6 +185,7 @@ def evaluate(
             raise ValueError(f"`--data-path`: --dataset {name} needs its files.")
         if out is not None and os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"`--out` {out!r} is a file; give a folder.")
+        box = None if bounds is None else _parse_bounds(bounds)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 
@@ -199,11 +207,60 @@ def evaluate(
     except Exception as err:  # noqa: BLE001  (downloads and readers raise many kinds)
         raise typer.BadParameter(f"cannot load --dataset {name}: {err}") from None
     x_test, y_test = x_test[:n], y_test[:n]
+    if box is None:
+        try:
+            box = _checks.bounds(getattr(model, "bounds", (0.0, 1.0)), "the model's bounds")
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        _check_pixel_model(model, box)
+    lo, hi = box
+    if box != (0.0, 1.0):
+        x_test = (lo + (hi - lo) * x_test).astype("float32")   # the data sets are in [0, 1]
+        if not eps:
+            epsilons = [(hi - lo) * e for e in epsilons]
     typer.echo(f"{model_path}: {len(x_test)} {name} test points, {keras.backend.backend()} "
-               f"backend")
+               f"backend" + (f", inputs in [{lo:g}, {hi:g}]" if box != (0.0, 1.0) else ""))
     run_evaluation(model, x_test, y_test, out or out_dir, attack=attack, epsilons=epsilons,
                    norm=norm, batch_size=batch_size, seed=seed, options=options,
-                   margins=margins)
+                   margins=margins, bounds=box)
+
+
+def _parse_bounds(text: str) -> tuple:
+    from keras_dyart import _checks
+
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 2:
+        raise ValueError(f"`--bounds` must be LO,HI (e.g. 0,255); got {text!r}.")
+    try:
+        pair = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"`--bounds` must be two numbers LO,HI (e.g. 0,255); got "
+                         f"{text!r}.") from None
+    return _checks.bounds(pair, "--bounds")
+
+
+def _check_pixel_model(model, box) -> None:
+    """Refuse a model that begins by rescaling its inputs by a small factor (0-255 pixels
+    by 1/255) when the test images go in as they are, in ``box``: it would see them 255
+    times too dark, and every score would be wrong."""
+    from keras_dyart._checks import _layers
+
+    first = next((layer for layer in _layers(model)
+                  if type(layer).__name__ not in ("InputLayer", "Sequential", "Functional")),
+                 None)
+    if type(first).__name__ != "Rescaling":
+        return
+    import numpy as np
+
+    scale = float(np.max(np.abs(np.asarray(first.scale, "float64"))))
+    lo, hi = box
+    if scale * (hi - lo) <= 0.1:
+        raise typer.BadParameter(
+            f"TARGET's model begins with Rescaling(scale={scale:.4g}): it takes inputs in "
+            f"about [0, {1 / scale:.4g}] (pixels), but the test images would go in as "
+            f"[{lo:g}, {hi:g}]. Pass --bounds 0,{1 / scale:.4g} (then --eps is in those "
+            f"units, e.g. 8 for 8/255 of 0-255), or --bounds {lo:g},{hi:g} to feed them "
+            f"as they are.")
 
 
 def register(app: typer.Typer) -> None:

@@ -61,3 +61,43 @@ def test_evaluate_command_bad_input(tmp_path):
     assert result.exit_code != 0 and "--eps" in result.output
     result = runner.invoke(app, ["evaluate", str(path), "--attack", "deepfool"])
     assert result.exit_code != 0 and "attack" in result.output
+
+
+def _mnist_pixels(path):
+    """`_mnist_linear`'s model for 0-255 pixels: Rescaling(1/255) first, same weights."""
+    unit = _mnist_linear(str(path) + ".unit.keras")
+    inputs = keras.Input((28, 28, 1))
+    scaled = keras.layers.Rescaling(1 / 255)(inputs)
+    dense = keras.layers.Dense(10)
+    outputs = dense(keras.layers.Flatten()(scaled))
+    model = keras.Model(inputs, outputs)
+    dense.set_weights(unit.layers[-1].get_weights())
+    model.save(path)
+    return unit
+
+
+def test_evaluate_command_refuses_then_takes_a_pixel_model_with_bounds(tmp_path):
+    # Before: the [0, 1] test images went into a model that divides by 255, so it saw them
+    # 255 times too dark, and every score it printed was wrong.
+    path = tmp_path / "pixels.keras"
+    _mnist_pixels(path)
+    runner = CliRunner()
+    args = ["evaluate", str(path), "--attack", "apgd-ce", "--n", "16", "--n-iter", "3"]
+    result = runner.invoke(app, args + ["--out", str(tmp_path / "no")])
+    assert result.exit_code != 0
+    assert "begins with Rescaling" in result.output and "--bounds 0,255" in result.output
+    result = runner.invoke(app, args + ["--bounds", "0,255", "--eps", "25.5",
+                                        "--out", str(tmp_path / "px")])
+    assert result.exit_code == 0, result.output
+    assert "inputs in [0, 255]" in result.output
+    result = runner.invoke(app, ["evaluate", str(path) + ".unit.keras", "--attack",
+                                 "apgd-ce", "--n", "16", "--n-iter", "3", "--eps", "0.1",
+                                 "--out", str(tmp_path / "unit")])
+    assert result.exit_code == 0, result.output
+    pixels = json.load(open(tmp_path / "px" / "eval_apgd-ce.json"))
+    unit = json.load(open(tmp_path / "unit" / "eval_apgd-ce.json"))
+    assert pixels["clean_accuracy"] == unit["clean_accuracy"]
+    assert pixels["robust_accuracy"]["25.5"] == unit["robust_accuracy"]["0.1"]
+    for bad in ("0", "1,0", "a,b", "0,1,2"):
+        result = runner.invoke(app, args + ["--bounds", bad])
+        assert result.exit_code != 0 and "--bounds" in result.output, (bad, result.output)
