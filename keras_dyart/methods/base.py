@@ -201,9 +201,10 @@ class RobustModel(keras.Model):
     def _checked_labels(self, logits_fn, x, y):
         """``(y, errors)``: a batch's labels with those outside [0, K) clipped into it, and
         how many there were (K from `check_data`'s probe, else the classifier's output
-        shape, else ``logits_fn`` on one row).  The step trains on the clipped labels, so that no attack or loss indexes
-        past the logits (a backend error that names nothing); `InputErrorCheck` fails the
-        run at the epoch's end with a clear message."""
+        shape, else ``logits_fn`` on one row).  The step trains on the clipped labels, so
+        that no attack or loss indexes past the logits (a backend error that names
+        nothing); `InputErrorCheck` fails the run at the epoch's end with a clear
+        message."""
         k = self._num_classes
         if k is None:
             try:
