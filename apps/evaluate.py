@@ -243,18 +243,11 @@ def _check_pixel_model(model, box) -> None:
     """Refuse a model that begins by rescaling its inputs by a small factor (0-255 pixels
     by 1/255) when the test images go in as they are, in ``box``: it would see them 255
     times too dark, and every score would be wrong."""
-    from keras_dyart._checks import _layers
+    from keras_dyart.attacks.driver import input_scale
 
-    first = next((layer for layer in _layers(model)
-                  if type(layer).__name__ not in ("InputLayer", "Sequential", "Functional")),
-                 None)
-    if type(first).__name__ != "Rescaling":
-        return
-    import numpy as np
-
-    scale = float(np.max(np.abs(np.asarray(first.scale, "float64"))))
+    scale = input_scale(model)
     lo, hi = box
-    if scale * (hi - lo) <= 0.1:
+    if scale is not None and scale * (hi - lo) <= 0.1:
         raise typer.BadParameter(
             f"TARGET's model begins with Rescaling(scale={scale:.4g}): it takes inputs in "
             f"about [0, {1 / scale:.4g}] (pixels), but the test images would go in as "

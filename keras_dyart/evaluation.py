@@ -245,6 +245,7 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
     else:
         name = ",".join(attacks)
     box = driver.model_bounds(model, bounds)
+    driver.warn_if_pixel_model(model, box)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     _checks.positive(batch_size, "batch_size", integer=True)
@@ -365,6 +366,7 @@ def margins_report(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: st
     epsilons = _eps_list(epsilons) if len(list(epsilons)) else []
     x, y = _inputs.gather(x, y)
     box = driver.model_bounds(model, bounds)
+    driver.warn_if_pixel_model(model, box)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     # fab_t takes the bounds itself (`attacks.driver.with_bounds`): distances in their units

@@ -101,3 +101,22 @@ def test_evaluate_command_refuses_then_takes_a_pixel_model_with_bounds(tmp_path)
     for bad in ("0", "1,0", "a,b", "0,1,2"):
         result = runner.invoke(app, args + ["--bounds", bad])
         assert result.exit_code != 0 and "--bounds" in result.output, (bad, result.output)
+
+
+def test_the_api_warns_on_a_pixel_model_attacked_in_the_unit_box(tmp_path):
+    import warnings
+
+    import keras_dyart as kd
+
+    path = tmp_path / "pixels.keras"
+    _mnist_pixels(path)
+    model = keras.saving.load_model(path)
+    x = np.full((4, 28, 28, 1), 0.5, "float32")
+    y = np.zeros(4, "int32")
+    with pytest.warns(UserWarning, match=r"begins with Rescaling.*255 times too dark"):
+        kd.evaluate(model, x, y, epsilons=[0.1], attack="apgd-ce",
+                    options={"apgd-ce": {"n_iter": 2}})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=UserWarning)
+        kd.evaluate(model, x * 255, y, epsilons=[25.5], attack="apgd-ce", bounds=(0, 255),
+                    options={"apgd-ce": {"n_iter": 2}})

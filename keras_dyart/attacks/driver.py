@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
@@ -177,6 +178,31 @@ def num_classes(model, x, y=None) -> int:
 
 
 # --- bounds --------------------------------------------------------------------------------
+
+def input_scale(model) -> float | None:
+    """The factor of a `Rescaling` layer that ``model`` begins with (its largest entry),
+    else None."""
+    first = next((layer for layer in _checks._layers(model)
+                  if type(layer).__name__ not in ("InputLayer", "Sequential", "Functional")),
+                 None)
+    if type(first).__name__ != "Rescaling":
+        return None
+    return float(np.max(np.abs(np.asarray(first.scale, "float64"))))
+
+
+def warn_if_pixel_model(model, box, arg: str = "bounds") -> None:
+    """Warn where ``model`` begins by rescaling 0-255 pixels (factor 1/255 or less) but is
+    attacked in ``box`` of about unit width: it then sees its inputs 255 times too dark."""
+    scale = input_scale(model)
+    lo, hi = box
+    if scale is not None and scale * (hi - lo) <= 0.1:
+        warnings.warn(
+            f"The model begins with Rescaling(scale={scale:.4g}), so it takes inputs in "
+            f"about [0, {1 / scale:.4g}], but `{arg}` is [{lo:g}, {hi:g}]: it would see "
+            f"the inputs {1 / (scale * (hi - lo)):.0f} times too dark. Pass the 0-255 "
+            f"pixels with {arg}=(0, {1 / scale:.4g}) (eps in those units).",
+            UserWarning, stacklevel=3)
+
 
 def model_bounds(model, bounds=None, arg: str = "bounds") -> tuple:
     """The input box of an attack: ``bounds`` if given, else the model's own ``bounds``
