@@ -187,7 +187,8 @@ def input_scale(model) -> float | None:
                  None)
     if type(first).__name__ != "Rescaling":
         return None
-    return float(np.max(np.abs(np.asarray(first.scale, "float64"))))
+    scale = float(np.max(np.abs(np.asarray(first.scale, "float64"))))
+    return scale if scale > 0 else None
 
 
 def warn_if_pixel_model(model, box, arg: str = "bounds") -> None:
