@@ -216,27 +216,19 @@ class RobustModel(keras.Model):
                 k = ops.shape(logits_fn(x[:1]))[-1]     # an unbuilt subclassed classifier
             if isinstance(k, int):
                 self._num_classes = k
-        labels = ops.cast(y, "int32")
-        bad = (labels < 0) | (labels >= k)
-        safe = ops.cast(ops.clip(labels, 0, k - 1), keras.backend.standardize_dtype(y.dtype))
-        errors = ops.sum(ops.cast(ops.reshape(bad, (-1,)), "float32"))
-        return ops.where(bad, safe, y), errors
+        return _clipped_labels(y, k)
 
     def _checked_test_labels(self, x, y, y_pred):
         """A test step's labels (`evaluate`, validation) clipped into [0, K) as in training,
         the rows with bad labels or inputs counted by the error counter (`InputErrorCheck`
         fails the evaluation at its end), so that a later bad batch neither crashes the
         loss inside the backend nor gives a silently wrong validation score."""
-        k = ops.shape(y_pred)[-1]
-        labels = ops.cast(y, "int32")
-        bad = (labels < 0) | (labels >= k)
-        errors = ops.sum(ops.cast(ops.reshape(bad, (-1,)), "float32"))
+        y, errors = _clipped_labels(y, ops.shape(y_pred)[-1])
         bare, _ = split_indexed(x)
         if bare is not None and not isinstance(bare, (dict, list, tuple)):
             errors = errors + self.input_errors(bare)
         self.input_error_tracker.update_state(errors)
-        safe = ops.cast(ops.clip(labels, 0, k - 1), keras.backend.standardize_dtype(y.dtype))
-        return ops.where(bad, safe, y)
+        return y
 
     def input_errors(self, x):
         """The number of rows of ``x`` outside the model's bounds or with a NaN."""
@@ -420,6 +412,16 @@ def step_inputs(x: Any) -> dict | None:
     if isinstance(x, dict) and set(x) == set(STEP_KEYS):
         return x
     return None
+
+
+def _clipped_labels(y, k):
+    """``(y, errors)``: labels outside [0, ``k``) clipped into it (dtype and shape kept), and
+    how many there were (float32)."""
+    labels = ops.cast(y, "int32")
+    bad = (labels < 0) | (labels >= k)
+    safe = ops.cast(ops.clip(labels, 0, k - 1), keras.backend.standardize_dtype(y.dtype))
+    errors = ops.sum(ops.cast(ops.reshape(bad, (-1,)), "float32"))
+    return ops.where(bad, safe, y), errors
 
 
 def _class_indices(y):
