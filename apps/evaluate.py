@@ -243,11 +243,11 @@ def _check_pixel_model(model, box) -> None:
     """Refuse a model that begins by rescaling its inputs by a small factor (0-255 pixels
     by 1/255) when the test images go in as they are, in ``box``: it would see them 255
     times too dark, and every score would be wrong."""
-    from keras_dyart.attacks.driver import input_scale
+    from keras_dyart.attacks.driver import pixel_scale
 
-    scale = input_scale(model)
-    lo, hi = box
-    if scale is not None and scale * (hi - lo) <= 0.1:
+    scale = pixel_scale(model, box)
+    if scale is not None:
+        lo, hi = box
         raise typer.BadParameter(
             f"TARGET's model begins with Rescaling(scale={scale:.4g}): it takes inputs in "
             f"about [0, {1 / scale:.4g}] (pixels), but the test images would go in as "

@@ -269,7 +269,7 @@ def continuous_inputs(model: Any, arg: str = "classifier") -> None:
                 f"boundary search move them by small steps in the input box. Give the "
                 f"classifier a float input (keras.Input(shape, dtype='float32')) that "
                 f"takes continuous values.")
-    for layer in _layers(model):
+    for layer in model_layers(model):
         if type(layer).__name__ == "Embedding":
             raise ValueError(
                 f"`{arg}` has an Embedding layer ({layer.name!r}), which takes token ids: "
@@ -279,14 +279,14 @@ def continuous_inputs(model: Any, arg: str = "classifier") -> None:
                 f"that take continuous values.")
 
 
-def _layers(model: Any, depth: int = 0):
+def model_layers(model: Any, depth: int = 0):
     """The layers of ``model``, nested models' included (built or not)."""
     if depth > 8:
         return
     for layer in getattr(model, "layers", None) or ():
         yield layer
         if getattr(layer, "layers", None):
-            yield from _layers(layer, depth + 1)
+            yield from model_layers(layer, depth + 1)
 
 
 def single_input(x: Any, arg: str = "x") -> None:

@@ -179,24 +179,27 @@ def num_classes(model, x, y=None) -> int:
 
 # --- bounds --------------------------------------------------------------------------------
 
-def input_scale(model) -> float | None:
-    """The factor of a `Rescaling` layer that ``model`` begins with (its largest entry),
-    else None."""
-    first = next((layer for layer in _checks._layers(model)
+def pixel_scale(model, box) -> float | None:
+    """The factor of a `Rescaling` layer that ``model`` begins with (its largest entry)
+    where it is 1/255 of ``box``'s width or less, i.e. the model takes 0-255 pixels but is
+    given ``box`` (of about unit width): it then sees its inputs 255 times too dark; else
+    None."""
+    first = next((layer for layer in _checks.model_layers(model)
                   if type(layer).__name__ not in ("InputLayer", "Sequential", "Functional")),
                  None)
     if type(first).__name__ != "Rescaling":
         return None
     scale = float(np.max(np.abs(np.asarray(first.scale, "float64"))))
-    return scale if scale > 0 else None
+    lo, hi = box
+    return scale if 0 < scale and scale * (hi - lo) <= 0.1 else None
 
 
 def warn_if_pixel_model(model, box, arg: str = "bounds") -> None:
-    """Warn where ``model`` begins by rescaling 0-255 pixels (factor 1/255 or less) but is
-    attacked in ``box`` of about unit width: it then sees its inputs 255 times too dark."""
-    scale = input_scale(model)
-    lo, hi = box
-    if scale is not None and scale * (hi - lo) <= 0.1:
+    """Warn where `pixel_scale` finds ``model`` takes 0-255 pixels but is attacked in
+    ``box``."""
+    scale = pixel_scale(model, box)
+    if scale is not None:
+        lo, hi = box
         warnings.warn(
             f"The model begins with Rescaling(scale={scale:.4g}), so it takes inputs in "
             f"about [0, {1 / scale:.4g}], but `{arg}` is [{lo:g}, {hi:g}]: it would see "
