@@ -62,51 +62,42 @@ class InputErrorCheck(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
+        self._epoch = None                   # the epoch of a running `fit`, else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_end(self, logs=None):
         self._epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        count = self._count()
+        if count:
+            self._fail(f"`x` / `y`: {count} training rows of epoch {epoch + 1}",
+                       _index_text(self.model))
+
+    def on_test_begin(self, logs=None):
+        if self._epoch is not None:          # fit's validation: the training rows first
+            self.on_epoch_end(self._epoch)
+
+    def on_test_end(self, logs=None):
+        count = self._count()
+        if count:
+            self._fail(f"`x` / `y`: {count} evaluation rows" if self._epoch is None else
+                       f"`validation_data`: {count} evaluation rows after epoch "
+                       f"{self._epoch + 1}", ", so the scores would be wrong")
 
     def _count(self) -> int:
         return int(round(float(ops.convert_to_numpy(
             self.model.input_error_tracker.result()))))
 
-    def on_train_begin(self, logs=None):
-        self._epoch = 0
-
-    def on_train_end(self, logs=None):
-        self._epoch = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check_training(epoch)
-
-    def on_test_begin(self, logs=None):
-        if self._epoch is not None:          # fit's validation: the training rows first
-            self._check_training(self._epoch)
-
-    def on_test_end(self, logs=None):
-        count = self._count()
-        if count:
-            lo, hi = self.model.bounds
-            what = ("`validation_data`" if self._epoch is not None else "`x` / `y`")
-            when = (f" after epoch {self._epoch + 1}" if self._epoch is not None else "")
-            raise ValueError(
-                f"{what}: {count} evaluation rows{when} had inputs outside the model's "
-                f"input bounds [{lo:g}, {hi:g}] (or NaN) or labels outside the "
-                f"classifier's classes, so the scores would be wrong. The first batch "
-                f"passed the checks; a later batch of the input pipeline did not. Fix the "
-                f"pipeline (or declare `bounds`).")
-
-    def _check_training(self, epoch):
-        count = self._count()
-        if count:
-            lo, hi = self.model.bounds
-            raise ValueError(
-                f"`x` / `y`: {count} training rows of epoch {epoch + 1} had inputs outside "
-                f"the model's input bounds [{lo:g}, {hi:g}] (or NaN) or labels outside the "
-                f"classifier's classes{_index_text(self.model)}. The first batch passed the "
-                f"checks; a later batch of the input pipeline did not. Fix the pipeline (or "
-                f"declare `bounds`).")
+    def _fail(self, rows: str, tail: str) -> None:
+        lo, hi = self.model.bounds
+        raise ValueError(
+            f"{rows} had inputs outside the model's input bounds [{lo:g}, {hi:g}] (or NaN) "
+            f"or labels outside the classifier's classes{tail}. The first batch passed the "
+            f"checks; a later batch of the input pipeline did not. Fix the pipeline (or "
+            f"declare `bounds`).")
 
 
 def _index_text(model):
