@@ -186,6 +186,9 @@ def evaluate(
         if out is not None and os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"`--out` {out!r} is a file; give a folder.")
         box = None if bounds is None else _parse_bounds(bounds)
+        if box is not None and eps:           # radii in --bounds' units
+            for e in epsilons:
+                _checks.eps_in_box(e, norm, box, "--eps")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 
@@ -213,6 +216,11 @@ def evaluate(
         except ValueError as err:
             raise typer.BadParameter(str(err)) from None
         _check_pixel_model(model, box)
+        try:                                    # radii in the model's units
+            for e in epsilons:
+                _checks.eps_in_box(e, norm, box, "--eps")
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
     lo, hi = box
     if box != (0.0, 1.0):
         x_test = (lo + (hi - lo) * x_test).astype("float32")   # the data sets are in [0, 1]

@@ -105,6 +105,10 @@ def _check_method_settings(o: dict[str, Any]) -> None:
         raise ValueError(f"`--weight-decay-mode` must be one of "
                          f"{list(recipe.WEIGHT_DECAY_MODES)}; got {o['weight_decay_mode']!r}.")
     o["norm"] = _checks.norm_name(o["norm"], "--norm")
+    # The data sets are in [0, 1]: an L∞ radius beyond it is a radius in pixel levels.
+    for e in o["eps"]:
+        _checks.eps_in_box(e, o["norm"], (0.0, 1.0), "--eps")
+    _checks.eps_in_box(o["train_eps"], o["norm"], (0.0, 1.0), "--train-eps")
     _checks.positive(o["lr"], "--lr")
     _checks.in_range(o["momentum"], "--momentum", 0.0, 1.0)
     for name in ("lam", "alpha"):

@@ -63,6 +63,26 @@ def parse_eps(value: float | str, arg: str = "eps") -> float:
     return value
 
 
+def eps_in_box(eps: float, norm: str, box: tuple, arg: str = "eps") -> float:
+    """Refuse an L∞ radius wider than the input box ``box = (lower, upper)``.
+
+    Such a ball holds the whole box, so every number computed with it (a robust accuracy, a
+    training attack) is that of "any input at all"; it is almost always a radius given in
+    pixel levels (``8`` for ``8/255``).  A radius equal to the width is allowed (the end of
+    a sweep).  Returns ``eps``.
+    """
+    lo, hi = (float(b) for b in box)
+    width = hi - lo
+    if norm_name(norm) == "linf" and eps > width * (1 + 1e-6):
+        hint = (f" For {eps:g} pixel levels of 255 pass '{eps:g}/255'."
+                if width <= 1.0 + 1e-6 and eps >= 1 else "")
+        raise ValueError(
+            f"`{arg}` is {eps:g} but the inputs live in [{lo:g}, {hi:g}]: an L∞ radius "
+            f"beyond the box's width ({width:g}) reaches every input in the box, so it "
+            f"measures nothing. Radii are in the inputs' units.{hint}")
+    return eps
+
+
 def positive(value: float, arg: str, integer: bool = False,
              allow_zero: bool = False) -> int | float:
     """Check a positive (or non-negative) scalar hyper-parameter."""

@@ -46,6 +46,8 @@ def _tiny_model(path):
     (["--warm-start", "3", "--distribute"], "--warm-start"),
     (["--cache-dtype", "bfloat16"], "--cache-dtype"),
     (["--preset", "cifar10-wrn28-10", "--warm-start", "3"], "--warm-start"),
+    (["--eps", "8"], "--eps"),                       # pixel levels for 8/255
+    (["--method", "pgd-at", "--train-eps", "8"], "--train-eps"),
 ])
 def test_train_bad_option_makes_no_directory(tmp_path, args, word):
     out = tmp_path / "run"
@@ -113,6 +115,7 @@ def test_train_overwrite_replaces_a_finished_run(tmp_path):
     ("missing", "TARGET"), ("empty-dir", "TARGET"), ("corrupt", "TARGET"),
     ("bad-config", "TARGET"), ("out-file", "--out"), ("dataset", "--dataset"),
     ("svhn", "--data-path"), ("unreadable", "--dataset"),
+    ("eps-in-levels", "--eps"), ("eps-beyond-bounds", "--eps"),
 ])
 def test_evaluate_edges(tmp_path, case, word):
     run = tmp_path / "run"
@@ -138,6 +141,10 @@ def test_evaluate_edges(tmp_path, case, word):
     elif case == "unreadable":     # a data set that fails to load (as offline downloads do)
         (tmp_path / "bad.npz").write_text("not an npz")
         args += ["--dataset", "npz", "--data-path", str(tmp_path / "bad.npz")]
+    elif case == "eps-in-levels":      # 8 for 8/255: wider than the model's [0, 1]
+        args += ["--eps", "8"]
+    elif case == "eps-beyond-bounds":
+        args += ["--bounds", "0,2", "--eps", "3"]
     before = sorted(os.listdir(run))
     _fails_cleanly(runner.invoke(app, ["evaluate", *args]), word)
     assert sorted(os.listdir(run)) == before
@@ -150,7 +157,7 @@ def test_evaluate_edges(tmp_path, case, word):
     ("text-file", "RUN_DIR"), ("no-checkpoint", "RUN_DIR"), ("corrupt", "RUN_DIR"),
     ("bad-config", "RUN_DIR"), ("averaged", "--averaged"), ("out-file", "--out"),
     ("eps-on-dyart", "--eps"), ("method-needs-steps", "--steps"),
-    ("dataset", "--dataset"),
+    ("dataset", "--dataset"), ("eps-in-levels", "--eps"),
 ])
 def test_dynamics_edges(tmp_path, case, word):
     run = tmp_path / "run"
@@ -179,6 +186,10 @@ def test_dynamics_edges(tmp_path, case, word):
         args += ["--method", "trades"]
     elif case == "dataset":
         args += ["--dataset", "imagenet"]
+    elif case == "eps-in-levels":      # 8 for 8/255, on a method that takes --eps
+        (run / "config.json").write_text(json.dumps({"method": "pgd-at",
+                                                     "dataset": "mnist5k"}))
+        args += ["--eps", "8"]
     _fails_cleanly(runner.invoke(app, ["dynamics", *args]), word)
     assert not (run / "dynamics").exists()
 

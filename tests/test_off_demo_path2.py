@@ -394,3 +394,40 @@ def test_evaluate_refuses_pipelines_it_cannot_gather_by_name():
     with pytest.raises(ValueError, match=r"`x` is a dict of inputs"):
         kd.evaluate(model, tf.data.Dataset.from_tensor_slices(({"image": x}, y)).batch(10),
                     None, epsilons=[0.1], attack="apgd-ce")
+
+
+# -- an L∞ radius wider than the input box ------------------------------------------------
+# eps=8 meant as 8/255: the ball holds the whole box, so every number would be that of "any
+# input at all" (a robust accuracy of about 0, a model trained on arbitrary inputs).
+
+
+def test_an_linf_radius_beyond_the_box_is_refused_by_evaluate_and_every_attack():
+    x, y = _data(16)
+    model = _classifier()
+    with pytest.raises(ValueError, match=r"`epsilons` is 8 .*\[0, 1\].*'8/255'"):
+        kd.evaluate(model, x, y, "apgd-ce", [0.1, 8])
+    for entry in kd.attacks.registry.ATTACKS.values():
+        args = () if entry.returns == "distance" else (8,)
+        kwargs = {"eps": 8, "restarts": 2} if entry.name == "fab-t" else {}
+        with pytest.raises(ValueError, match=r"`eps` is 8 .*'8/255'"):
+            entry.run(model, x, y, *args, **kwargs)
+    # The width itself is allowed (the end of a sweep): the whole box, as asked.
+    report = kd.evaluate(model, x, y, "apgd-ce", [1.0], options={"apgd-ce": {"n_iter": 2}})
+    assert report.robust_accuracy[1.0] <= report.clean_accuracy
+    # In the model's own units: 8 of a 0-255 box is fine, 300 is not; L2 radii are not
+    # bounded by the width.
+    with pytest.raises(ValueError, match=r"`epsilons` is 300 .*\[0, 255\]"):
+        kd.evaluate(model, 255 * x, y, "apgd-ce", [300], bounds=(0, 255))
+    report = kd.evaluate(model, 255 * x, y, "apgd-ce", [8], bounds=(0, 255),
+                         options={"apgd-ce": {"n_iter": 2}})
+    assert report.robust_accuracy[8] <= report.clean_accuracy
+    kd.evaluate(model, x, y, "apgd-ce", [2.0], norm="l2", options={"apgd-ce": {"n_iter": 2}})
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "trades", "mart"])
+def test_an_linf_training_radius_beyond_the_box_is_refused(method):
+    cls = methods.METHODS[method]
+    with pytest.raises(ValueError, match=r"`eps` is 8 .*\[0, 1\].*'8/255'"):
+        cls(_classifier(), eps=8)
+    cls(_classifier(), eps=8, step_size=2, bounds=(0, 255))     # its own units
+    cls(_classifier(), eps=1.5, step_size=0.5, norm="l2")

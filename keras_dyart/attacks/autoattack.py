@@ -77,7 +77,8 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))
     attacks = resolve(attacks)
-    epsilons = [_checks.parse_eps(e, "epsilons") for e in epsilons]
+    epsilons = [_checks.eps_in_box(_checks.parse_eps(e, "epsilons"), norm, box, "epsilons")
+                for e in epsilons]
     if box != (0.0, 1.0):
         return _in_unit_box(driver.UnitBox(model, box), x, y, epsilons, norm=norm,
                             attacks=attacks, batch_size=batch_size, seed=seed, jit=jit,

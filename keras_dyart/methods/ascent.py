@@ -57,10 +57,13 @@ def ascend_in_box(model: RobustModel, value: Callable, x: Any, eps: float, step_
 
 
 def check_attack(eps: float | str, step_size: float | str, steps: int,
-                 norm: str) -> tuple[float, float, int, str]:
-    """Validate the inner attack's hyper-parameters; returns them normalised."""
-    return (_checks.parse_eps(eps, "eps"), _checks.parse_eps(step_size, "step_size"),
-            _checks.positive(steps, "steps", integer=True), _checks.norm_name(norm))
+                 norm: str, bounds: tuple = (0.0, 1.0)) -> tuple[float, float, int, str]:
+    """Validate the inner attack's hyper-parameters (``eps`` within the input box
+    ``bounds``, `keras_dyart._checks.eps_in_box`); returns them normalised."""
+    norm = _checks.norm_name(norm)
+    return (_checks.eps_in_box(_checks.parse_eps(eps, "eps"), norm, bounds, "eps"),
+            _checks.parse_eps(step_size, "step_size"),
+            _checks.positive(steps, "steps", integer=True), norm)
 
 
 class KLAttackModel(RobustModel):
@@ -75,7 +78,7 @@ class KLAttackModel(RobustModel):
         super().__init__(classifier, seed=seed, **kwargs)
         self.beta = _checks.positive(beta, "beta", allow_zero=True)
         self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
-                                                                       norm)
+                                                                       norm, self.bounds)
 
     def ascend(self, value, x):
         """``steps`` PGD steps ascending ``value`` from the Gaussian start (in the unit box,

@@ -41,7 +41,7 @@ class PGDATModel(RobustModel):
                  random_start: bool = True, seed: int = 0, **kwargs):
         super().__init__(classifier, seed=seed, **kwargs)
         self.eps, self.step_size, self.steps, self.norm = check_attack(eps, step_size, steps,
-                                                                       norm)
+                                                                       norm, self.bounds)
         self.random_start = bool(random_start)
 
     def inner(self, logits_fn, x, y):
