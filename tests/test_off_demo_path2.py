@@ -51,10 +51,15 @@ def _model(method, classifier=None, **kw):
 def _bad_batches(bad):
     x, y = _data()
 
+    if bad == "fractional":                        # float labels, whole numbers at first
+        y = y.astype("float32")
+
     def gen():
         yield x[:16], y[:16]                       # the first batch passes `check_data`
         if bad == "pixels":
             yield x[16:32] * 255, y[16:32]         # 0-255 pixels
+        elif bad == "fractional":                  # 1.5 and NaN: the cast would truncate
+            yield x[16:32], np.array([1.5] * 15 + [np.nan], "float32")
         else:                                      # labels outside [0, K), both sides
             yield x[16:32], np.array([-1] * 8 + [K + 4] * 8, "int32")
         yield x[32:48], y[32:48]
@@ -62,7 +67,7 @@ def _bad_batches(bad):
     return gen
 
 
-@pytest.mark.parametrize("bad", ["pixels", "labels"])
+@pytest.mark.parametrize("bad", ["pixels", "labels", "fractional"])
 @pytest.mark.parametrize("method", sorted(HYPER))
 def test_a_later_bad_batch_fails_at_its_epoch_end_for_every_method(method, bad):
     model = _model(method)
@@ -110,7 +115,7 @@ def _repeat(gen_fn):
     return forever()
 
 
-@pytest.mark.parametrize("bad", ["pixels", "labels"])
+@pytest.mark.parametrize("bad", ["pixels", "labels", "fractional"])
 @pytest.mark.parametrize("method", ["clean", "trades", "dyart"])
 def test_a_later_bad_validation_or_evaluate_batch_fails_by_name(method, bad):
     # Before: JAX reported val_loss / val_accuracy on the bad rows silently, TensorFlow and

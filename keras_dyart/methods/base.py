@@ -415,11 +415,15 @@ def step_inputs(x: Any) -> dict | None:
 
 
 def _clipped_labels(y, k):
-    """``(y, errors)``: labels outside [0, ``k``) clipped into it (dtype and shape kept), and
-    how many there were (float32)."""
+    """``(y, errors)``: labels that are not class indices (outside [0, ``k``), or float labels
+    that are not whole numbers or NaN, which the cast would truncate) clipped into it
+    (dtype and shape kept), and how many there were (float32)."""
     labels = ops.cast(y, "int32")
     bad = (labels < 0) | (labels >= k)
-    safe = ops.cast(ops.clip(labels, 0, k - 1), keras.backend.standardize_dtype(y.dtype))
+    dtype = keras.backend.standardize_dtype(y.dtype)
+    if "float" in dtype:
+        bad = bad | (ops.cast(labels, dtype) != y)
+    safe = ops.cast(ops.clip(labels, 0, k - 1), dtype)
     errors = ops.sum(ops.cast(ops.reshape(bad, (-1,)), "float32"))
     return ops.where(bad, safe, y), errors
 

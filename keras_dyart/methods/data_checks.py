@@ -95,9 +95,9 @@ class InputErrorCheck(keras.callbacks.Callback):
         lo, hi = self.model.bounds
         raise ValueError(
             f"{rows} had inputs outside the model's input bounds [{lo:g}, {hi:g}] (or NaN) "
-            f"or labels outside the classifier's classes{tail}. The first batch passed the "
-            f"checks; a later batch of the input pipeline did not. Fix the pipeline (or "
-            f"declare `bounds`).")
+            f"or labels outside the classifier's classes (or not whole numbers){tail}. The "
+            f"first batch passed the checks; a later batch of the input pipeline did not. "
+            f"Fix the pipeline (or declare `bounds`).")
 
 
 def _index_text(model):
