@@ -187,6 +187,15 @@ def find_boundary_points(value_and_grad: Callable, value: Callable, x: Any, *, n
         ``x_last`` (the last run's final iterate: where a search that found nothing
         stopped, a start for the next one).
     """
+    for arg, fn in (("value_and_grad", value_and_grad), ("value", value)):
+        if isinstance(fn, keras.layers.Layer):
+            raise TypeError(
+                f"`{arg}` is a Keras model; `find_boundary_points` takes two functions of a "
+                f"batch z, `value_and_grad(z) -> (φ(z), ∇φ(z))` and `value(z) -> φ(z)`, of a "
+                f"scalar margin φ. For a classifier, `keras_dyart.boundary.search(model, x, "
+                f"y)` finds the closest points of its soft decision boundary (DyART's "
+                f"search), and `keras_dyart.margins_report(model, x, y)` its minimal "
+                f"adversarial distances.")
     shape = ops.shape(x)
     x0 = flat(ops.convert_to_tensor(x))
     n = ops.shape(x0)[0]

@@ -223,3 +223,24 @@ def test_warm_start_from_an_earlier_point_keeps_the_closed_form_margin(norm, mak
     np.testing.assert_allclose(ops.convert_to_numpy(out["margin"])[inside], margin[inside],
                                rtol=1e-3)
     assert not ops.convert_to_numpy(search(clf, x, y, norm, n_iter=0)["found"]).any()
+
+
+def test_a_model_given_for_the_margin_functions_is_refused_by_name():
+    # `kd.find_boundary_points(model, x, y)` fits the positional signature (value_and_grad,
+    # value, x); it used to fail deep inside Keras with an input-shape error.
+    import keras
+
+    import keras_dyart as kd
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    x = np.random.RandomState(0).rand(4, 6).astype("float32")
+    with pytest.raises(TypeError, match=r"`value_and_grad` is a Keras model.*boundary.search"):
+        kd.find_boundary_points(model, x, np.zeros(4, "int32"))
+    with pytest.raises(TypeError, match=r"`value` is a Keras model"):
+        kd.find_boundary_points(lambda z: (z, z), model, x)
+    # what the message points to works on a model as it is
+    from keras_dyart.boundary import search
+
+    y = np.argmax(ops.convert_to_numpy(model(x)), axis=-1)
+    out = search(model, x, y, n_iter=5)
+    assert ops.convert_to_numpy(out.margin).shape == (4,)
