@@ -105,16 +105,17 @@ def _check_method_settings(o: dict[str, Any]) -> None:
         raise ValueError(f"`--weight-decay-mode` must be one of "
                          f"{list(recipe.WEIGHT_DECAY_MODES)}; got {o['weight_decay_mode']!r}.")
     o["norm"] = _checks.norm_name(o["norm"], "--norm")
-    # The data sets are in [0, 1]: an L∞ radius beyond it is a radius in pixel levels.
-    for e in o["eps"]:
-        _checks.eps_in_box(e, o["norm"], (0.0, 1.0), "--eps")
-    _checks.eps_in_box(o["train_eps"], o["norm"], (0.0, 1.0), "--train-eps")
     _checks.positive(o["lr"], "--lr")
     _checks.in_range(o["momentum"], "--momentum", 0.0, 1.0)
     for name in ("lam", "alpha"):
         _checks.positive(o[name], _flag(name), allow_zero=True)
     for name in ("r0", "beta"):
         _checks.positive(o[name], _flag(name))
+    # The data sets are in [0, 1]: an L∞ length beyond their width is one in pixel levels.
+    for value, flag in [*((e, "--eps") for e in o["eps"]), (o["train_eps"], "--train-eps"),
+                        (o["d_max"], "--d-max"), (o["eps_fab"], "--eps-fab"),
+                        (o["r0"], "--r0")]:
+        _checks.eps_in_box(value, o["norm"], (0.0, 1.0), flag)
     _checks.positive(o["n_iter"], "--n-iter", integer=True)
     if o["warm_start"] is not None:
         _checks.positive(o["warm_start"], "--warm-start", integer=True, allow_zero=True)

@@ -64,22 +64,24 @@ def parse_eps(value: float | str, arg: str = "eps") -> float:
 
 
 def eps_in_box(eps: float, norm: str, box: tuple, arg: str = "eps") -> float:
-    """Refuse an L∞ radius wider than the input box ``box = (lower, upper)``.
+    """Refuse an L∞ length (a radius such as ``eps``, a threshold such as DyART's ``r0``)
+    beyond the width of the input box ``box = (lower, upper)``.
 
-    Such a ball holds the whole box, so every number computed with it (a robust accuracy, a
-    training attack) is that of "any input at all"; it is almost always a radius given in
-    pixel levels (``8`` for ``8/255``).  A radius equal to the width is allowed (the end of
-    a sweep).  Returns ``eps``.
+    No two inputs of the box are farther apart than its width under L∞, so such a length
+    is the same as the width (a ball holding the whole box, a threshold that never binds):
+    it is almost always a length given in pixel levels (``8`` for ``8/255``).  The width
+    itself is allowed (the end of a sweep, "no threshold").  Returns ``eps``.
     """
     lo, hi = (float(b) for b in box)
     width = hi - lo
     if norm_name(norm) == "linf" and eps > width * (1 + 1e-6):
-        hint = (f" For {eps:g} pixel levels of 255 pass '{eps:g}/255'."
+        hint = (f" For {eps:g} levels of 255 give {eps:g}/255 (= {eps / 255:.4g})."
                 if width <= 1.0 + 1e-6 and eps >= 1 else "")
         raise ValueError(
-            f"`{arg}` is {eps:g} but the inputs live in [{lo:g}, {hi:g}]: an L∞ radius "
-            f"beyond the box's width ({width:g}) reaches every input in the box, so it "
-            f"measures nothing. Radii are in the inputs' units.{hint}")
+            f"`{arg}` is {eps:g} but the inputs live in [{lo:g}, {hi:g}]: under L∞ no two "
+            f"inputs of that box are more than its width ({width:g}) apart, so a length "
+            f"beyond it means the same as the width (every input within reach). Lengths "
+            f"are in the inputs' units.{hint}")
     return eps
 
 

@@ -409,12 +409,12 @@ def test_evaluate_refuses_pipelines_it_cannot_gather_by_name():
 def test_an_linf_radius_beyond_the_box_is_refused_by_evaluate_and_every_attack():
     x, y = _data(16)
     model = _classifier()
-    with pytest.raises(ValueError, match=r"`epsilons` is 8 .*\[0, 1\].*'8/255'"):
+    with pytest.raises(ValueError, match=r"`epsilons` is 8 .*\[0, 1\].*8/255 \(= 0\.03137\)"):
         kd.evaluate(model, x, y, "apgd-ce", [0.1, 8])
     for entry in kd.attacks.registry.ATTACKS.values():
         args = () if entry.returns == "distance" else (8,)
         kwargs = {"eps": 8, "restarts": 2} if entry.name == "fab-t" else {}
-        with pytest.raises(ValueError, match=r"`eps` is 8 .*'8/255'"):
+        with pytest.raises(ValueError, match=r"`eps` is 8 .*8/255 \(= 0\.03137\)"):
             entry.run(model, x, y, *args, **kwargs)
     # The width itself is allowed (the end of a sweep): the whole box, as asked.
     report = kd.evaluate(model, x, y, "apgd-ce", [1.0], options={"apgd-ce": {"n_iter": 2}})
@@ -432,7 +432,37 @@ def test_an_linf_radius_beyond_the_box_is_refused_by_evaluate_and_every_attack()
 @pytest.mark.parametrize("method", ["pgd-at", "trades", "mart"])
 def test_an_linf_training_radius_beyond_the_box_is_refused(method):
     cls = methods.METHODS[method]
-    with pytest.raises(ValueError, match=r"`eps` is 8 .*\[0, 1\].*'8/255'"):
+    with pytest.raises(ValueError, match=r"`eps` is 8 .*\[0, 1\].*8/255 \(= 0\.03137\)"):
         cls(_classifier(), eps=8)
     cls(_classifier(), eps=8, step_size=2, bounds=(0, 255))     # its own units
     cls(_classifier(), eps=1.5, step_size=0.5, norm="l2")
+
+
+def test_linf_thresholds_beyond_the_box_are_refused_too():
+    # DyART's r0 (16 meant as 16/255) and MMA's d_max would never bind, eps_fab would start
+    # the search anywhere in the box: the same length in pixel levels.
+    with pytest.raises(ValueError, match=r"`r0` is 16 .*\[0, 1\].*16/255 \(= 0\.06275\)"):
+        methods.DyARTModel(_classifier(), r0=16)
+    with pytest.raises(ValueError, match=r"`eps_fab` is 8 "):
+        methods.DyARTModel(_classifier(), eps_fab=8)
+    with pytest.raises(ValueError, match=r"`d_max` is 20 "):
+        methods.MMAModel(_classifier(), d_max=20)
+    methods.DyARTModel(_classifier(), r0=16, eps_fab=8, bounds=(0, 255))   # its own units
+    methods.DyARTModel(_classifier(), r0=1.0)                              # the width: no cap
+    methods.DyARTModel(_classifier(), r0=3.0, norm="l2")
+    methods.MMAModel(_classifier(), d_max=3.0, norm="l2")
+
+
+def test_the_dynamics_vulnerability_radius_beyond_the_box_is_refused():
+    x, y = _data(16)
+    model = _model("dyart")
+    delta = kd.dynamics.step_change(model, x, y)
+    with pytest.raises(ValueError, match=r"`r0` is 16 "):
+        kd.dynamics.boundary_dynamics(model, x, y, delta, r0=16)
+    with pytest.raises(ValueError, match=r"`r0` is 16 "):
+        kd.dynamics.BoundaryDynamics(x, y, r0=16, norm="linf")
+    # without a norm the callback takes the model's, at its first record
+    callback = kd.dynamics.BoundaryDynamics(x, y, every=1, r0=16)
+    with pytest.raises(ValueError, match=r"`r0` is 16 "):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+    kd.dynamics.BoundaryDynamics(x, y, r0=3.0, norm="l2")
