@@ -301,6 +301,46 @@ def continuous_inputs(model: Any, arg: str = "classifier") -> None:
                 f"that take continuous values.")
 
 
+def input_shape(model: Any, x_shape: tuple, model_arg: str = "model",
+                x_arg: str = "x") -> None:
+    """Refuse inputs whose row shape does not fit the one the model declares (a
+    ``keras.Input`` shape; None entries fit anything), by name, before the model is called
+    (Keras's own error prints the whole batch).  A model without a declared input shape
+    is not checked; a method model is checked by its classifier's."""
+    try:
+        inputs = getattr(model, "classifier", model).inputs
+    except (AttributeError, ValueError):
+        return
+    if not inputs or len(inputs) != 1:
+        return
+    want = tuple(inputs[0].shape)[1:]
+    got = tuple(int(d) for d in x_shape[1:])
+    # Keras adds or drops a trailing axis of size 1 ((N, 28, 28) for Input((28, 28, 1))).
+    a, b = want, got
+    if len(b) == len(a) + 1 and b[-1] == 1:
+        b = b[:-1]
+    elif len(b) == len(a) - 1 and a[-1] == 1:
+        a = a[:-1]
+    if len(a) == len(b) and all(w is None or w == g for w, g in zip(a, b)):
+        return
+    shown = "(" + ", ".join("None" if w is None else str(w) for w in want) + \
+        ("," if len(want) == 1 else "") + ")"
+    hint = ""
+    if len(want) == 3 and len(got) == 3 and None not in want:
+        if got == (want[2], want[0], want[1]):
+            hint = (f" These look like channels-first images for a channels-last model: "
+                    f"pass {x_arg}.transpose(0, 2, 3, 1).")
+        elif got == (want[1], want[2], want[0]):
+            hint = (f" These look like channels-last images for a channels-first model: "
+                    f"pass {x_arg}.transpose(0, 3, 1, 2).")
+    elif None not in want and int(np.prod(want)) == int(np.prod(got)):
+        hint = (f" Reshape them: {x_arg}.reshape(-1, {', '.join(map(str, want))}) has the "
+                f"same values.")
+    raise ValueError(
+        f"`{x_arg}` has rows of shape {got} but `{model_arg}` takes inputs of shape "
+        f"{shown}.{hint}")
+
+
 def model_layers(model: Any, depth: int = 0):
     """The layers of ``model``, nested models' included (built or not)."""
     if depth > 8:

@@ -466,3 +466,47 @@ def test_the_dynamics_vulnerability_radius_beyond_the_box_is_refused():
     with pytest.raises(ValueError, match=r"`r0` is 16 "):
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
     kd.dynamics.BoundaryDynamics(x, y, r0=3.0, norm="l2")
+
+
+# -- inputs of the wrong shape ------------------------------------------------------------
+
+
+def _conv_classifier():
+    return keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3),
+                             keras.layers.Flatten(), keras.layers.Dense(K)])
+
+
+def test_inputs_of_another_shape_are_refused_by_name_with_the_fix():
+    # Keras's own error printed the whole batch, deep inside the model's call.
+    rng = np.random.RandomState(0)
+    nchw = rng.rand(12, 1, 4, 4).astype("float32")
+    y = rng.randint(0, K, 12).astype("int32")
+    clf = _conv_classifier()
+    layout = r"`x` has rows of shape \(1, 4, 4\) but `model` takes inputs of shape " \
+             r"\(4, 4, 1\)\. .*channels-first.*x\.transpose\(0, 2, 3, 1\)"
+    with pytest.raises(ValueError, match=layout):
+        kd.evaluate(clf, nchw, y, "apgd-ce", [0.1])
+    with pytest.raises(ValueError, match=layout):
+        kd.margins_report(clf, nchw, y)
+    with pytest.raises(ValueError, match=r"`x` has rows of shape \(16,\) .*"
+                                         r"x\.reshape\(-1, 4, 4, 1\)"):
+        kd.attacks.apgd(clf, nchw.reshape(12, 16), y, 0.1)
+    model = methods.DyARTModel(clf, r0=0.3, n_iter=2)
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"`x` has rows .* but `classifier` takes"):
+        model.fit(nchw, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=layout):
+        kd.dynamics.boundary_points(model, nchw, y)
+    # models that declare no shape, or free sizes, take what fits them
+    free = keras.Sequential([keras.Input((None, None, 1)),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(K)])
+    options = {"apgd-ce": {"n_iter": 2}}
+    kd.evaluate(free, rng.rand(12, 6, 6, 1).astype("float32"), y, "apgd-ce", [0.1],
+                options=options)
+    with pytest.raises(ValueError, match=r"takes inputs of shape \(None, None, 1\)"):
+        kd.evaluate(free, rng.rand(12, 6, 6, 3).astype("float32"), y, "apgd-ce", [0.1])
+    unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(K)])
+    kd.evaluate(unbuilt, nchw, y, "apgd-ce", [0.1], options=options)
+    # Keras adds a trailing axis of size 1 itself: (N, 4, 4) images for Input((4, 4, 1))
+    report = kd.evaluate(clf, nchw[:, 0], y, "apgd-ce", [0.1], options=options)
+    assert report.adversarials[0.1].shape == (12, 4, 4)

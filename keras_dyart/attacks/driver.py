@@ -165,8 +165,9 @@ def num_classes(model, x, y=None) -> int:
     of probabilities are not the ones the attacks assume), inputs of a float dtype (an
     integer-input model has no input gradient: every attack would fail and report the
     clean accuracy as robust); with ``y``, also that every label is in [0, K)."""
-    _checks.continuous_inputs(model.model if isinstance(model, UnitBoxModel) else model,
-                              "model")
+    inner = model.model if isinstance(model, UnitBoxModel) else model
+    _checks.continuous_inputs(inner, "model")
+    _checks.input_shape(inner, np.shape(x))
     n = max(1, min(len(x), PROBE_ROWS))
     out = model(x[:n], training=False)
     if not isinstance(out, (dict, list, tuple)):

@@ -148,6 +148,7 @@ class RobustModel(keras.Model):
         if bx is None:
             return x
         bx = _checks.input_values(bx, x_arg, self.bounds)
+        _checks.input_shape(self.classifier, bx.shape, "classifier", x_arg)
         probe = bx[:8].astype("float32")
         out = self.classifier(probe, training=False)
         if not isinstance(out, (dict, list, tuple)):
