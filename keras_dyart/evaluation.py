@@ -366,6 +366,8 @@ def margins_report(model: keras.Model, x: np.ndarray, y: np.ndarray, *, norm: st
     epsilons = _eps_list(epsilons) if len(list(epsilons)) else []
     x, y = _inputs.gather(x, y)
     box = driver.model_bounds(model, bounds)
+    for e in epsilons:
+        _checks.eps_in_box(e, norm, box, "epsilons")
     driver.warn_if_pixel_model(model, box)
     x = _checks.images(x, box=box)
     y = _checks.labels(y, len(x))

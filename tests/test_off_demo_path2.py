@@ -411,6 +411,8 @@ def test_an_linf_radius_beyond_the_box_is_refused_by_evaluate_and_every_attack()
     model = _classifier()
     with pytest.raises(ValueError, match=r"`epsilons` is 8 .*\[0, 1\].*8/255 \(= 0\.03137\)"):
         kd.evaluate(model, x, y, "apgd-ce", [0.1, 8])
+    with pytest.raises(ValueError, match=r"`epsilons` is 8 "):
+        kd.margins_report(model, x, y, epsilons=[8])
     for entry in kd.attacks.registry.ATTACKS.values():
         args = () if entry.returns == "distance" else (8,)
         kwargs = {"eps": 8, "restarts": 2} if entry.name == "fab-t" else {}
