@@ -512,3 +512,16 @@ def test_inputs_of_another_shape_are_refused_by_name_with_the_fix():
     # Keras adds a trailing axis of size 1 itself: (N, 4, 4) images for Input((4, 4, 1))
     report = kd.evaluate(clf, nchw[:, 0], y, "apgd-ce", [0.1], options=options)
     assert report.adversarials[0.1].shape == (12, 4, 4)
+
+
+def test_per_attack_options_are_checked_by_name_before_any_attack():
+    x, y = _data(16)
+    model = _classifier()
+    with pytest.raises(ValueError, match=r"`options\['apgd-ce'\]` has \['steps'\], which "
+                                         r"apgd-ce does not take; it takes \['n_iter'"):
+        kd.evaluate(model, x, y, "apgd-ce", [0.1], options={"apgd-ce": {"steps": 2}})
+    with pytest.raises(ValueError, match=r"`options\['square'\]` sets \['seed'\], which the "
+                                         r"evaluation sets"):
+        kd.evaluate(model, x, y, "square", [0.1], options={"square": {"seed": 3}})
+    with pytest.raises(ValueError, match=r"`options\['pgd'\]` must be a dict"):
+        kd.evaluate(model, x, y, "pgd", [0.1], options={"pgd": 40})

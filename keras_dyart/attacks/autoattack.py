@@ -13,6 +13,7 @@ eps at which the point was still robust.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -49,6 +50,30 @@ def resolve(attack) -> list:
         raise ValueError(f"`attack` must be 'autoattack' or one or more of "
                          f"{tuple(ATTACKS)}; got {attack!r}.")
     return names
+
+
+#: What `run_sequence` passes every attack itself (not settable through ``options``).
+_SET_BY_SEQUENCE = ("model", "x", "y", "eps", "norm", "seed", "batch_size", "jit",
+                    "progress", "stop_at", "bounds")
+
+
+def _check_options(name: str, kwargs) -> None:
+    """``options[name]`` must be a dict of keyword arguments that attack ``name`` takes."""
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"`options[{name!r}]` must be a dict of keyword arguments of "
+                         f"{name}; got {type(kwargs).__name__}.")
+    run = registry.get(name).run
+    fixed = set(getattr(run, "keywords", None) or ())     # apgd-ce: apgd with loss="ce"
+    takes = [p for p in inspect.signature(run).parameters
+             if p not in _SET_BY_SEQUENCE and p not in fixed]
+    shared = sorted(k for k in kwargs if k in _SET_BY_SEQUENCE)
+    if shared:
+        raise ValueError(f"`options[{name!r}]` sets {shared}, which the evaluation sets for "
+                         f"every attack: pass them to it instead.")
+    unknown = sorted(k for k in kwargs if k not in takes)
+    if unknown:
+        raise ValueError(f"`options[{name!r}]` has {unknown}, which {name} does not take; "
+                         f"it takes {takes}.")
 
 
 def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_size=500,
@@ -88,6 +113,8 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
     if unknown:
         raise ValueError(f"`options` keys must be attack names in {tuple(ATTACKS)}; "
                          f"got {unknown}.")
+    for name, kwargs in options.items():
+        _check_options(name, kwargs)
     k = driver.num_classes(model, x, y)
     dlr = [name for name in attacks if name in ("apgd-t", "apgd-dlr")]
     if k < 3 and dlr:
