@@ -265,9 +265,8 @@ def dynamics(
                     else max(eval_eps) if eval_eps else 16 / 255)
         eps_value = _checks.parse_eps(eps, "--eps") if eps is not None else None
         norm = _checks.norm_name(norm or config.get("norm", "linf"), "--norm")
-        for value, flag in ((eps_value, "--eps"), (r0_value, "--r0")):
-            if value is not None:             # the analysis runs in [0, 1] only
-                _checks.eps_in_box(value, norm, (0.0, 1.0), flag)
+        if eps_value is not None:             # the analysis runs in [0, 1] only
+            _checks.eps_in_box(eps_value, norm, (0.0, 1.0), "--eps")
         beta = _checks.positive(beta, "--beta")
         for value, name in ((every, "--every"), (probe, "--probe")):
             _checks.positive(value, name, integer=True)

@@ -111,10 +111,9 @@ def _check_method_settings(o: dict[str, Any]) -> None:
         _checks.positive(o[name], _flag(name), allow_zero=True)
     for name in ("r0", "beta"):
         _checks.positive(o[name], _flag(name))
-    # The data sets are in [0, 1]: an L∞ length beyond their width is one in pixel levels.
-    for value, flag in [*((e, "--eps") for e in o["eps"]), (o["train_eps"], "--train-eps"),
-                        (o["d_max"], "--d-max"), (o["eps_fab"], "--eps-fab"),
-                        (o["r0"], "--r0")]:
+    # The data sets are in [0, 1]: an L∞ radius beyond their width is one in pixel levels
+    # (thresholds such as --r0 and --d-max may exceed it: "no threshold").
+    for value, flag in [*((e, "--eps") for e in o["eps"]), (o["train_eps"], "--train-eps")]:
         _checks.eps_in_box(value, o["norm"], (0.0, 1.0), flag)
     _checks.positive(o["n_iter"], "--n-iter", integer=True)
     if o["warm_start"] is not None:

@@ -48,9 +48,6 @@ def _tiny_model(path):
     (["--preset", "cifar10-wrn28-10", "--warm-start", "3"], "--warm-start"),
     (["--eps", "8"], "--eps"),                       # pixel levels for 8/255
     (["--method", "pgd-at", "--train-eps", "8"], "--train-eps"),
-    (["--r0", "16"], "--r0"),
-    (["--method", "mma", "--d-max", "20"], "--d-max"),
-    (["--eps-fab", "8"], "--eps-fab"),
 ])
 def test_train_bad_option_makes_no_directory(tmp_path, args, word):
     out = tmp_path / "run"
@@ -160,7 +157,7 @@ def test_evaluate_edges(tmp_path, case, word):
     ("text-file", "RUN_DIR"), ("no-checkpoint", "RUN_DIR"), ("corrupt", "RUN_DIR"),
     ("bad-config", "RUN_DIR"), ("averaged", "--averaged"), ("out-file", "--out"),
     ("eps-on-dyart", "--eps"), ("method-needs-steps", "--steps"),
-    ("dataset", "--dataset"), ("eps-in-levels", "--eps"), ("r0-in-levels", "--r0"),
+    ("dataset", "--dataset"), ("eps-in-levels", "--eps"),
 ])
 def test_dynamics_edges(tmp_path, case, word):
     run = tmp_path / "run"
@@ -193,8 +190,6 @@ def test_dynamics_edges(tmp_path, case, word):
         (run / "config.json").write_text(json.dumps({"method": "pgd-at",
                                                      "dataset": "mnist5k"}))
         args += ["--eps", "8"]
-    elif case == "r0-in-levels":
-        args += ["--r0", "16"]
     _fails_cleanly(runner.invoke(app, ["dynamics", *args]), word)
     assert not (run / "dynamics").exists()
 

@@ -89,8 +89,6 @@ class BoundaryDynamics(keras.callbacks.Callback):
         self.bins = bins
         bin_edges(1.0, bins if not np.isscalar(bins) else int(bins))  # validates `bins`
         self.norm = None if norm is None else _checks.norm_name(norm)
-        if self.r0 is not None and self.norm is not None:   # the analysis runs in [0, 1]
-            _checks.eps_in_box(self.r0, self.norm, (0.0, 1.0), "r0")
         self.beta = beta
         self.n_iter = _checks.positive(n_iter, "n_iter", integer=True)
         self.use_filter = bool(use_filter)
@@ -130,10 +128,8 @@ class BoundaryDynamics(keras.callbacks.Callback):
             self._analyzer = Analyzer(model, self.norm, self.beta, self.n_iter,
                                       use_filter=self.use_filter,
                                       batch_size=self.batch_size, jit=self.jit)
-            self._r0 = _checks.eps_in_box(
-                self.r0 if self.r0 is not None else _checks.parse_eps(
-                    model_setting(None, model, "r0", 16 / 255), "r0"),
-                self._analyzer.norm, (0.0, 1.0), "r0")
+            self._r0 = self.r0 if self.r0 is not None else _checks.parse_eps(
+                model_setting(None, model, "r0", 16 / 255), "r0")
         points = self._analyzer.points(self.x_probe, self.y_probe)
         theta = [ops.convert_to_numpy(v).astype("float32") for v in model.trainable_variables]
         self._pending = (points, theta)
