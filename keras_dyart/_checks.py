@@ -225,6 +225,13 @@ def logits_output(out: Any, n: int, arg: str = "classifier") -> int:
             f"must return logits. Remove the final softmax (e.g. Dense(K) instead of "
             f"Dense(K, activation='softmax')); margins of probabilities are not the "
             f"margins that the method and the attacks assume.")
+    # Enough values that logits (of either sign) would not all fall in (0, 1) by chance.
+    if out.size >= 16 and np.all(out > 0) and np.all(out < 1):
+        raise ValueError(
+            f"`{arg}` returns values in (0, 1) for every row and class, as a sigmoid does: "
+            f"it must return logits. Remove the final sigmoid (Dense(K) instead of "
+            f"Dense(K, activation='sigmoid')); the margins and the attacks' losses are "
+            f"those of logits, which a sigmoid flattens where it saturates.")
     return k
 
 

@@ -269,6 +269,13 @@ def test_probabilities_detected_on_first_batch():
     with pytest.raises(ValueError, match="`classifier` returns probabilities"):
         model.fit(x, y, epochs=1, verbose=0)
 
+    class Sigmoid(Probs):     # no final layer to see (a Dense(K, activation="sigmoid") is)
+        def call(self, x):
+            return keras.ops.sigmoid(self.dense(x))
+
+    with pytest.raises(ValueError, match=r"`classifier` returns values in \(0, 1\)"):
+        _dyart(Sigmoid()).fit(x, y, epochs=1, verbose=0)
+
 
 @pytest.mark.parametrize("loss", [
     "sparse_categorical_crossentropy", "categorical_crossentropy",
@@ -486,9 +493,9 @@ def test_margins_report_in_pixel_units():
     np.testing.assert_allclose(b.distance[found], 255 * a.distance[found], rtol=1e-3)
 
 
-def _softmax_linear(w):
+def _softmax_linear(w, activation="softmax"):
     inputs = keras.Input((D,))
-    model = keras.Model(inputs, keras.layers.Dense(K, activation="softmax")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(K, activation=activation)(inputs))
     model.layers[-1].set_weights([w, np.zeros(K, "float32")])
     return model
 
@@ -510,6 +517,10 @@ def test_probability_models_refused_by_evaluation_and_attacks(call):
     x, y, w = _data()
     with pytest.raises(ValueError, match="`model` returns probabilities.*logits"):
         call(_softmax_linear(w), x, y)
+    # sigmoid outputs (in (0, 1), rows not summing to 1) saturate the attacks' losses
+    with pytest.raises(ValueError, match=r"`model` returns values in \(0, 1\).*sigmoid.*"
+                                         r"logits"):
+        call(_softmax_linear(w, "sigmoid"), x, y)
 
 
 @pytest.mark.parametrize("call", [
