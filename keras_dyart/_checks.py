@@ -64,13 +64,14 @@ def parse_eps(value: float | str, arg: str = "eps") -> float:
 
 
 def eps_in_box(eps: float, norm: str, box: tuple, arg: str = "eps") -> float:
-    """Refuse an L∞ length (a radius such as ``eps``, a threshold such as DyART's ``r0``)
-    beyond the width of the input box ``box = (lower, upper)``.
+    """Refuse an L∞ radius ``eps`` beyond the width of the input box ``box = (lower,
+    upper)``.
 
-    No two inputs of the box are farther apart than its width under L∞, so such a length
-    is the same as the width (a ball holding the whole box, a threshold that never binds):
-    it is almost always a length given in pixel levels (``8`` for ``8/255``).  The width
-    itself is allowed (the end of a sweep, "no threshold").  Returns ``eps``.
+    No two inputs of the box are farther apart than its width under L∞, so such a ball
+    holds the whole box, the same as the width: it is almost always a radius given in pixel
+    levels (``8`` for ``8/255``).  The width itself is allowed (the end of a sweep).  Caps
+    such as DyART's ``r0`` or MMA's ``d_max`` are not checked: beyond the width they mean
+    "no cap".  Returns ``eps``.
     """
     lo, hi = (float(b) for b in box)
     width = hi - lo
@@ -225,14 +226,23 @@ def logits_output(out: Any, n: int, arg: str = "classifier") -> int:
             f"must return logits. Remove the final softmax (e.g. Dense(K) instead of "
             f"Dense(K, activation='softmax')); margins of probabilities are not the "
             f"margins that the method and the attacks assume.")
-    # Enough values that logits (of either sign) would not all fall in (0, 1) by chance.
-    if out.size >= 16 and np.all(out > 0) and np.all(out < 1):
-        raise ValueError(
-            f"`{arg}` returns values in (0, 1) for every row and class, as a sigmoid does: "
-            f"it must return logits. Remove the final sigmoid (Dense(K) instead of "
-            f"Dense(K, activation='sigmoid')); the margins and the attacks' losses are "
-            f"those of logits, which a sigmoid flattens where it saturates.")
     return k
+
+
+def probability_head(model: Any, arg: str = "classifier") -> None:
+    """Refuse a model whose last layer is a softmax or a sigmoid (a `Softmax` layer, or an
+    activation of that name): it outputs probabilities, whose margins are not those of the
+    logits that the methods and the attacks assume (a sigmoid's outputs need not sum to 1,
+    so `logits_output` cannot see them)."""
+    layers = getattr(model, "layers", None)
+    last = layers[-1] if layers else model
+    name = getattr(getattr(last, "activation", None), "__name__", "")
+    if type(last).__name__ == "Softmax" or name in ("softmax", "sigmoid"):
+        raise ValueError(
+            f"`{arg}` ends in a {name or 'softmax'} ({last.name!r}): it must output "
+            "logits. Remove the final activation (e.g. Dense(K) instead of Dense(K, "
+            "activation='softmax')); margins and attacks on probabilities are not those the "
+            "methods assume. Apply the softmax at prediction time if you need probabilities.")
 
 
 _PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
@@ -314,8 +324,12 @@ def input_shape(model: Any, x_shape: tuple, model_arg: str = "model",
     ``keras.Input`` shape; None entries fit anything), by name, before the model is called
     (Keras's own error prints the whole batch).  A model without a declared input shape
     is not checked; a method model is checked by its classifier's."""
+    from keras_dyart.methods.base import RobustModel  # here: methods import this module
+
+    if isinstance(model, RobustModel):
+        model = model.classifier
     try:
-        inputs = getattr(model, "classifier", model).inputs
+        inputs = model.inputs
     except (AttributeError, ValueError):
         return
     if not inputs or len(inputs) != 1:

@@ -269,13 +269,6 @@ def test_probabilities_detected_on_first_batch():
     with pytest.raises(ValueError, match="`classifier` returns probabilities"):
         model.fit(x, y, epochs=1, verbose=0)
 
-    class Sigmoid(Probs):     # no final layer to see (a Dense(K, activation="sigmoid") is)
-        def call(self, x):
-            return keras.ops.sigmoid(self.dense(x))
-
-    with pytest.raises(ValueError, match=r"`classifier` returns values in \(0, 1\)"):
-        _dyart(Sigmoid()).fit(x, y, epochs=1, verbose=0)
-
 
 @pytest.mark.parametrize("loss", [
     "sparse_categorical_crossentropy", "categorical_crossentropy",
@@ -515,11 +508,16 @@ def test_probability_models_refused_by_evaluation_and_attacks(call):
     """A model that outputs probabilities would be attacked through the wrong margins (a
     softmax flattens the gradients): every entry point refuses it, as training does."""
     x, y, w = _data()
-    with pytest.raises(ValueError, match="`model` returns probabilities.*logits"):
+    with pytest.raises(ValueError, match="`model` ends in a softmax .*logits"):
         call(_softmax_linear(w), x, y)
-    # sigmoid outputs (in (0, 1), rows not summing to 1) saturate the attacks' losses
-    with pytest.raises(ValueError, match=r"`model` returns values in \(0, 1\).*sigmoid.*"
-                                         r"logits"):
+    # a softmax no layer shows (a Lambda): seen on the outputs, rows summing to 1
+    inputs = keras.Input((D,))
+    hidden = _softmax_linear(w, None)(inputs)
+    lam = keras.Model(inputs, keras.layers.Lambda(keras.ops.softmax)(hidden))
+    with pytest.raises(ValueError, match="`model` returns probabilities.*logits"):
+        call(lam, x, y)
+    # a final sigmoid (rows need not sum to 1, so only the layer shows it)
+    with pytest.raises(ValueError, match=r"`model` ends in a sigmoid .*logits"):
         call(_softmax_linear(w, "sigmoid"), x, y)
 
 

@@ -167,6 +167,7 @@ def num_classes(model, x, y=None) -> int:
     clean accuracy as robust); with ``y``, also that every label is in [0, K)."""
     inner = model.model if isinstance(model, UnitBoxModel) else model
     _checks.continuous_inputs(inner, "model")
+    _checks.probability_head(inner, "model")
     _checks.input_shape(inner, np.shape(x))
     n = max(1, min(len(x), PROBE_ROWS))
     out = model(x[:n], training=False)

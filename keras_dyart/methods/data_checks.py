@@ -36,16 +36,7 @@ def check_classifier_structure(classifier: keras.Model) -> None:
             "keras.Input(shape) directly (e.g. keras.Model(inp, out), not "
             "keras.Model({'name': inp}, out)).")
     _checks.continuous_inputs(classifier, "classifier")
-    layers = getattr(classifier, "layers", None)
-    last = layers[-1] if layers else classifier
-    activation = getattr(last, "activation", None)
-    name = getattr(activation, "__name__", "")
-    if isinstance(last, keras.layers.Softmax) or name in ("softmax", "sigmoid"):
-        raise ValueError(
-            f"`classifier` ends in a {name or 'softmax'} ({last.name!r}): it must output "
-            "logits. Remove the final activation (e.g. Dense(K) instead of Dense(K, "
-            "activation='softmax')); margins and attacks on probabilities are not those the "
-            "methods assume. Apply the softmax at prediction time if you need probabilities.")
+    _checks.probability_head(classifier, "classifier")
 
 
 class InputErrorCheck(keras.callbacks.Callback):
