@@ -167,3 +167,19 @@ def test_averaged_checkpoint_refuses_x_outside_the_bounds_naming_them(tmp_path):
     # what does not depend on the bounds fails at once
     with pytest.raises(ValueError, match="NaN"):
         recipe.AveragedCheckpoint(np.full_like(x, np.nan), y, path, eps=EPS)
+
+
+def test_averaged_checkpoint_refuses_an_eps_in_pixel_levels_when_training_begins(tmp_path):
+    # eps=8 meant as 8/255: every epoch's PGD ball would hold the whole box (robust 0 at
+    # each epoch, so the "best" checkpoint would mean nothing); refused before any step.
+    x, y = data()
+    checkpoint = recipe.AveragedCheckpoint(x, y, str(tmp_path / "best.keras"), eps=8, steps=2)
+    checkpoint.set_model(methods.CleanModel(classifier(*weights())))
+    with pytest.raises(ValueError, match=r"`eps` is 8 .*\[0, 1\].*8/255"):
+        checkpoint.on_train_begin()
+    # in the model's own units 8 of 255 is a radius
+    model255 = methods.CleanModel(classifier(*weights(), rescale=1 / 255), bounds=(0, 255))
+    checkpoint = recipe.AveragedCheckpoint(x * 255, y, str(tmp_path / "b.keras"), eps=8,
+                                           steps=2)
+    checkpoint.set_model(model255)
+    checkpoint.on_train_begin()

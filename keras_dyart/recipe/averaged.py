@@ -224,6 +224,7 @@ class AveragedCheckpoint(keras.callbacks.Callback):
         from keras_dyart.attacks.driver import model_bounds
 
         box = model_bounds(self.model, self.bounds)
+        _checks.eps_in_box(self.eps, self.norm, box, "eps")
         if box != self._checked_box:
             self.x = _checks.images(self.x, box=box)
             self._checked_box = box
