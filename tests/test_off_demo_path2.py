@@ -486,6 +486,16 @@ def test_inputs_of_another_shape_are_refused_by_name_with_the_fix():
         kd.evaluate(free, rng.rand(12, 6, 6, 3).astype("float32"), y, "apgd-ce", [0.1])
     unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(K)])
     kd.evaluate(unbuilt, nchw, y, "apgd-ce", [0.1], options=options)
+
+    class Headed(keras.Model):        # a subclassed model whose head is its "classifier"
+        def __init__(self):
+            super().__init__()
+            self.classifier = keras.Sequential([keras.Input((16,)), keras.layers.Dense(K)])
+
+        def call(self, z):
+            return self.classifier(keras.ops.reshape(z, (-1, 16)))
+
+    kd.evaluate(Headed(), nchw, y, "apgd-ce", [0.1], options=options)   # not its head's shape
     # Keras adds a trailing axis of size 1 itself: (N, 4, 4) images for Input((4, 4, 1))
     report = kd.evaluate(clf, nchw[:, 0], y, "apgd-ce", [0.1], options=options)
     assert report.adversarials[0.1].shape == (12, 4, 4)
@@ -502,3 +512,26 @@ def test_per_attack_options_are_checked_by_name_before_any_attack():
         kd.evaluate(model, x, y, "square", [0.1], options={"square": {"seed": 3}})
     with pytest.raises(ValueError, match=r"`options\['pgd'\]` must be a dict"):
         kd.evaluate(model, x, y, "pgd", [0.1], options={"pgd": 40})
+
+
+def test_a_subclassed_model_whose_call_takes_no_training_argument():
+    # JAX's stateless_call hands `training=False` to `call` as it is; such a model failed
+    # there with a TypeError in evaluate, the attacks and the dynamics.
+    class Plain(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(K)
+
+        def call(self, z):
+            return self.dense(z)
+
+    x, y = _data(16)
+    model = Plain()
+    report = kd.evaluate(model, x, y, "apgd-ce", [0.1], options={"apgd-ce": {"n_iter": 2}})
+    assert 0.0 <= report.robust_accuracy[0.1] <= report.clean_accuracy
+    kd.margins_report(model, x, y, n_iter=2)
+    delta = [0.01 * np.ones(v.shape, "float32") for v in model.trainable_variables]
+    res = kd.dynamics.boundary_dynamics(model, x, y, delta, method="both", r0=0.5, n_iter=3)
+    both = np.isfinite(res.speed) & np.isfinite(res.speed_fd)
+    assert both.any()
+    np.testing.assert_allclose(res.speed[both], res.speed_fd[both], rtol=0.05, atol=1e-3)

@@ -17,6 +17,7 @@ a warning and Keras's own pooling.
 
 import contextlib
 import functools
+import inspect
 import itertools
 import weakref
 
@@ -114,6 +115,18 @@ def fast_pooling():
     return swapped(_keras_jax_nn, "max_pool", _reshape_max_pool, "JAX max-pooling")
 
 
+def inference_kwargs(model) -> dict:
+    """``{"training": False}`` where ``model.call`` takes it.  ``stateless_call`` hands its
+    keywords to ``call`` as they are (``model(...)`` drops those ``call`` lacks), so a
+    subclassed model whose ``call(self, x)`` has no ``training`` would fail on it."""
+    try:
+        params = inspect.signature(model.call).parameters.values()
+    except (TypeError, ValueError):
+        return {"training": False}
+    takes = any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in params)
+    return {"training": False} if takes else {}
+
+
 def value_and_grad(f, x):
     def summed(z):
         v = f(z)
@@ -128,8 +141,10 @@ def inference(model, fn, state, *args):
     values Keras's JAX trainer hands its ``train_step``."""
     (trainable, non_trainable, optimizer_vars, metrics_vars), = state
 
+    kwargs = inference_kwargs(model)
+
     def logits_fn(z):
-        return model.stateless_call(trainable, non_trainable, z, training=False)[0]
+        return model.stateless_call(trainable, non_trainable, z, **kwargs)[0]
 
     # The scope makes the seed generator (a non-trainable variable) read and write the
     # traced state; its new value travels on in the state handed to Keras's step.
@@ -155,11 +170,12 @@ def num_replicas():
 def compile_model_fn(model, fn, jit=True):
     # A weak reference: compiled functions are cached per model
     # (`keras_dyart.attacks.driver.compiled`) and must not keep it alive.
+    kwargs = inference_kwargs(model)
     model = weakref.proxy(model)
 
     def pure(trainable, non_trainable, *args):
         def logits_fn(z):
-            return model.stateless_call(trainable, non_trainable, z, training=False)[0]
+            return model.stateless_call(trainable, non_trainable, z, **kwargs)[0]
 
         return fn(logits_fn, *args)
 

@@ -26,10 +26,14 @@ def _jax(model, fn, tangents, *args):
     cache = model.__dict__.setdefault("_dyart_jvp_cache", {})
     compiled = cache.get(fn)
     if compiled is None:
+        from keras_dyart.backend.jax import inference_kwargs
+
+        kwargs = inference_kwargs(model)
+
         def pure(trainable, non_trainable, tangents, *args):
             def values(weights):
                 return fn(lambda z: model.stateless_call(weights, non_trainable, z,
-                                                         training=False)[0], *args)
+                                                         **kwargs)[0], *args)
 
             return jax.jvp(values, (trainable,), (tangents,))
 
