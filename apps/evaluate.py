@@ -186,9 +186,6 @@ def evaluate(
         if out is not None and os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"`--out` {out!r} is a file; give a folder.")
         box = None if bounds is None else _parse_bounds(bounds)
-        if box is not None and eps:           # radii in --bounds' units
-            for e in epsilons:
-                _checks.eps_in_box(e, norm, box, "--eps")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 
@@ -216,16 +213,16 @@ def evaluate(
         except ValueError as err:
             raise typer.BadParameter(str(err)) from None
         _check_pixel_model(model, box)
-        try:                                    # radii in the model's units
-            for e in epsilons:
-                _checks.eps_in_box(e, norm, box, "--eps")
-        except ValueError as err:
-            raise typer.BadParameter(str(err)) from None
     lo, hi = box
     if box != (0.0, 1.0):
         x_test = (lo + (hi - lo) * x_test).astype("float32")   # the data sets are in [0, 1]
         if not eps:
             epsilons = [(hi - lo) * e for e in epsilons]
+    try:                                        # the radii as they will run, in box's units
+        for e in epsilons:
+            _checks.eps_in_box(e, norm, box, "--eps")
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     typer.echo(f"{model_path}: {len(x_test)} {name} test points, {keras.backend.backend()} "
                f"backend" + (f", inputs in [{lo:g}, {hi:g}]" if box != (0.0, 1.0) else ""))
     run_evaluation(model, x_test, y_test, out or out_dir, attack=attack, epsilons=epsilons,

@@ -281,15 +281,14 @@ def with_bounds(returns: str = "success"):
             box = model_bounds(model, bounds)
             bound = signature.bind(model, x, y, *args, **kwargs)
             a = bound.arguments
+            norm = geometry.get(a.get("norm", signature.parameters["norm"].default))
             eps = a.get("eps")
             if eps is not None:
-                norm = _checks.norm_name(a.get("norm", signature.parameters["norm"].default))
-                eps = _checks.eps_in_box(_checks.parse_eps(eps), norm, box)
+                eps = _checks.eps_in_box(_checks.parse_eps(eps), norm.name, box)
             if box == (0.0, 1.0):
                 return attack(model, x, y, *args, **kwargs)
             unit = UnitBox(model, box)
             x = _checks.images(x, box=box)
-            norm = geometry.get(a.get("norm", signature.parameters["norm"].default))
             if eps is not None:
                 a["eps"] = unit.length(eps)
             if a.get("stop_at") is not None:
