@@ -190,6 +190,7 @@ def evaluate(
         raise typer.BadParameter(str(err)) from None
 
     import keras
+    import numpy as np
 
     import keras_dyart  # noqa: F401  (registers DyARTModel for loading)
     from keras_dyart import datasets
@@ -215,7 +216,8 @@ def evaluate(
         _check_pixel_model(model, box)
     lo, hi = box
     if box != (0.0, 1.0):
-        x_test = (lo + (hi - lo) * x_test).astype("float32")   # the data sets are in [0, 1]
+        # the data sets are in [0, 1]; the clip only absorbs float32 rounding at the ends
+        x_test = np.clip(lo + (hi - lo) * x_test.astype("float64"), lo, hi).astype("float32")
         if not eps:
             epsilons = [(hi - lo) * e for e in epsilons]
     try:                                        # the radii as they will run, in box's units
