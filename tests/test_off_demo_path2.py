@@ -108,6 +108,36 @@ def test_a_later_bad_batch_still_fails_when_a_callback_evaluates(method):
                            callbacks=[_EvaluateAtEpochEnd(x, y)])
 
 
+class _EvaluateAfterBatch(keras.callbacks.Callback):
+    def __init__(self, x, y, batch):
+        super().__init__()
+        self.x, self.y, self.batch = x, y, batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.model.evaluate(self.x, self.y, verbose=0)
+
+
+@pytest.mark.parametrize("method", ["clean", "dyart"])
+def test_a_later_bad_batch_still_fails_when_a_callback_evaluates_mid_epoch(method):
+    # An `evaluate` after the bad batch (index 1) reset the counter: the epoch trained on
+    # its rows and ended without a word.
+    x, y = _data()
+    with pytest.raises(ValueError, match="16 training rows of epoch 1"):
+        _model(method).fit(_bad_batches("labels")(), steps_per_epoch=3, epochs=1, verbose=0,
+                           callbacks=[_EvaluateAfterBatch(x, y, 1)])
+
+
+@pytest.mark.parametrize("method", ["clean", "dyart"])
+def test_a_mid_epoch_evaluate_of_good_data_leaves_good_training_alone(method):
+    x, y = _data()
+    model = _model(method)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                        callbacks=[_EvaluateAfterBatch(x, y, 0)])
+    assert len(history.history["loss"]) == 2
+    assert "input_errors" not in history.history
+
+
 def _repeat(gen_fn):
     def forever():
         while True:

@@ -54,7 +54,7 @@ from keras.utils import pack_x_y_sample_weight, unpack_x_y_sample_weight
 from keras_dyart import _checks, geometry
 from keras_dyart import backend as dyart_backend
 from keras_dyart import inputs as _inputs
-from keras_dyart.methods.data_checks import InputErrorCheck, check_classifier_structure
+from keras_dyart.methods.data_checks import InputErrorCheck, check_classifier_structure, error_count
 from keras_dyart.methods.warm import is_indexed, split_indexed
 from keras_dyart.recipe.data import HostMemory
 
@@ -191,7 +191,15 @@ class RobustModel(keras.Model):
         cached = a.get("kwargs", {}).get("_use_cached_eval_dataset", False)
         if a.get("x") is not None and not cached:
             a["x"] = self.check_data(a.get("x"), a.get("y"))
-        return super().evaluate(*bound.args[1:], **bound.kwargs)
+        # Keras resets every metric when evaluation begins, the error counter too: bad
+        # training rows counted before a callback's mid-epoch `evaluate` are carried over,
+        # so that `fit` still fails at the epoch's end.  (`fit`'s own validation checks the
+        # training rows before the reset.)
+        pending = 0 if cached else error_count(self)
+        result = super().evaluate(*bound.args[1:], **bound.kwargs)
+        if pending:
+            self.input_error_tracker.update_state(float(pending))
+        return result
 
     def test_step(self, *args):
         # The loss-term trackers are only updated by training steps; leave them out of the

@@ -79,8 +79,7 @@ class InputErrorCheck(keras.callbacks.Callback):
                        f"{self._epoch + 1}", ", so the scores would be wrong")
 
     def _count(self) -> int:
-        return int(round(float(ops.convert_to_numpy(
-            self.model.input_error_tracker.result()))))
+        return error_count(self.model)
 
     def _fail(self, rows: str, tail: str) -> None:
         lo, hi = self.model.bounds
@@ -91,6 +90,11 @@ class InputErrorCheck(keras.callbacks.Callback):
             f"Fix the pipeline (or declare `bounds`).")
 
 
+def error_count(model) -> int:
+    """The bad rows counted since Keras last reset ``model``'s metrics."""
+    return int(round(float(ops.convert_to_numpy(model.input_error_tracker.result()))))
+
+
 def _index_text(model):
     n = getattr(model, "n_examples", None)
     if not getattr(model, "uses_index", False) or n is None:
@@ -98,4 +102,4 @@ def _index_text(model):
     return f" (or example indices outside [0, {n}), `n_examples`)"
 
 
-__all__ = ["InputErrorCheck", "check_classifier_structure"]
+__all__ = ["InputErrorCheck", "check_classifier_structure", "error_count"]
