@@ -296,6 +296,25 @@ def logits_loss(loss: Any, arg: str = "loss") -> Any:
     return loss
 
 
+def one_input(model: Any, arg: str = "model", dict_too: bool = False) -> None:
+    """Refuse a model that declares several inputs (or, with ``dict_too``, one input in a
+    dict): the boundary search and the attacks move one input tensor."""
+    try:
+        inputs, structure = model.inputs, model.input
+    except (AttributeError, ValueError):
+        return
+    as_dict = dict_too and isinstance(structure, dict)
+    if as_dict or (inputs is not None and len(inputs) > 1):
+        names = (list(structure) if isinstance(structure, dict)
+                 else [getattr(t, "name", "?") for t in inputs])
+        raise ValueError(
+            f"`{arg}` must take one input tensor (the images); it takes "
+            f"{'a dict of inputs' if as_dict else f'{len(inputs)} inputs'} {names}. "
+            "The boundary search and the attacks move one input: build the model on "
+            "keras.Input(shape) directly (e.g. keras.Model(inp, out), not "
+            "keras.Model({'name': inp}, out) or keras.Model([inp1, inp2], out)).")
+
+
 def continuous_inputs(model: Any, arg: str = "classifier") -> None:
     """Refuse a model whose declared input dtype is an integer or bool type, or that has an
     Embedding layer (declared input or not): token ids or indices cannot be moved by the

@@ -351,6 +351,20 @@ def test_evaluate_and_the_attacks_refuse_a_model_with_integer_inputs(bounds):
         kd.attacks.pgd(model, x, y, eps=0.1 * scale, steps=2, bounds=bounds)
 
 
+def test_evaluate_the_attacks_and_margins_refuse_a_model_of_two_inputs_by_name():
+    # Keras's own error asked for a dict of inputs, which evaluate refuses.
+    a, b = keras.Input((D,)), keras.Input((D,))
+    model = keras.Model([a, b], keras.layers.Dense(K)(keras.layers.Add()([a, b])))
+    x, y = _data(8)
+    match = r"`model` must take one input tensor \(the images\); it takes 2 inputs"
+    with pytest.raises(ValueError, match=match):
+        kd.evaluate(model, x, y, "apgd-ce", [0.1])
+    with pytest.raises(ValueError, match=match):
+        kd.attacks.pgd(model, x, y, eps=0.1, steps=2)
+    with pytest.raises(ValueError, match=match):
+        kd.margins_report(model, x, y)
+
+
 # -- E: inputs divided by 255 for a model that takes 0-255 pixels -----------------------------
 
 def test_inputs_in_a_tiny_corner_of_a_pixel_box_warn_by_name():

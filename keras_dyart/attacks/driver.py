@@ -166,6 +166,7 @@ def num_classes(model, x, y=None) -> int:
     integer-input model has no input gradient: every attack would fail and report the
     clean accuracy as robust); with ``y``, also that every label is in [0, K)."""
     inner = model.model if isinstance(model, UnitBoxModel) else model
+    _checks.one_input(inner, "model")
     _checks.continuous_inputs(inner, "model")
     _checks.probability_head(inner, "model")
     _checks.input_shape(inner, np.shape(x))

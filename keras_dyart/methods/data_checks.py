@@ -21,20 +21,7 @@ def check_classifier_structure(classifier: keras.Model) -> None:
         raise ValueError(
             f"`classifier` must have one output (the class logits); it has {len(outputs)}. "
             "Wrap it in a model that returns only the logits.")
-    try:
-        inputs, structure = classifier.inputs, classifier.input
-    except (AttributeError, ValueError):
-        inputs, structure = None, None
-    if isinstance(structure, dict) or (inputs is not None and len(inputs) > 1):
-        names = (list(structure) if isinstance(structure, dict)
-                 else [getattr(t, "name", "?") for t in inputs])
-        raise ValueError(
-            f"`classifier` must take one input tensor (the images); it takes "
-            f"{'a dict of inputs' if isinstance(structure, dict) else f'{len(inputs)} inputs'} "
-            f"{names}. "
-            "The boundary search and the attacks move one input: build the classifier on "
-            "keras.Input(shape) directly (e.g. keras.Model(inp, out), not "
-            "keras.Model({'name': inp}, out)).")
+    _checks.one_input(classifier, "classifier", dict_too=True)
     _checks.continuous_inputs(classifier, "classifier")
     _checks.probability_head(classifier, "classifier")
 
