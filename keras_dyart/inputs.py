@@ -61,7 +61,21 @@ def _kind(x):
     return "other"
 
 
-def peek(x: Any, y: Any = None) -> tuple[Any, Any, Any]:
+_BATCH_IT = {"tf.data": "dataset.batch(128)", "torch": "DataLoader(..., batch_size=128)",
+             "pydataset": "__getitem__ returning a batch of rows",
+             "generator": "yield batches of rows"}
+
+
+def _batched(by: Any, kind: str, arg: str) -> None:
+    """Refuse a pipeline that yields single examples (a label of shape ()) rather than
+    batches: its inputs would be taken for a batch of rows of one fewer axis."""
+    if by is not None and not isinstance(by, (dict, list, tuple)) and np.ndim(by) == 0:
+        raise ValueError(
+            f"`{arg}` yields single examples (labels of shape ()), not batches: batch it "
+            f"first ({_BATCH_IT[kind]}).")
+
+
+def peek(x: Any, y: Any = None, arg: str = "x") -> tuple[Any, Any, Any]:
     """The first batch of ``x`` (and ``y`` for arrays) as NumPy, and ``x`` to train on.
 
     Returns ``(x_batch, y_batch, x)``: ``x_batch`` / ``y_batch`` are NumPy arrays (or the
@@ -97,7 +111,9 @@ def peek(x: Any, y: Any = None) -> tuple[Any, Any, Any]:
         batch = tuple(batch)
     bx, by, _ = unpack_x_y_sample_weight(batch) if isinstance(batch, tuple) else (
         batch, None, None)
-    return to_numpy(bx), to_numpy(by), x
+    by = to_numpy(by)
+    _batched(by, kind, arg)
+    return to_numpy(bx), by, x
 
 
 def gather(x: Any, y: Any = None, arg: str = "x") -> tuple[Any, Any]:
@@ -139,8 +155,10 @@ def gather(x: Any, y: Any = None, arg: str = "x") -> tuple[Any, Any]:
                 f"{type(batch).__name__}{'' if isinstance(batch, tuple) else ' alone'}.")
         bx, by, _ = unpack_x_y_sample_weight(batch)
         _checks.single_input(bx, arg)
+        by = to_numpy(by)
+        _batched(by, kind, arg)
         xs.append(to_numpy(bx))
-        ys.append(to_numpy(by))
+        ys.append(by)
     if not xs:
         raise ValueError(f"`{arg}` yielded no batch.")
     return np.concatenate(xs), np.concatenate(ys)

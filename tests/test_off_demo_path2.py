@@ -445,6 +445,33 @@ def test_evaluate_refuses_pipelines_it_cannot_gather_by_name():
                     None, epsilons=[0.1], attack="apgd-ce")
 
 
+def _unbatched(kind, x, y):
+    if kind == "tf.data":
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices((x, y))
+    import torch
+
+    data = torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y))
+    return torch.utils.data.DataLoader(data, batch_size=None)
+
+
+@pytest.mark.parametrize("kind, fix", [("tf.data", r"dataset\.batch\(128\)"),
+                                       ("torch", r"batch_size=128")])
+def test_a_pipeline_of_single_examples_is_refused_by_name(kind, fix):
+    # Forgotten .batch(): evaluate failed in NumPy ("zero-dimensional arrays cannot be
+    # concatenated"), fit with "`x` must be a batch of inputs" on the first example.
+    x, y = _data(20)
+    match = rf"`x` yields single examples \(labels of shape \(\)\), not batches.*{fix}"
+    with pytest.raises(ValueError, match=match):
+        kd.evaluate(_classifier(), _unbatched(kind, x, y), None, "apgd-ce", [0.1])
+    with pytest.raises(ValueError, match=match):
+        _model("dyart").fit(_unbatched(kind, x, y), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` yields single examples"):
+        _model("clean").fit(x, y, epochs=1, verbose=0,
+                            validation_data=_unbatched(kind, x, y))
+
+
 # -- an L∞ radius wider than the input box ------------------------------------------------
 # eps=8 meant as 8/255: the ball holds the whole box, so every number would be that of "any
 # input at all" (a robust accuracy of about 0, a model trained on arbitrary inputs).

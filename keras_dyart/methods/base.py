@@ -140,7 +140,7 @@ class RobustModel(keras.Model):
         """
         if isinstance(x, (dict, list, tuple)) and not is_indexed(x):
             _checks.single_input(x, x_arg)
-        bx, by, x = _inputs.peek(x, y)
+        bx, by, x = _inputs.peek(x, y, x_arg)
         if isinstance(bx, dict):
             bx = _inputs.to_numpy(split_indexed(bx)[0])
         if isinstance(bx, (dict, tuple, list)):
