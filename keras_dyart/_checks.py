@@ -70,8 +70,8 @@ def eps_in_box(eps: float, norm: str, box: tuple, arg: str = "eps") -> float:
     No two inputs of the box are farther apart than its width under L∞, so such a ball
     holds the whole box, the same as the width: it is almost always a radius given in pixel
     levels (``8`` for ``8/255``).  The width itself is allowed (the end of a sweep).  Caps
-    such as DyART's ``r0`` or MMA's ``d_max`` are not checked: beyond the width they mean
-    "no cap".  Returns ``eps``.
+    such as DyART's ``r0`` or MMA's ``d_max`` only warn (`cap_in_box`): beyond the width
+    they cap nothing.  Returns ``eps``.
     """
     lo, hi = (float(b) for b in box)
     width = hi - lo
@@ -84,6 +84,25 @@ def eps_in_box(eps: float, norm: str, box: tuple, arg: str = "eps") -> float:
             f"beyond it means the same as the width (every input within reach). Lengths "
             f"are in the inputs' units.{hint}")
     return eps
+
+
+def cap_in_box(cap: float, norm: str, box: tuple, arg: str) -> float:
+    """Warn about an L∞ cap (DyART's ``r0`` and ``eps_fab``, MMA's ``d_max``, the
+    dynamics' ``r0``) beyond the width of the input box: no margin in the box exceeds the
+    width, so such a cap caps nothing, and it is most often pixel levels (``16`` for
+    ``16/255``).  Not refused: "no cap" is a legitimate wish, which the width itself
+    expresses without the warning.  Returns ``cap``."""
+    lo, hi = (float(b) for b in box)
+    width = hi - lo
+    if norm_name(norm) == "linf" and cap > width * (1 + 1e-6):
+        hint = (f" For {cap:g} levels of 255 give {cap:g}/255 (= {cap / 255:.4g})."
+                if width <= 1.0 + 1e-6 and cap >= 1 else "")
+        warnings.warn(
+            f"`{arg}` is {cap:g} but the inputs live in [{lo:g}, {hi:g}]: under L∞ no margin "
+            f"in that box exceeds its width ({width:g}), so `{arg}` caps nothing. Lengths "
+            f"are in the inputs' units.{hint} (Give {width:g}, the width, for no cap without "
+            f"this warning.)", UserWarning, stacklevel=3)
+    return cap
 
 
 def positive(value: float, arg: str, integer: bool = False,

@@ -37,7 +37,7 @@ def softmax(z):
 def test_loss_and_weights_match_numpy(make_linear):
     weights, bias, x, y, v, phi, margin = linear_batch()
     clf = make_linear(weights, bias)
-    model = DyARTModel(clf, lam=LAM, alpha=ALPHA, r0=10.0)
+    model = DyARTModel(clf, lam=LAM, alpha=ALPHA, r0=1.0)
     out = model.search(lambda z: clf(z, training=False), x, y)
     w = ops.convert_to_numpy(out["weights"])
     np.testing.assert_allclose(w, np.exp(-ALPHA * margin) / np.abs(v).sum(1), rtol=2e-3)
@@ -69,7 +69,7 @@ def test_train_step_gradient_is_minus_weighted_margin_gradient(make_linear, jit_
     weights, bias, x, y, v, phi, margin = linear_batch(seed=1)
     n = len(y)
     clf = make_linear(weights, bias)
-    model = DyARTModel(clf, lam=LAM, alpha=ALPHA, r0=10.0)
+    model = DyARTModel(clf, lam=LAM, alpha=ALPHA, r0=1.0)
     model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=jit_compile)
     logs = model.train_on_batch(x, y, return_dict=True)
     new_w, new_b = clf.layers[-1].get_weights()
@@ -116,7 +116,7 @@ def test_search_uses_the_current_weights_inside_the_compiled_step(make_linear):
     with the new weights, not values captured when the step was traced."""
     weights, bias, x, y, v, phi, margin = linear_batch(seed=3)
     clf = make_linear(weights, bias)
-    model = DyARTModel(clf, lam=LAM, r0=10.0)
+    model = DyARTModel(clf, lam=LAM, r0=1.0)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     first = model.train_on_batch(x, y, return_dict=True)
     assert first["mean_margin"] == pytest.approx(margin.mean(), rel=1e-3)

@@ -4,6 +4,8 @@ training, validation or evaluation), inputs given as a dict are refused up front
 cross-entropy is refused by ``compile``, a classifier with integer inputs (or an Embedding)
 is refused at construction and by the attacks, and x/255 for a 0-255 model warns."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -511,11 +513,33 @@ def test_an_linf_training_radius_beyond_the_box_is_refused(method):
     cls(_classifier(), eps=1.5, step_size=0.5, norm="l2")
 
 
-def test_linf_thresholds_beyond_the_box_are_not_radii():
-    # DyART's r0, its eps_fab and MMA's d_max are caps: beyond the width they mean "no cap"
-    # (as the tests' r0=10 does), so they are not refused like a radius.
-    methods.DyARTModel(_classifier(), r0=10.0, eps_fab=8)
-    methods.MMAModel(_classifier(), d_max=20)
+def test_linf_caps_beyond_the_box_warn_by_name_and_are_not_refused():
+    # DyART's r0, its eps_fab and MMA's d_max are caps: beyond the width they cap nothing
+    # ("no cap", which the width itself says quietly); r0=16 meant as 16/255 trained an
+    # untruncated DyART without a word.
+    with pytest.warns(UserWarning, match=r"`r0` is 16 .*caps nothing.*16/255 \(= 0\.06275\)"):
+        model = methods.DyARTModel(_classifier(), r0=16)
+    assert model.r0 == 16
+    with pytest.warns(UserWarning, match=r"`eps_fab` is 8 .*caps nothing"):
+        methods.DyARTModel(_classifier(), r0=0.5, eps_fab=8)
+    with pytest.warns(UserWarning, match=r"`d_max` is 20 .*caps nothing"):
+        methods.MMAModel(_classifier(), d_max=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        methods.DyARTModel(_classifier(), r0=1.0, eps_fab=1.0)        # the width: no cap
+        methods.DyARTModel(_classifier(), r0=16, bounds=(0, 255))      # its own units
+        methods.DyARTModel(_classifier(), r0=16, norm="l2")            # L2: not bounded
+        methods.MMAModel(_classifier(), d_max=1.0)
+
+
+def test_a_dynamics_r0_beyond_the_box_warns_by_name():
+    from keras_dyart import dynamics
+
+    x, y = _data(8)
+    model = _classifier()
+    delta = [np.zeros(v.shape, "float32") for v in model.trainable_variables]
+    with pytest.warns(UserWarning, match=r"`r0` is 16 .*caps nothing"):
+        dynamics.boundary_dynamics(model, x, y, delta, r0=16, n_iter=2)
 
 
 # -- inputs of the wrong shape ------------------------------------------------------------

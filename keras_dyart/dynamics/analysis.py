@@ -153,6 +153,7 @@ def boundary_dynamics(model, x, y, delta: Sequence, *, method: str = "exact",
     delta = check_delta(model, delta)
     analyzer = Analyzer(model, norm, beta, n_iter, refine, refine_steps, use_filter,
                         batch_size, jit)
+    _checks.cap_in_box(r0, analyzer.norm, (0.0, 1.0), "r0")    # the analysis runs in [0, 1]
     points = analyzer.points(x, y)
     speeds = {m: analyzer.speed(points, delta, m, step) for m in methods}
     main = speeds.get("exact", speeds.get("finite_difference"))

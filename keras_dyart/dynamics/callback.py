@@ -130,6 +130,7 @@ class BoundaryDynamics(keras.callbacks.Callback):
                                       batch_size=self.batch_size, jit=self.jit)
             self._r0 = self.r0 if self.r0 is not None else _checks.parse_eps(
                 model_setting(None, model, "r0", 16 / 255), "r0")
+            _checks.cap_in_box(self._r0, self._analyzer.norm, (0.0, 1.0), "r0")
         points = self._analyzer.points(self.x_probe, self.y_probe)
         theta = [ops.convert_to_numpy(v).astype("float32") for v in model.trainable_variables]
         self._pending = (points, theta)

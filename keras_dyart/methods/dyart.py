@@ -113,9 +113,10 @@ class DyARTModel(RobustModel):
         self.beta = _checks.positive(beta, "beta")
         self.lam = _checks.positive(lam, "lam", allow_zero=True)
         self.alpha = _checks.positive(alpha, "alpha", allow_zero=True)
-        self.r0 = _checks.positive(r0, "r0")
+        self.r0 = _checks.cap_in_box(_checks.positive(r0, "r0"), self.norm, self.bounds, "r0")
         self.n_iter = _checks.positive(n_iter, "n_iter", integer=True)
-        self.eps_fab = _checks.parse_eps(eps_fab, "eps_fab")
+        self.eps_fab = _checks.cap_in_box(_checks.parse_eps(eps_fab, "eps_fab"), self.norm,
+                                          self.bounds, "eps_fab")
         self.random_start = bool(random_start)
         self.restarts = _checks.positive(restarts, "restarts", integer=True)
         self.refine = bool(refine)

@@ -71,9 +71,10 @@ class MMAModel(RobustModel):
                  clean_weight: float = 1 / 3, norm: str = "linf", margin_beta: float = 5.0,
                  n_iter: int = 20, refine_steps: int = 4, seed: int = 0, **kwargs):
         super().__init__(classifier, seed=seed, **kwargs)
-        self.d_max = _checks.parse_eps(d_max, "d_max")
-        self.clean_weight = _checks.in_range(clean_weight, "clean_weight", 0.0, 1.0)
         self.norm = _checks.norm_name(norm)
+        self.d_max = _checks.cap_in_box(_checks.parse_eps(d_max, "d_max"), self.norm,
+                                        self.bounds, "d_max")
+        self.clean_weight = _checks.in_range(clean_weight, "clean_weight", 0.0, 1.0)
         self.margin_beta = _checks.positive(margin_beta, "margin_beta")
         self.n_iter = _checks.positive(n_iter, "n_iter", integer=True)
         self.refine_steps = _checks.positive(refine_steps, "refine_steps", integer=True,
