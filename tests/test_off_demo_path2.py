@@ -92,13 +92,20 @@ def test_a_later_bad_training_batch_still_fails_when_validation_runs(method):
                   validation_data=(x, y))
 
 
-class _EvaluateAtEpochEnd(keras.callbacks.Callback):
-    def __init__(self, x, y):
+class _Evaluate(keras.callbacks.Callback):
+    """Calls `evaluate` at each epoch's end, or after training batch ``batch``."""
+
+    def __init__(self, x, y, batch=None):
         super().__init__()
-        self.x, self.y = x, y
+        self.x, self.y, self.batch = x, y, batch
 
     def on_epoch_end(self, epoch, logs=None):
-        self.model.evaluate(self.x, self.y, verbose=0)
+        if self.batch is None:
+            self.model.evaluate(self.x, self.y, verbose=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.model.evaluate(self.x, self.y, verbose=0)
 
 
 @pytest.mark.parametrize("method", ["clean", "dyart"])
@@ -107,17 +114,7 @@ def test_a_later_bad_batch_still_fails_when_a_callback_evaluates(method):
     x, y = _data()
     with pytest.raises(ValueError, match="16 training rows of epoch 1"):
         _model(method).fit(_bad_batches("labels")(), steps_per_epoch=3, epochs=1, verbose=0,
-                           callbacks=[_EvaluateAtEpochEnd(x, y)])
-
-
-class _EvaluateAfterBatch(keras.callbacks.Callback):
-    def __init__(self, x, y, batch):
-        super().__init__()
-        self.x, self.y, self.batch = x, y, batch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == self.batch:
-            self.model.evaluate(self.x, self.y, verbose=0)
+                           callbacks=[_Evaluate(x, y)])
 
 
 @pytest.mark.parametrize("method", ["clean", "dyart"])
@@ -127,7 +124,7 @@ def test_a_later_bad_batch_still_fails_when_a_callback_evaluates_mid_epoch(metho
     x, y = _data()
     with pytest.raises(ValueError, match="16 training rows of epoch 1"):
         _model(method).fit(_bad_batches("labels")(), steps_per_epoch=3, epochs=1, verbose=0,
-                           callbacks=[_EvaluateAfterBatch(x, y, 1)])
+                           callbacks=[_Evaluate(x, y, 1)])
 
 
 @pytest.mark.parametrize("method", ["clean", "dyart"])
@@ -135,7 +132,7 @@ def test_a_mid_epoch_evaluate_of_good_data_leaves_good_training_alone(method):
     x, y = _data()
     model = _model(method)
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
-                        callbacks=[_EvaluateAfterBatch(x, y, 0)])
+                        callbacks=[_Evaluate(x, y, 0)])
     assert len(history.history["loss"]) == 2
     assert "input_errors" not in history.history
 
