@@ -203,12 +203,11 @@ def input_values(x: np.ndarray, arg: str = "x",
             f"bounds=(0, 255) for a model that rescales 0-255 pixels itself.")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"`{arg}` contains NaN or inf values.")
-    xmin, xmax = x.min(), x.max()
+    xmin, xmax = float(x.min()), float(x.max())
     # Compare in the inputs' own precision: a float32 batch cannot hold a decimal end such as
     # 0.2 exactly, and its nearest float32 is the end as the model and attacks see it (they
     # clip in float32 too).  A value beyond that rounded end is still refused.
-    lo_x, hi_x = np.asarray(lo, dtype=x.dtype), np.asarray(hi, dtype=x.dtype)
-    xmin, xmax = float(xmin), float(xmax)
+    lo_x, hi_x = (float(np.asarray(b, dtype=x.dtype)) for b in (lo, hi))
     if xmin < lo_x or xmax > hi_x:
         hint = (" (0-255 pixels? divide them by 255, or declare bounds=(0, 255))"
                 if (lo, hi) == (0.0, 1.0) and xmax > 1.0 else "")
