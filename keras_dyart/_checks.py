@@ -63,6 +63,13 @@ def parse_eps(value: float | str, arg: str = "eps") -> float:
     return value
 
 
+def _levels_hint(length: float, width: float) -> str:
+    """The /255 form of a length beyond a unit-width box (pixel levels), else ''."""
+    if width <= 1.0 + 1e-6 and length >= 1:
+        return f" For {length:g} levels of 255 give {length:g}/255 (= {length / 255:.4g})."
+    return ""
+
+
 def eps_in_box(eps: float, norm: str, box: tuple, arg: str = "eps") -> float:
     """Refuse an L∞ radius ``eps`` beyond the width of the input box ``box = (lower,
     upper)``.
@@ -76,8 +83,7 @@ def eps_in_box(eps: float, norm: str, box: tuple, arg: str = "eps") -> float:
     lo, hi = (float(b) for b in box)
     width = hi - lo
     if norm_name(norm) == "linf" and eps > width * (1 + 1e-6):
-        hint = (f" For {eps:g} levels of 255 give {eps:g}/255 (= {eps / 255:.4g})."
-                if width <= 1.0 + 1e-6 and eps >= 1 else "")
+        hint = _levels_hint(eps, width)
         raise ValueError(
             f"`{arg}` is {eps:g} but the inputs live in [{lo:g}, {hi:g}]: under L∞ no two "
             f"inputs of that box are more than its width ({width:g}) apart, so a length "
@@ -95,8 +101,7 @@ def cap_in_box(cap: float, norm: str, box: tuple, arg: str) -> float:
     lo, hi = (float(b) for b in box)
     width = hi - lo
     if norm_name(norm) == "linf" and cap > width * (1 + 1e-6):
-        hint = (f" For {cap:g} levels of 255 give {cap:g}/255 (= {cap / 255:.4g})."
-                if width <= 1.0 + 1e-6 and cap >= 1 else "")
+        hint = _levels_hint(cap, width)
         warnings.warn(
             f"`{arg}` is {cap:g} but the inputs live in [{lo:g}, {hi:g}]: under L∞ no margin "
             f"in that box exceeds its width ({width:g}), so `{arg}` caps nothing. Lengths "
