@@ -49,6 +49,10 @@ from keras_dyart.evaluation import evaluate
 _THEIRS = {"apgd-ce": "APGD", "apgd-t": "APGDT", "fab-t": "FAB", "square": "Square"}
 
 
+def _points(n: int) -> str:
+    return f"{n} point" + ("" if n == 1 else "s")
+
+
 def _reference(model, x, y, epsilons, steps):
     """torchattacks' AutoAttack per radius: (robust accuracies, seconds, seconds per
     component over all radii, per-point outcomes ``(N, radii)``: 1 where the model still
@@ -310,7 +314,7 @@ def compare_backends(args, epsilons):
             versus = ["", "Against torchattacks, point by point"
                       + ("" if recorded.all() else f" (the {int(recorded.sum())} points "
                          "whose outcomes it recorded)") + ": "
-                      + "; ".join(f"eps {e:g}: {int((~ours[:, i] & ref[:, i]).sum())} points "
+                      + "; ".join(f"eps {e:g}: {_points(int((~ours[:, i] & ref[:, i]).sum()))} "
                                   f"broken by keras-dyart ({first['backend']}) only, "
                                   f"{int((ours[:, i] & ~ref[:, i]).sum())} by torchattacks only"
                                   for i, e in enumerate(epsilons)) + "."]
