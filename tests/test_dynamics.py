@@ -233,6 +233,34 @@ def test_summarize_definitions():
     assert all(np.isnan(v) for v in empty["bin_share_negative"])
 
 
+def test_summarize_ignores_what_unusable_rows_hold_and_refuses_nonfinite_usable_rows():
+    # Points without a boundary point often carry an inf (or NaN) margin, e.g. FAB-T's
+    # distances; they must drop out, not turn the margin statistics into NaN.
+    margin = np.array([0.05, 0.1, 0.2, 0.25, 0.5, 0.9, 0.0], "float32")
+    speed = np.array([-1.0, 2.0, -3.0, 4.0, 5.0, 7.0, 0.0], "float32")
+    usable = np.array([1, 1, 1, 1, 1, 1, 0], bool)
+    ref = dy.summarize(margin, speed, usable, r0=0.3, bins=[0.0, 0.15, 0.3, np.inf])
+    assert ref["speed_margin_corr"] == pytest.approx(
+        np.corrcoef(margin[:6], speed[:6])[0, 1], rel=1e-4)
+    for filler in (np.inf, np.nan):
+        m, sp = margin.copy(), speed.copy()
+        m[6], sp[6] = filler, filler
+        got = dy.summarize(m, sp, usable, r0=0.3, bins=[0.0, 0.15, 0.3, np.inf])
+        assert got.keys() == ref.keys()
+        for key in ref:
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-6, err_msg=key)
+    bad = margin.copy()
+    bad[2] = np.inf
+    with pytest.raises(ValueError, match=r"`margin` is not finite at 1 point.*row 2"):
+        dy.summarize(bad, speed, usable, r0=0.3)
+    bad = speed.copy()
+    bad[0] = np.nan
+    with pytest.raises(ValueError, match=r"`speed` is not finite.*row 0"):
+        dy.summarize(margin, bad, usable, r0=0.3)
+    with pytest.raises(ValueError, match="three vectors of one length"):
+        dy.summarize(margin, speed[:5], usable, r0=0.3)
+
+
 def test_bad_input_names_the_argument(tmp_path):
     w, b, x, y, dw, db = _two_class_setup()
     model = linear_classifier(w, b)

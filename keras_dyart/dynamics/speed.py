@@ -100,7 +100,8 @@ def summarize(margin, speed, usable, r0: float,
         margin: ``(N,)`` margins R_i.
         speed: ``(N,)`` boundary speeds s_i.
         usable: ``(N,)`` bool, points with a usable closest boundary point (this implies a
-            correct prediction, φ(x) > 0).
+            correct prediction, φ(x) > 0); the other rows are ignored whatever their margin
+            and speed (inf or NaN included), while a usable row must hold finite values.
         r0: points with ``R < r0`` are *vulnerable*.
         bins: number of equal bins on [0, r0) (one bin [r0, ∞) is added), or increasing
             bin edges.
@@ -124,7 +125,22 @@ def summarize(margin, speed, usable, r0: float,
     margin = ops.cast(ops.convert_to_tensor(margin), "float32")
     speed = ops.cast(ops.convert_to_tensor(speed), "float32")
     use = ops.cast(ops.convert_to_tensor(usable), "bool")
-    speed = ops.where(use, speed, 0.0)                 # NaNs of unusable rows drop out
+    if not (ops.shape(margin) == ops.shape(speed) == ops.shape(use)
+            and len(ops.shape(margin)) == 1):
+        raise ValueError(
+            f"`margin`, `speed` and `usable` must be three vectors of one length; got shapes "
+            f"{tuple(ops.shape(margin))}, {tuple(ops.shape(speed))} and "
+            f"{tuple(ops.shape(use))}.")
+    for arg, v in (("margin", margin), ("speed", speed)):
+        bad = ops.convert_to_numpy(use & ~ops.isfinite(v))
+        if np.any(bad):
+            raise ValueError(
+                f"`{arg}` is not finite at {int(np.sum(bad))} point(s) marked `usable` "
+                f"(the first: row {int(np.argmax(bad))}); mark such points unusable.")
+    # Unusable rows drop out of every statistic, whatever they hold (inf or NaN margins of
+    # points without a boundary point would otherwise turn the means into NaN).
+    margin = ops.where(use, margin, 0.0)
+    speed = ops.where(use, speed, 0.0)
     u = ops.cast(use, "float32")
     vul = u * ops.cast(margin < r0, "float32")
     neg = ops.cast(speed < 0, "float32")
