@@ -83,6 +83,32 @@ def test_averaged_weights_look_through_nested_optimizer_wrappers():
     assert_averages_of(nested, clf, averaging.averages())
 
 
+
+def test_averaged_model_without_an_averaging_optimizer_warns_and_copies_the_weights():
+    """A model trained with Adam keeps no average: the copy is its current weights, and
+    the user is told so rather than handed them as an average."""
+    import warnings
+
+    x, y = data()
+    clf = classifier(*weights())
+    clf.compile(optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clf.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match=r"keeps no weight average \(Adam\).*current weights"):
+        copy = recipe.averaged_model(clf)
+    for a, v in zip(copy.get_weights(), clf.get_weights()):
+        np.testing.assert_array_equal(a, v)
+    with pytest.warns(UserWarning, match="`model` is not compiled"):
+        recipe.averaged_model(classifier(*weights()))
+    averaging = classifier(*weights())
+    averaging.compile(optimizer=recipe.AveragingSGD(0.5, ema_tau=0.5),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    averaging.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*weight average")
+        recipe.averaged_model(averaging)
+
+
 # -- bug 3: evaluation inputs in the method model's bounds -----------------------------------
 
 def test_robust_accuracy_takes_the_method_models_bounds():
@@ -96,7 +122,7 @@ def test_robust_accuracy_takes_the_method_models_bounds():
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
     # a plain copy of the classifier has no bounds: they are given
-    copy = recipe.averaged_model(model255)
+    copy = recipe.plain_copy(model255.classifier)
     got = recipe.robust_accuracy(copy, x * 255, y, EPS * 255, steps=5, bounds=model255.bounds)
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
@@ -107,7 +133,7 @@ def test_robust_accuracy_refuses_x_outside_the_bounds_naming_them():
     model255 = methods.CleanModel(classifier(*weights(), rescale=1 / 255), bounds=(0, 255))
     with pytest.raises(ValueError, match=r"`x` must lie in the model's input bounds \[0, 255\]"):
         recipe.robust_accuracy(model255, x * 300, y, EPS * 255, steps=2)
-    copy = recipe.averaged_model(model255)
+    copy = recipe.plain_copy(model255.classifier)
     with pytest.raises(ValueError, match=r"`x` must lie in the model's input bounds \[0, 255\]"):
         recipe.robust_accuracy(copy, x * 300, y, EPS * 255, steps=2, bounds=(0, 255))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -93,10 +94,20 @@ def averaged_model(model) -> keras.Model:
     model (`plain_copy`): attack it (`keras_dyart.evaluation.evaluate`) or ``save`` it; a
     saved copy loads without keras_dyart.  It does not carry the method model's input
     ``bounds``: give them to the attack (``bounds=model.bounds``) when they are not (0, 1).
+    A model whose optimizer keeps no average (Adam, plain SGD, not compiled) gets a
+    warning, and the copy carries its current weights.
     """
     classifier = getattr(model, "classifier", model)
     if not isinstance(classifier, keras.layers.Layer):
         raise TypeError(f"`model` must be a Keras model; got {type(model).__name__}.")
+    optimizer = getattr(model, "optimizer", None)
+    if _averaging_optimizer(optimizer) is None:
+        kind = "is not compiled" if optimizer is None else (
+            f"has an optimizer that keeps no weight average ({type(optimizer).__name__})")
+        warnings.warn(
+            f"`model` {kind}: the copy carries its current weights, not averaged ones. "
+            f"Compile it with `keras_dyart.recipe.build_optimizer(...)` or an `AveragingSGD` "
+            f"for a weight average.", stacklevel=2)
     return plain_copy(classifier, averaged_weights(model))
 
 
