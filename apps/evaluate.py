@@ -15,16 +15,19 @@ from typing import Any, Callable, List, Optional, Sequence
 import typer
 
 
-def _progress_callback(bar) -> Callable[[str, Optional[float], int, int], None]:
-    """A ``progress(attack, eps, done, total)`` callback drawing one bar per attack and eps."""
-    from keras_dyart.attacks.autoattack import NAMES
+def _progress_callback(bar, options=None) -> Callable[[str, Optional[float], int, int], None]:
+    """A ``progress(attack, eps, done, total)`` callback drawing one bar per attack and eps
+    (labelled as the attack runs with ``options``)."""
+    from keras_dyart.attacks.autoattack import ATTACKS
 
     tasks = {}
 
     def update(attack, eps, done, total):
         key = (attack, eps)
         if key not in tasks:
-            label = NAMES.get(attack, attack) + ("" if eps is None else f" eps={eps:.4g}")
+            name = (ATTACKS[attack].label_for((options or {}).get(attack))
+                    if attack in ATTACKS else attack)
+            label = name + ("" if eps is None else f" eps={eps:.4g}")
             tasks[key] = bar.add_task(label, total=total)
         bar.update(tasks[key], completed=done, total=total)
 
@@ -36,9 +39,7 @@ def print_report(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from keras_dyart.attacks.autoattack import NAMES
-
-    table = Table(title=f"{NAMES.get(report.attack, report.attack)} ({report.norm}), "
+    table = Table(title=f"{report.label(report.attack)} ({report.norm}), "
                         f"{report.n} points, {report.backend}: accuracy (%)")
     table.add_column("")
     for e in report.epsilons:
@@ -50,7 +51,7 @@ def print_report(report) -> None:
     if len(report.attacks) > 1:
         console.print("Rows after the first: accuracy after that attack, each attack running "
                       "only on the points still robust; the last row is the worst case.")
-    console.print("time: " + ", ".join(f"{NAMES.get(a, a)} {s:.1f} s"
+    console.print("time: " + ", ".join(f"{report.label(a)} {s:.1f} s"
                                        for a, s in report.seconds.items()))
 
 
@@ -58,12 +59,12 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
                    epsilons: Sequence[float] = (0.1, 0.2, 0.3), norm: str = "linf",
                    batch_size: int = 500, seed: int = 0,
                    options: Optional[dict[str, dict[str, Any]]] = None,
-                   margins: bool = False, show: bool = True, table: bool = True,
-                   bounds: Optional[tuple] = None):
-    """Evaluate, write ``eval_<attack>.json`` / ``.csv`` (and the margins report) to
-    ``out_dir``, show progress bars (``show``) and print the table (``show`` and
-    ``table``); ``bounds``: the model's input box (default: its own, else (0, 1)).
-    Returns the `RobustnessReport`."""
+                   margins: bool = False, margins_n_iter: int = 100, show: bool = True,
+                   table: bool = True, bounds: Optional[tuple] = None):
+    """Evaluate, write ``eval_<attack>.json`` / ``.csv`` (and the margins report, FAB-T of
+    ``margins_n_iter`` iterations) to ``out_dir``, show progress bars (``show``) and print
+    the table (``show`` and ``table``); ``bounds``: the model's input box (default: its
+    own, else (0, 1)).  Returns the `RobustnessReport`."""
     from rich.progress import Progress
 
     from keras_dyart.evaluation import evaluate, margins_report
@@ -71,7 +72,8 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
     with Progress(transient=True, disable=not show) as bar:
         report = evaluate(model, x, y, attack, list(epsilons), norm=norm,
                           batch_size=batch_size, seed=seed, options=options,
-                          progress=_progress_callback(bar), bounds=bounds)
+                          progress=_progress_callback(bar, options),
+                          bounds=bounds)
     tag = report.attack.replace(",", "+")
     report.to_json(os.path.join(out_dir, f"eval_{tag}.json"))
     report.to_csv(os.path.join(out_dir, f"eval_{tag}.csv"))
@@ -81,7 +83,8 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
         with Progress(transient=True, disable=not show) as bar:
             task = bar.add_task("FAB-T margins", total=1)
             rep = margins_report(model, x, y, norm=norm, epsilons=report.epsilons,
-                                 batch_size=batch_size, seed=seed, bounds=bounds,
+                                 n_iter=margins_n_iter, batch_size=batch_size, seed=seed,
+                                 bounds=bounds,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
         rep.to_csv(os.path.join(out_dir, "margins.csv"))
         rep.to_json(os.path.join(out_dir, "margins.json"))
@@ -89,6 +92,35 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
         if show:
             typer.echo(rep.table())
     return report
+
+
+#: The iteration argument of each attack that `--n-iter` sets.
+_ITERATIONS = {"apgd-ce": "n_iter", "apgd-dlr": "n_iter", "apgd-t": "n_iter",
+               "fab-t": "n_iter", "pgd": "steps", "pgd-cw": "steps"}
+
+
+def _budget_options(attacks, n_iter, n_queries, margins: bool) -> dict:
+    """``options`` of `evaluate` from ``--n-iter`` / ``--n-queries``, for the attacks that
+    run; a budget that no attack of the run (nor ``--margins``) would use is refused."""
+    from keras_dyart import _checks
+
+    options = {}
+    if n_iter is not None:
+        _checks.positive(n_iter, "--n-iter", integer=True)
+        iterative = [a for a in attacks if a in _ITERATIONS]
+        if not iterative and not margins:
+            raise ValueError(
+                f"`--n-iter` sets the iterations of APGD, FAB-T and PGD, and --attack "
+                f"{','.join(attacks)} runs none of them (Square's budget is --n-queries).")
+        options.update({a: {_ITERATIONS[a]: n_iter} for a in iterative})
+    if n_queries is not None:
+        _checks.positive(n_queries, "--n-queries", integer=True)
+        if "square" not in attacks:
+            raise ValueError(
+                f"`--n-queries` sets the queries of Square, and --attack "
+                f"{','.join(attacks)} does not run it.")
+        options["square"] = {"n_queries": n_queries}
+    return options
 
 
 def _resolve_target(target: str) -> tuple[str, dict, str]:
@@ -133,7 +165,8 @@ def evaluate(
                                    help="Points per compiled call."),
     seed: int = typer.Option(0, metavar="N", help="Seed of the attacks."),
     n_iter: Optional[int] = typer.Option(
-        None, "--n-iter", metavar="N", help="APGD and FAB-T iterations (100)."),
+        None, "--n-iter", metavar="N",
+        help="Iterations of APGD and FAB-T (100; --margins too) and of PGD (40)."),
     n_queries: Optional[int] = typer.Option(
         None, "--n-queries", metavar="N", help="Square queries (5000)."),
     margins: bool = typer.Option(False, "--margins/--no-margins", show_default=False,
@@ -160,17 +193,9 @@ def evaluate(
         norm = _checks.norm_name(norm or config.get("norm", "linf"), "--norm")
         for value, name in ((n, "--n"), (batch_size, "--batch-size")):
             _checks.positive(value, name, integer=True)
-        options = {}
-        if n_iter is not None:
-            _checks.positive(n_iter, "--n-iter", integer=True)
-            for a in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t"):
-                options[a] = {"n_iter": n_iter}
-        if n_queries is not None:
-            _checks.positive(n_queries, "--n-queries", integer=True)
-            options["square"] = {"n_queries": n_queries}
         from keras_dyart.attacks.autoattack import resolve
 
-        resolve(attack)
+        options = _budget_options(resolve(attack), n_iter, n_queries, margins)
         from keras_dyart import datasets
 
         name = dataset or config.get("dataset") or "mnist5k"
@@ -229,7 +254,8 @@ def evaluate(
                f"backend" + (f", inputs in [{lo:g}, {hi:g}]" if box != (0.0, 1.0) else ""))
     run_evaluation(model, x_test, y_test, out or out_dir, attack=attack, epsilons=epsilons,
                    norm=norm, batch_size=batch_size, seed=seed, options=options,
-                   margins=margins, bounds=box)
+                   margins=margins, margins_n_iter=100 if n_iter is None else n_iter,
+                   bounds=box)
 
 
 def _parse_bounds(text: str) -> tuple:

@@ -26,7 +26,7 @@ import numpy as np
 from keras_dyart import _checks, io
 from keras_dyart import inputs as _inputs
 from keras_dyart.attacks import driver
-from keras_dyart.attacks.autoattack import NAMES, resolve, run_sequence
+from keras_dyart.attacks.autoattack import ATTACKS, NAMES, resolve, run_sequence
 from keras_dyart.attacks.fab import fab_t
 
 
@@ -98,6 +98,8 @@ class RobustnessReport:
         distance: per-point FAB-T minimal distance (NaN where FAB-T did not run, 0 for clean
             errors, inf where it found nothing).
         seconds: wall time per attack.  ``adversarials``: ``{eps: x_adv}`` (not serialised).
+        options: the per-attack keyword arguments the attacks ran with (`evaluate`'s
+            ``options``); the labels follow them (``PGD-100 (CE)`` for 100 steps).
     """
 
     attack: str
@@ -116,14 +118,21 @@ class RobustnessReport:
     seconds: dict
     backend: str = field(default_factory=lambda: keras.backend.backend())
     adversarials: dict = field(default_factory=dict, repr=False)
+    options: dict = field(default_factory=dict)
+
+    def label(self, name: str, default: str | None = None) -> str:
+        """The table label of attack ``name`` as it ran (with its ``options``)."""
+        if name in ATTACKS:
+            return ATTACKS[name].label_for(self.options.get(name))
+        return NAMES.get(name, name if default is None else default)
 
     def rows(self):
         """Table rows: ``(name, {eps: accuracy})``, clean first, the worst case last."""
         out = [("clean", {e: self.clean_accuracy for e in self.epsilons})]
         for a in self.attacks:
-            out.append((NAMES.get(a, a), self.accuracy_after[a]))
+            out.append((self.label(a), self.accuracy_after[a]))
         if len(self.attacks) > 1:
-            out.append((NAMES.get(self.attack, "worst case"), self.robust_accuracy))
+            out.append((self.label(self.attack, "worst case"), self.robust_accuracy))
         return out
 
     def table(self):
@@ -136,7 +145,7 @@ class RobustnessReport:
         def line(r):
             return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(r, widths)))
-        title = (f"{NAMES.get(self.attack, self.attack)} ({self.norm}), {self.n} points, "
+        title = (f"{self.label(self.attack)} ({self.norm}), {self.n} points, "
                  f"{self.backend} backend; accuracy in %"
                  + ("" if len(self.attacks) == 1 else
                     "; each row: after that attack (each runs on the points still robust)"))
@@ -154,6 +163,7 @@ class RobustnessReport:
             "accuracy_after": {a: {eps_key(e): v for e, v in acc.items()}
                                for a, acc in self.accuracy_after.items()},
             "seconds": dict(self.seconds),
+            "options": {a: dict(o) for a, o in self.options.items()},
         }
         if per_point:
             d["points"] = self.point_rows()
@@ -262,7 +272,8 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
         accuracy_after={a: ByEps(acc) for a, acc in out["after"].items()},
         labels=y, predictions=out["clean_pred"],
         robust=robust, broken_by=broken, distance=out["distance"],
-        seconds=out["seconds"], adversarials=out["x_adv"])
+        seconds=out["seconds"], adversarials=out["x_adv"],
+        options={a: dict(o) for a, o in (options or {}).items() if a in attacks})
 
 
 @dataclass

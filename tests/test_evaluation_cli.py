@@ -120,3 +120,35 @@ def test_the_api_warns_on_a_pixel_model_attacked_in_the_unit_box(tmp_path):
         warnings.filterwarnings("error", category=UserWarning)
         kd.evaluate(model, x * 255, y, epsilons=[25.5], attack="apgd-ce", bounds=(0, 255),
                     options={"apgd-ce": {"n_iter": 2}})
+
+
+def test_the_attack_budget_reaches_the_attack_that_runs_and_its_label(tmp_path):
+    # Before: `--attack pgd --n-iter 3` ran PGD-40 (the flag set only APGD and FAB-T), and
+    # options={"pgd": {"steps": 3}} in Python ran 3 steps under a table titled PGD-40.
+    import warnings
+
+    import keras_dyart as kd
+
+    path = tmp_path / "m.keras"
+    model = _mnist_linear(str(path))
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(path), "--attack", "pgd", "--n", "8",
+                                 "--n-iter", "3", "--eps", "0.05", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "PGD-3 (CE)" in result.output and "PGD-40" not in result.output
+    data = json.load(open(tmp_path / "eval_pgd.json"))
+    assert data["options"] == {"pgd": {"steps": 3}}
+    for args, flag in ((["--attack", "pgd", "--n-queries", "5"], "--n-queries"),
+                       (["--attack", "square", "--n-iter", "5"], "--n-iter")):
+        result = runner.invoke(app, ["evaluate", str(path), "--n", "8", *args])
+        assert result.exit_code != 0 and flag in result.output, result.output
+
+    x, y = np.full((4, 28, 28, 1), 0.5, "float32"), np.zeros(4, "int32")
+    report = kd.evaluate(model, x, y, "pgd-cw", [0.05], options={"pgd-cw": {"steps": 2}})
+    assert report.table().startswith("PGD-2 (CW)") and report.rows()[1][0] == "PGD-2 (CW)"
+    assert kd.evaluate(model, x, y, "pgd", [0.05]).rows()[1][0] == "PGD-40 (CE)"
+    with pytest.warns(UserWarning, match=r"`options` sets \['square'\].*not run"):
+        kd.evaluate(model, x, y, "pgd", [0.05], options={"square": {"n_queries": 3}})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*`options` sets")
+        kd.evaluate(model, x, y, "pgd", [0.05], options={"pgd": {"steps": 2}})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 
 import numpy as np
 
@@ -115,6 +116,10 @@ def run_sequence(model, x, y, epsilons, *, norm="linf", attacks=STANDARD, batch_
                          f"got {unknown}.")
     for name, kwargs in options.items():
         _check_options(name, kwargs)
+    unused = sorted(k for k in options if k not in attacks)
+    if unused:
+        warnings.warn(f"`options` sets {unused}, which this evaluation does not run "
+                      f"(attacks {attacks}): ignored.", stacklevel=3)
     k = driver.num_classes(model, x, y)
     dlr = [name for name in attacks if name in ("apgd-t", "apgd-dlr")]
     if k < 3 and dlr:

@@ -120,7 +120,16 @@ def pgd(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float | str, *, n
     return x_adv, driver.predict_labels(model, x_adv, batch_size) != y
 
 
-register("pgd", "PGD-40 (CE)", functools.partial(pgd, loss="ce"))
-register("pgd-cw", "PGD-40 (CW)", functools.partial(pgd, loss="cw"))
+def _label(loss: str):
+    """PGD's table label for the options it ran with: its steps, and restarts if several."""
+    def label_of(options: dict) -> str:
+        restarts = int(options.get("restarts", 1))
+        return (f"PGD-{int(options.get('steps', 40))} ({loss})"
+                + (f", {restarts} restarts" if restarts > 1 else ""))
+    return label_of
+
+
+register("pgd", "PGD-40 (CE)", functools.partial(pgd, loss="ce"), label_of=_label("CE"))
+register("pgd-cw", "PGD-40 (CW)", functools.partial(pgd, loss="cw"), label_of=_label("CW"))
 
 __all__ = ["attack_loss", "pgd", "pgd_batch"]

@@ -25,22 +25,30 @@ class Attack:
             norm, seed, batch_size, jit, progress, **options) -> (x_adv, distance)``.
             ``progress(done, total)`` in both.
         returns: ``"success"`` or ``"distance"``.
+        label_of: optional ``label_of(options) -> str``, the label of a run with those
+            keyword arguments (PGD's label names its steps); default: ``label``.
     """
 
     name: str
     label: str
     run: Callable
     returns: str = "success"
+    label_of: Callable | None = None
+
+    def label_for(self, options: Mapping | None = None) -> str:
+        """The label of a run with ``options`` (the keyword arguments it was given)."""
+        return self.label if self.label_of is None else self.label_of(dict(options or {}))
 
 
 ATTACKS: dict[str, Attack] = {}
 
 
-def register(name: str, label: str, run: Callable, returns: str = "success") -> Attack:
+def register(name: str, label: str, run: Callable, returns: str = "success",
+             label_of: Callable | None = None) -> Attack:
     """Register ``run`` under ``name`` (see `Attack`); returns the entry."""
     if returns not in ("success", "distance"):
         raise ValueError(f"`returns` must be 'success' or 'distance'; got {returns!r}.")
-    entry = Attack(name.lower(), label, run, returns)
+    entry = Attack(name.lower(), label, run, returns, label_of)
     ATTACKS[entry.name] = entry
     return entry
 
