@@ -227,7 +227,8 @@ def tinyimagenet(path: str | os.PathLike, dtype: str = "float32", image_size: in
 def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y",
              dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     """Images and labels from a ``.npz`` file: ``x`` (N, H, W[, C]) as 0–255 integers or
-    floats in [0, 1], ``y`` (N,) integer labels (key names configurable).
+    floats in [0, 1], ``y`` (N,) integer labels (key names configurable).  Channels-first
+    images (N, C, H, W) are refused, with the transpose that fixes them.
 
     Returns ``(x, y)``.  Use it for an extra-data set (e.g. generated images with pseudo
     labels) given to `pipeline`, or for any custom data set.

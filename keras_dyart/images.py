@@ -51,4 +51,10 @@ def nhwc(x: np.ndarray, arg: str = "x") -> np.ndarray:
         raise ValueError(
             f"`{arg}` must hold images of shape (N, height, width[, channels]); got shape "
             f"{x.shape}.")
+    if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3, 4):
+        # (N, C, H, W) read as (N, H, W, C) would be images C pixels high with W channels
+        raise ValueError(
+            f"`{arg}` has shape {x.shape}, which looks channels-first (N, channels, height, "
+            f"width); images here are channels-last (N, height, width, channels). Transpose "
+            f"them: x.transpose(0, 2, 3, 1).")
     return x

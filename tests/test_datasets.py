@@ -311,3 +311,24 @@ def test_pipeline_argument_errors(kwargs, match):
     x = np.zeros((4, 4, 4, 1), "float32")
     with pytest.raises(ValueError, match=match):
         datasets.pipeline(x, np.zeros(4), **kwargs)
+
+
+def test_channels_first_images_are_refused_with_the_transpose(tmp_path):
+    # Before: (N, 3, 32, 32) from a PyTorch-style file was read as images 3 pixels high with
+    # 32 channels, and `keras-dyart train --dataset npz` built and trained a model on that.
+    from keras_dyart.pipeline import pipeline
+
+    rng = np.random.default_rng(0)
+    for shape in ((4, 3, 8, 8), (4, 1, 8, 8)):
+        np.savez(tmp_path / "nchw.npz", x=rng.integers(0, 256, size=shape, dtype="uint8"),
+                 y=np.arange(4))
+        with pytest.raises(ValueError, match=r"`x` has shape .*looks channels-first.*"
+                                             r"transpose\(0, 2, 3, 1\)"):
+            datasets.load_npz(tmp_path / "nchw.npz")
+        with pytest.raises(ValueError, match="looks channels-first"):
+            pipeline(rng.random(shape).astype("float32"), np.arange(4), batch_size=2)
+    # channels-last colour and grey images, and grey images without a channel axis, pass
+    for shape in ((4, 8, 8, 3), (4, 8, 8, 1), (4, 3, 8)):
+        np.savez(tmp_path / "ok.npz", x=rng.integers(0, 256, size=shape, dtype="uint8"),
+                 y=np.arange(4))
+        assert datasets.load_npz(tmp_path / "ok.npz")[0].shape[:2] == shape[:2]
