@@ -152,3 +152,38 @@ def test_the_attack_budget_reaches_the_attack_that_runs_and_its_label(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*`options` sets")
         kd.evaluate(model, x, y, "pgd", [0.05], options={"pgd": {"steps": 2}})
+
+
+def test_a_rescaling_after_augmentation_layers_is_still_seen(tmp_path):
+    # Keras's image-classification tutorial puts augmentation first, then Rescaling(1/255);
+    # such a model attacked with [0, 1] images saw them 255 times too dark, unwarned.
+    import warnings
+
+    import keras_dyart as kd
+
+    unit = _mnist_linear(str(tmp_path / "unit.keras"))
+    inputs = keras.Input((28, 28, 1))
+    h = keras.Sequential([keras.layers.RandomFlip("horizontal"),
+                          keras.layers.RandomRotation(0.1)])(inputs)
+    h = keras.layers.Rescaling(1 / 255)(h)
+    dense = keras.layers.Dense(10)
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(h)))
+    dense.set_weights(unit.layers[-1].get_weights())
+    rng = np.random.RandomState(0)
+    x = rng.uniform(0, 1, (8, 28, 28, 1)).astype("float32")
+    y = rng.randint(0, 10, 8).astype("int32")
+    opts = {"apgd-ce": {"n_iter": 3}}
+    with pytest.warns(UserWarning, match=r"begins with Rescaling.*255 times too dark"):
+        kd.evaluate(model, x, y, "apgd-ce", [0.1], options=opts)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=UserWarning)
+        pixels = kd.evaluate(model, x * 255, y, "apgd-ce", [25.5], bounds=(0, 255),
+                             options=opts)
+    plain = kd.evaluate(unit, x, y, "apgd-ce", [0.1], options=opts)
+    assert pixels.clean_accuracy == plain.clean_accuracy
+    np.testing.assert_array_equal(pixels.robust, plain.robust)
+    path = tmp_path / "augmented.keras"
+    model.save(path)
+    result = CliRunner().invoke(app, ["evaluate", str(path), "--attack", "apgd-ce", "--n",
+                                      "8", "--n-iter", "2", "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "--bounds 0,255" in result.output

@@ -182,14 +182,22 @@ def num_classes(model, x, y=None) -> int:
 
 # --- bounds --------------------------------------------------------------------------------
 
+#: Layers that move, crop, resize or perturb pixels without changing their scale: a
+#: `Rescaling` after them (Keras's tutorials put augmentation first) still rescales the
+#: model's inputs.
+_SCALE_KEEPING = ("InputLayer", "Sequential", "Functional", "RandomFlip", "RandomRotation",
+                  "RandomZoom", "RandomTranslation", "RandomCrop", "RandomContrast",
+                  "RandomBrightness", "Resizing", "CenterCrop", "ZeroPadding2D", "Cropping2D",
+                  "GaussianNoise", "Dropout", "Identity")
+
+
 def pixel_scale(model, box) -> float | None:
-    """The factor of a `Rescaling` layer that ``model`` begins with (its largest entry)
-    where it is 1/255 of ``box``'s width or less, i.e. the model takes 0-255 pixels but is
-    given ``box`` (of about unit width): it then sees its inputs 255 times too dark; else
-    None."""
+    """The factor of a `Rescaling` layer that ``model`` begins with (its largest entry;
+    augmentation, cropping or resizing layers before it count as the beginning) where it is
+    1/255 of ``box``'s width or less, i.e. the model takes 0-255 pixels but is given ``box``
+    (of about unit width): it then sees its inputs 255 times too dark; else None."""
     first = next((layer for layer in _checks.model_layers(model)
-                  if type(layer).__name__ not in ("InputLayer", "Sequential", "Functional")),
-                 None)
+                  if type(layer).__name__ not in _SCALE_KEEPING), None)
     if type(first).__name__ != "Rescaling":
         return None
     scale = float(np.max(np.abs(np.asarray(first.scale, "float64"))))
