@@ -81,18 +81,37 @@ def result_table(groups: dict, eps) -> list[str]:
 COLLAPSED = 0.2
 
 
+#: A run whose clean test accuracy is more than this below its method's best seed failed
+#: to train, though it did not collapse to chance.
+FAILED_GAP = 0.2
+
+
 def collapsed_note(groups: dict) -> list[str]:
-    """One line naming the runs whose training collapsed (clean accuracy near chance):
-    they stay in the means above, since the protocol fixed each setting before the seeds
-    ran, and a reader must not have to guess why a spread is wide."""
-    bad = [f"{m} seed {r['seed']} (clean {r['clean']:.3f})" for m, rs in groups.items()
-           for r in rs if r["clean"] < COLLAPSED]
-    if not bad:
+    """Lines naming the runs whose training collapsed (clean accuracy near chance) or
+    failed (far below the same method's best seed): they stay in the means above, since
+    the protocol fixed each setting before the seeds ran, and a reader must not have to
+    guess why a spread is wide."""
+    bad, failed = [], []
+    for m, rs in groups.items():
+        best = max(r["clean"] for r in rs)
+        for r in rs:
+            if r["clean"] < COLLAPSED:
+                bad.append(f"{m} seed {r['seed']} (clean {r['clean']:.3f})")
+            elif r["clean"] < best - FAILED_GAP:
+                failed.append(f"{m} seed {r['seed']} (clean {r['clean']:.3f} against "
+                              f"{best:.3f})")
+    if not bad and not failed:
         return []
-    return ["", f"Collapsed (clean accuracy below {COLLAPSED:g}, chance is 0.1): "
-                + ", ".join(bad) + ".  These runs count in the means and the verdict: the "
+    out = []
+    if bad:
+        out.append(f"Collapsed (clean accuracy below {COLLAPSED:g}, chance is 0.1): "
+                   + ", ".join(bad) + ".")
+    if failed:
+        out.append(f"Failed (clean accuracy more than {FAILED_GAP:g} below the method's "
+                   f"best seed): " + ", ".join(failed) + ".")
+    return ["", "  ".join(out) + "  These runs count in the means and the verdict: the "
                 "setting was fixed on seed 0's validation split before any seed ran, and a "
-                "method that collapses on some seeds at its chosen setting is less robust "
+                "method that fails on some seeds at its chosen setting is less robust "
                 "to use."]
 
 

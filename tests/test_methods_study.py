@@ -190,6 +190,16 @@ def test_report_names_collapsed_runs():
     assert named.strip() == "pgd-at seed 1 (clean 0.094)"
     # the collapsed run stays in the mean: (0.96 + 0.094) / 2
     assert "| pgd-at | lr=0.1 | 8 | 2 | 0.527 ± " in "\n".join(table)
+    # a run far below its method's best seed, though above chance, is named as failed
+    # (the equal-time MART seed 0: clean 0.511 against 0.966), a collapsed one only once
+    mixed = {"mart": [run(0, 0.511), run(1, 0.966), run(2, 0.95)],
+             "pgd-at": [run(0, 0.96), run(1, 0.094)]}
+    text = "\n".join(methods_report.result_table(mixed, [0.3]))
+    assert "Failed (clean accuracy more than 0.2 below the method's best seed): mart seed 0 " \
+           "(clean 0.511 against 0.966)." in text
+    assert "Collapsed (clean accuracy below 0.2, chance is 0.1): pgd-at seed 1 (clean " \
+           "0.094)." in text
+    assert text.count("seed 1 (clean 0.094") == 1 and "mart seed 2" not in text
 
 
 def test_warm_section_compares_each_warm_start_with_the_cold_runs():
