@@ -100,6 +100,20 @@ def test_records_the_speed_of_the_actual_step_and_leaves_training_alone():
     assert len(cb.records) == 3
 
 
+def test_a_step_that_diverges_is_skipped_with_a_warning_not_a_crash():
+    """A step that leaves NaN weights has no boundary speed: the record is skipped (the
+    summary would refuse NaN speeds of usable points) and training goes on as Keras's."""
+    x, y = _data()
+    model = _mlp()
+    model.compile(optimizer=keras.optimizers.SGD(float("inf")), loss=model.loss)
+    cb = BoundaryDynamics(x[:24], y[:24], every=1, r0=0.3)
+    with pytest.warns(UserWarning, match="left non-finite weights; no boundary speed"):
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    assert not np.all(np.isfinite(model.get_weights()[0]))
+    for r in cb.records:                          # those recorded are whole
+        assert np.isfinite(r["mean_speed"]) or r["n_usable"] == 0
+
+
 @pytest.mark.skipif(keras.backend.backend() == "torch",
                     reason="Keras allows steps_per_execution > 1 only on JAX and TensorFlow")
 def test_steps_per_execution_records_the_mean_step():

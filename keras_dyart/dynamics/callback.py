@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Sequence
 
 import keras
@@ -147,6 +148,11 @@ class BoundaryDynamics(keras.callbacks.Callback):
         model = self.model
         after = [ops.convert_to_numpy(v).astype("float32") for v in model.trainable_variables]
         delta = [(a - t) / n_steps for a, t in zip(after, theta)]
+        if not all(np.all(np.isfinite(d)) for d in delta):
+            # a diverged step (NaN or inf weights) moves the boundary by no defined speed
+            warnings.warn(f"BoundaryDynamics: the training step {step} left non-finite "
+                          f"weights; no boundary speed is recorded for it.", stacklevel=2)
+            return
         with assigned_weights(model, theta):
             speed = self._analyzer.speed(points, delta, self.method)
         summary = summarize(points.margin, speed, points.usable, self._r0, self.bins)
