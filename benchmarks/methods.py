@@ -35,9 +35,11 @@ stopped at any time and continued by the same command.
    epoch times are kept too, but a long study shares the machine now and then, and a
    comparison at equal cost needs times taken under the same conditions.
 6. ``equal-time``: the same at DyART's training time: each other method trains for the
-   epochs that its timed epoch fits into DyART's (timed epoch × the study's epochs);
-   AutoAttack at L∞ 0.3 only (the headline radius; 0.1, where most points survive to
-   Square, costs the most).
+   epochs that its timed epoch fits into DyART's (timed epoch × the study's epochs), and
+   so does DyART with warm-started searches (``equal_time_warm``: the warm starts that
+   kept the cold search's robustness at equal epochs, so that its saved time goes into
+   more epochs); AutoAttack at L∞ 0.3 only (the headline radius; 0.1, where most points
+   survive to Square, costs the most).
 7. ``report``: the tables (mean ± standard deviation over seeds), the verdict computed from
    paired per-seed differences, and two plots: ``--report`` (benchmarks/results/methods.md)
    and ``--images`` (docs/img/methods_aa_vs_clean.png, methods_aa_vs_time.png), from the
@@ -120,7 +122,7 @@ FULL = {
     "val_text": "APGD-CE then APGD-T with 3 target classes",
     "attack_options": None, "common": {},
     "grids": GRIDS, "ablations": ABLATIONS, "max_epochs": 200, "methods": METHODS,
-    "warm_starts": (5, 3), "timing_epochs": 3, "timing_rounds": 2,
+    "warm_starts": (5, 3), "equal_time_warm": (5,), "timing_epochs": 3, "timing_rounds": 2,
     "attack_chunk": 100,
 }
 
@@ -138,7 +140,7 @@ QUICK = {
     "common": {"n_iter": 3, "train_steps": 2, "pgd_steps": 2},
     "grids": {"pgd-at": GRIDS["pgd-at"][:1], "dyart": GRIDS["dyart"][3:5]},
     "ablations": [{"r0": 1.0}], "max_epochs": 3, "methods": ("pgd-at", "dyart"),
-    "warm_starts": (1,), "timing_epochs": 2, "timing_rounds": 1,
+    "warm_starts": (1,), "equal_time_warm": (1,), "timing_epochs": 2, "timing_rounds": 1,
     "attack_chunk": 25,
 }
 
@@ -472,6 +474,11 @@ class Study:
         """DyART's chosen setting with searches warm-started for ``k`` iterations."""
         return {**self.chosen()["dyart"], "warm_start": k}
 
+    @staticmethod
+    def warm_label(k: int) -> str:
+        """The name of DyART's runs (and timed epoch) with ``warm_start=k``."""
+        return f"dyart, warm_start={k}"
+
     def warm_start(self) -> None:
         for k in self.plan["warm_starts"]:
             for seed in self.plan["seeds"]:
@@ -504,6 +511,8 @@ class Study:
             if name is not None and record["method"] == "dyart" \
                     and record["setting"] == ablated:
                 return name
+            if record["method"] == "dyart" and record["setting"].get("warm_start"):
+                return self.warm_label(record["setting"]["warm_start"])
             return record["method"]
 
         return label, name
@@ -520,7 +529,7 @@ class Study:
         chosen, ablated, p = self.chosen(), self.ablated(), self.plan
         entries = {m: (m, chosen[m]) for m in p["methods"]}
         for k in p["warm_starts"]:
-            entries[f"dyart, warm_start={k}"] = ("dyart", self.warm_setting(k))
+            entries[self.warm_label(k)] = ("dyart", self.warm_setting(k))
         if ablated is not None:
             entries[self.ablated_label(ablated)] = ("dyart", ablated)
         seconds = {name: [] for name in entries}
@@ -552,9 +561,13 @@ class Study:
         if "dyart" not in per_epoch:
             return {}
         budget = per_epoch["dyart"] * self.plan["epochs"]
-        epochs = {m: int(min(self.plan["max_epochs"], max(1, round(budget / per_epoch[m]))))
-                  for m in METHODS if m in per_epoch}
+        fit = {m: int(min(self.plan["max_epochs"], max(1, round(budget / t))))
+               for m, t in per_epoch.items()}
+        epochs = {m: fit[m] for m in METHODS if m in fit}
         epochs["dyart"] = self.plan["epochs"]
+        for k in self.plan.get("equal_time_warm", ()):
+            if self.warm_label(k) in fit:
+                epochs[self.warm_label(k)] = fit[self.warm_label(k)]
         return epochs
 
     def equal_time(self) -> None:
@@ -567,6 +580,13 @@ class Study:
             for method in self.plan["methods"]:
                 if epochs[method] != self.plan["epochs"]:
                     self.run("equal-time", method, chosen[method], seed, epochs[method])
+        # warm-started DyART with its saved time spent on more epochs (at the study's own
+        # epochs it is the warm-start phase's run)
+        for k in self.plan.get("equal_time_warm", ()):
+            n = epochs.get(self.warm_label(k))
+            for seed in self.plan["seeds"]:
+                if n is not None and n != self.plan["epochs"]:
+                    self.run("equal-time", "dyart", self.warm_setting(k), seed, n)
 
 
 def main(argv=None) -> int:

@@ -54,7 +54,9 @@ def by_method(records, label=lambda r: r["method"]) -> dict:
 
 
 def _color(label: str) -> str:
-    """A method's color; DyART's ablated runs a darker red."""
+    """A method's color; DyART's ablated runs a darker red, its warm-started ones pink."""
+    if "warm_start" in label:
+        return "#e377c2"
     return COLORS.get(label, "#8c1515" if label.startswith("dyart") else "#000000")
 
 
@@ -370,8 +372,11 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
         epochs[ablated] = int(round(per_epoch["dyart"] * p["epochs"] / per_epoch[ablated]))
     final_groups = by_method(final, label)
     # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
-    equal_groups = by_method([r for r in final if epochs.get(label(r)) == p["epochs"]]
-                             + equal, label)
+    # (and warm-started DyART's: the warm-start phase's runs where its epochs fit as they are)
+    warm = [study.warm_label(k) for k in p.get("equal_time_warm", ()) if study.warm_label(k)
+            in epochs]
+    equal_groups = by_method([r for r in final + study.records("warm-start")
+                              if epochs.get(label(r)) == p["epochs"]] + equal, label)
     commits = sorted({r["commit"] for r in tune + final + equal
                       + study.records("warm-start") + study.records("ablation")})
     eps = p["eps"]
@@ -428,12 +433,20 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
                                    f"{len(p['ablations'])} ablations, where each other "
                                    "method had its tuning settings alone)", ours=ablated)]
         if equal:
-            lines += ["", *verdict({k: v for k, v in equal_groups.items() if k != ablated},
+            lines += ["", *verdict({k: v for k, v in equal_groups.items()
+                                    if k != ablated and k not in warm},
                                    max(eps), "Equal training time")]
             if ablated in equal_groups:
-                lines += ["", *verdict({k: v for k, v in equal_groups.items() if k != "dyart"},
+                lines += ["", *verdict({k: v for k, v in equal_groups.items()
+                                        if k != "dyart" and k not in warm},
                                        max(eps), "Equal training time, DyART after its "
                                        "ablations", ours=ablated)]
+            for name in warm:
+                if name in equal_groups:
+                    lines += ["", *verdict(dict(equal_groups), max(eps),
+                                           f"Equal training time, DyART with "
+                                           f"`--warm-start {name.rsplit('=', 1)[1]}`",
+                                           ours=name)]
     else:
         lines += ["Not before the final runs."]
     # docs/study.md includes the report in two sections with the plots between them
