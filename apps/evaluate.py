@@ -59,12 +59,12 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
                    epsilons: Sequence[float] = (0.1, 0.2, 0.3), norm: str = "linf",
                    batch_size: int = 500, seed: int = 0,
                    options: Optional[dict[str, dict[str, Any]]] = None,
-                   margins: bool = False, margins_n_iter: int = 100, show: bool = True,
-                   table: bool = True, bounds: Optional[tuple] = None):
+                   margins: bool = False, margins_n_iter: Optional[int] = None,
+                   show: bool = True, table: bool = True, bounds: Optional[tuple] = None):
     """Evaluate, write ``eval_<attack>.json`` / ``.csv`` (and the margins report, FAB-T of
-    ``margins_n_iter`` iterations) to ``out_dir``, show progress bars (``show``) and print
-    the table (``show`` and ``table``); ``bounds``: the model's input box (default: its
-    own, else (0, 1)).  Returns the `RobustnessReport`."""
+    ``margins_n_iter`` iterations, default `margins_report`'s) to ``out_dir``, show
+    progress bars (``show``) and print the table (``show`` and ``table``); ``bounds``: the
+    model's input box (default: its own, else (0, 1)).  Returns the `RobustnessReport`."""
     from rich.progress import Progress
 
     from keras_dyart.evaluation import evaluate, margins_report
@@ -82,9 +82,9 @@ def run_evaluation(model, x, y, out_dir: str, *, attack: str = "autoattack",
     if margins:
         with Progress(transient=True, disable=not show) as bar:
             task = bar.add_task("FAB-T margins", total=1)
+            budget = {} if margins_n_iter is None else {"n_iter": margins_n_iter}
             rep = margins_report(model, x, y, norm=norm, epsilons=report.epsilons,
-                                 n_iter=margins_n_iter, batch_size=batch_size, seed=seed,
-                                 bounds=bounds,
+                                 batch_size=batch_size, seed=seed, bounds=bounds, **budget,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
         rep.to_csv(os.path.join(out_dir, "margins.csv"))
         rep.to_json(os.path.join(out_dir, "margins.json"))
@@ -254,8 +254,7 @@ def evaluate(
                f"backend" + (f", inputs in [{lo:g}, {hi:g}]" if box != (0.0, 1.0) else ""))
     run_evaluation(model, x_test, y_test, out or out_dir, attack=attack, epsilons=epsilons,
                    norm=norm, batch_size=batch_size, seed=seed, options=options,
-                   margins=margins, margins_n_iter=100 if n_iter is None else n_iter,
-                   bounds=box)
+                   margins=margins, margins_n_iter=n_iter, bounds=box)
 
 
 def _parse_bounds(text: str) -> tuple:
