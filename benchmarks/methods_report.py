@@ -363,6 +363,7 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     p = study.plan
     tune, final, equal = (study.records("tune"), study.records("final"),
                           study.records("equal-time"))
+    warm_runs = study.records("warm-start")
     epochs = study.equal_time_epochs()
     label, ablated = study.labeller()
     # DyART's winning ablation at matched cost: its own final runs where its timed epoch
@@ -373,12 +374,11 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
     final_groups = by_method(final, label)
     # the equal-time table: DyART's own runs plus the other methods' longer/shorter ones
     # (and warm-started DyART's: the warm-start phase's runs where its epochs fit as they are)
-    warm = [study.warm_label(k) for k in p.get("equal_time_warm", ()) if study.warm_label(k)
-            in epochs]
-    equal_groups = by_method([r for r in final + study.records("warm-start")
+    warm = {k: study.warm_label(k) for k in p.get("equal_time_warm", ())}
+    equal_groups = by_method([r for r in final + warm_runs
                               if epochs.get(label(r)) == p["epochs"]] + equal, label)
-    commits = sorted({r["commit"] for r in tune + final + equal
-                      + study.records("warm-start") + study.records("ablation")})
+    commits = sorted({r["commit"] for r in tune + final + equal + warm_runs
+                      + study.records("ablation")})
     eps = p["eps"]
     # final: every method over the seeds, and DyART's winning ablation setting (if any)
     planned = (len(p["methods"]) + (ablated is not None)) * len(p["seeds"])
@@ -434,19 +434,17 @@ def write_report(study, path: str, images: str, command: str) -> list[str]:
                                    "method had its tuning settings alone)", ours=ablated)]
         if equal:
             lines += ["", *verdict({k: v for k, v in equal_groups.items()
-                                    if k != ablated and k not in warm},
+                                    if k != ablated and k not in warm.values()},
                                    max(eps), "Equal training time")]
             if ablated in equal_groups:
                 lines += ["", *verdict({k: v for k, v in equal_groups.items()
-                                        if k != "dyart" and k not in warm},
+                                        if k != "dyart" and k not in warm.values()},
                                        max(eps), "Equal training time, DyART after its "
                                        "ablations", ours=ablated)]
-            for name in warm:
+            for k, name in warm.items():
                 if name in equal_groups:
-                    lines += ["", *verdict(dict(equal_groups), max(eps),
-                                           f"Equal training time, DyART with "
-                                           f"`--warm-start {name.rsplit('=', 1)[1]}`",
-                                           ours=name)]
+                    lines += ["", *verdict(equal_groups, max(eps), "Equal training time, "
+                                           f"DyART with `--warm-start {k}`", ours=name)]
     else:
         lines += ["Not before the final runs."]
     # docs/study.md includes the report in two sections with the plots between them
