@@ -34,7 +34,11 @@ def _study(tmp, *extra):
 
 
 def _records(tmp, phase):
+    """A phase's records ([] where it wrote none, e.g. an equal-time phase whose timed
+    epochs all fit the study's own epoch count)."""
     folder = tmp / "results" / phase
+    if not folder.exists():
+        return []
     return [json.load(open(folder / f)) for f in sorted(os.listdir(folder))]
 
 
@@ -109,10 +113,12 @@ def test_quick_study_runs_every_phase_and_resumes(tmp_path):
                  "| dyart |", "| pgd-at |", "DyART − pgd-at",
                  "## DyART with warm-started searches", "| dyart, warm_start=1 |",
                  "## DyART ablations", "| r0=1 |", "Epoch times measured side by side",
-                 "final 4 of 4, warm start 2 of 2, equal time ",
-                 "Equal training time, DyART with `--warm-start 1`",
-                 "DyART (warm_start=1) − pgd-at"):
+                 "final 4 of 4, warm start 2 of 2, equal time "):
         assert part in text, part
+    if equal:   # the equal-time verdicts are written once that phase has runs of its own
+        for part in ("Equal training time, DyART with `--warm-start 1`",
+                     "DyART (warm_start=1) − pgd-at"):
+            assert part in text, part
     # docs/study.md includes the report in two sections, with the plots between them
     marks = [text.index(f"<!-- --8<-- [{m}] -->") for m in
              ("start:results", "end:results", "start:details", "end:details")]
